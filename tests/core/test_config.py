@@ -1,0 +1,88 @@
+"""config.toml: defaults, relative paths, strict keys and types, the DD_COHORT override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daydreamd.config import load_settings
+from daydreamd.errors import ConfigError
+from daydreamd.stages import Stage
+
+ROOT = Path(__file__).parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sub" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    """The service behaves the same whatever the cwd: paths are anchored at the config file."""
+    settings = load_settings(write(tmp_path, '[paths]\ndata_dir = "d"\nsocket = "../s.sock"\n'), {})
+    assert settings.paths.data_dir == (tmp_path / "sub" / "d").resolve()
+    assert settings.paths.socket == (tmp_path / "s.sock").resolve()
+    assert settings.raw_dir == settings.paths.data_dir / "1_raw"
+
+
+def test_stage_defaults_and_overrides(tmp_path: Path) -> None:
+    """Drafts default to min_lines 3 and failing on truncation; a stage table overrides one key only."""
+    settings = load_settings(write(tmp_path, "[stages.essay]\nmax_tokens = 100\ntemperature = 1\n"), {})
+    assert settings.stage(Stage.DRAFT).min_lines == 3
+    assert settings.stage(Stage.DRAFT).on_truncation == "fail"
+    essay = settings.stage(Stage.ESSAY)
+    assert (essay.max_tokens, essay.temperature, essay.on_truncation) == (100, 1.0, "accept")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[experimnt]\nk_max = 2\n", "experimnt"),
+        ("[experiment]\nkmax = 2\n", "experiment.kmax"),
+        ('[experiment]\nk_max = "2"\n', "experiment.k_max"),
+        ("[experiment]\nk_max = 0\n", "experiment.k_max"),
+        ('[experiment]\ndescription_level = "essay"\n', "experiment.description_level"),
+        ('[llm]\nprovider = "claude"\n', "llm.provider"),
+        ("[stages.drafts]\nmax_tokens = 1\n", "stages.drafts"),
+        ("[stages.draft]\nmax_tokens = true\n", "stages.draft.max_tokens"),
+        ('[stages.draft]\non_truncation = "retry"\n', "stages.draft.on_truncation"),
+        ("[paths]\ndata_dir = 3\n", "paths.data_dir"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    """A typo or a wrong type is an error naming the dotted key, never a silent default."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and the parser's line."""
+    path = write(tmp_path, "[paths\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path, {})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """Pointing --config at nothing says so."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", {})
+
+
+def test_env_override_beats_config(tmp_path: Path) -> None:
+    """DD_COHORT wins over experiment.cohort, and a false-like value unsets it."""
+    path = write(tmp_path, '[experiment]\ncohort = "from-config"\n')
+    assert load_settings(path, {}).experiment.cohort == "from-config"
+    assert load_settings(path, {"DD_COHORT": "from-env"}).experiment.cohort == "from-env"
+    assert load_settings(path, {"DD_COHORT": "false"}).experiment.cohort is None
+
+
+def test_shipped_config_loads() -> None:
+    """The example config.toml is valid and points at the example experiment."""
+    settings = load_settings(ROOT / "config.toml", {})
+    assert settings.raw_dir == ROOT / "data" / "1_raw"
