@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from daydreamd.problems import Problem, error
 
+BOM = b"\xef\xbb\xbf"
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -44,11 +45,12 @@ def decode_text(path: str, data: bytes) -> tuple[str | None, list[Problem]]:
 
     Returns the text, or None with a problem naming the line of the first bad byte.
     """
+    body = data[len(BOM) :] if data.startswith(BOM) else data
     try:
-        text = data.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        message = f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8"
+        line = body[: exc.start].count(b"\n") + 1
+        message = f"not valid UTF-8 (byte {exc.start + len(data) - len(body)}); save the file as UTF-8"
         return None, [error(path, message, line=line)]
     return text.replace("\r\n", "\n").replace("\r", "\n"), []
 
@@ -95,7 +97,7 @@ def _read_records(path: str, text: str) -> tuple[list[tuple[int, list[str]]], li
                 records.append((start, fields))
             start = reader.line_num + 1
     except csv.Error as exc:
-        return [], [error(path, f"CSV does not parse: {exc}; check quoting", line=reader.line_num or start)]
+        return [], [error(path, f"CSV does not parse: {exc}; check the quoting of this row", line=start)]
     return records, []
 
 

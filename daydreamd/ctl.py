@@ -60,6 +60,8 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     Offline (no service needed):
       daydreamctl validate          check data/1_raw, list every problem
       daydreamctl cohort --write    build the cohort and write data/cohorts/<id>/
+      daydreamctl render            render prompts into data/gens/ without calling a model
+      daydreamctl parse --stage evaluation --parser in_last_line reply.txt
     """
     ctx.obj = Context(config or _default_config(), None)
 
@@ -176,6 +178,94 @@ def cohort(obj: Context, data: Path | None, as_json: bool, write: bool) -> None:
         _print_json(result)
     else:
         _print_cohort(result)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--stage",
+    required=True,
+    type=click.Choice(["draft", "essay", "evaluation"]),
+    help="The stage whose parser to use.",
+)
+@click.option("--parser", "parser_name", required=True, help="A parser registered for that stage.")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@json_option
+def parse(stage: str, parser_name: str, file: Any, as_json: bool) -> None:
+    """Run a parser on a saved reply and print what it extracts.
+
+    For an evaluation parser this prints just the score. Exits 0 on success, 1 with the
+    parser's error otherwise. Use it to check a new judge template's replies. FILE may be `-`.
+
+    \b
+    Examples:
+      daydreamctl parse --stage evaluation --parser in_last_line data/gens/evaluation/v_.../raw.txt
+      daydreamctl parse --stage draft --parser essay_idea_last reply.txt
+    """
+    from daydreamd.errors import ParseError
+    from daydreamd.parsers import parse_reply
+    from daydreamd.prompts import normalize_newlines
+
+    try:
+        result = parse_reply(stage, parser_name, normalize_newlines(file.read()))
+    except ParseError as exc:
+        if as_json:
+            _print_json({"ok": False, "error": str(exc)})
+            sys.exit(1)
+        raise click.ClickException(f"{file.name}: {exc}") from exc
+    if as_json:
+        _print_json({"ok": True, "parsed": result})
+    else:
+        click.echo(result, nl=not result.endswith("\n"))
+
+
+@cli.command(context_settings=CONTEXT)
+@data_option
+@json_option
+@click.option(
+    "--stage",
+    type=click.Choice(["draft", "essay", "evaluation"]),
+    help="Only this stage (default: all stages, in order).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Render at most N prompts.")
+@click.pass_obj
+def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, limit: int | None) -> None:
+    """Render prompts of the current cohort into their prompt.txt, calling no LLM.
+
+    A dry run for templates: drafts always render; essays and evaluations render when their
+    parent's parsed.txt exists. Failures are listed by gen_id; exit 1 if any failed.
+
+    \b
+    Examples:
+      daydreamctl render --stage draft --limit 5
+      daydreamctl render --json
+    """
+    from daydreamd.build import read_and_build
+    from daydreamd.gens import GensStore
+    from daydreamd.jobs import Jobs
+    from daydreamd.prompts import render_to_files
+
+    obj.data = data
+    settings = obj.settings()
+    build = read_and_build(settings)
+    if build.cohort is None:
+        for problem in build.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException("no cohort: the experiment has errors; see daydreamctl validate")
+    factory = Jobs(build.experiment, settings)
+    generations = (g for g in build.cohort.generations if stage is None or g.stage == stage)
+    jobs = (job for g in generations if (job := factory.job(g)) is not None)
+    store = GensStore(settings.paths.data_dir)
+    report = render_to_files(store, jobs, limit=limit)
+    if as_json:
+        _print_json({"cohort_id": build.cohort.cohort_id, **report.to_dict()})
+    else:
+        for gen_id, message in report.failures.items():
+            click.echo(f"{gen_id}: {message}")
+        click.echo(
+            f"rendered {report.rendered} prompt(s) into {store.root}; {len(report.failures)} failed, "
+            f"{report.waiting_for_parent} waiting for their parent, {report.skipped_copy} copy (no prompt)"
+        )
+    sys.exit(1 if report.failures else 0)
 
 
 def _print_cohort(result: dict[str, Any]) -> None:

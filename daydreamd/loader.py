@@ -11,11 +11,10 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 
-from daydreamd.parsers import is_registered, parser_names, resolve_parser_name
-
 from daydreamd.canonical import sha256_hex
 from daydreamd.csvtable import Row, Table, decode_text, parse_bool, read_table
 from daydreamd.experiment import DESCRIPTION_LEVELS, Concept, Experiment, Generator, LlmModel, Template
+from daydreamd.parsers import is_registered, parser_names, resolve_parser_name
 from daydreamd.problems import Level, Problem, error, warning
 from daydreamd.snapshot import RawFiles
 from daydreamd.stages import STAGES, Stage, parse_stage
@@ -51,6 +50,7 @@ class _Collector:
     def __init__(self, raw: RawFiles) -> None:
         self.raw = raw
         self.problems: list[Problem] = []
+        self.unreadable = {path for path, _ in raw.unreadable}
 
     def add(
         self,
@@ -71,16 +71,20 @@ class _Collector:
             suffix = (
                 ""
                 if active or p.level is Level.WARNING
-                else " (template is inactive, so this is only a warning)"
+                else " (its row is inactive, so this is only a warning)"
             )
             self.problems.append(
                 Problem(level=level, path=p.path, line=p.line, column=p.column, message=p.message + suffix)
             )
 
+    def exists(self, relpath: str) -> bool:
+        """Present in the directory, even if it could not be read (that is reported once, apart)."""
+        return relpath in self.raw.files or relpath in self.unreadable
+
     def table(self, relpath: str, required: tuple[str, ...], *, optional: bool = False) -> Table | None:
         data = self.raw.files.get(relpath)
         if data is None:
-            if not optional:
+            if not optional and not self.exists(relpath):
                 self.add(relpath, f"missing file; the experiment needs {relpath} in {self.raw.label}/")
             return None
         table, problems = read_table(self.raw.display(relpath), data, required=required)
@@ -156,7 +160,7 @@ def _row_active(
 
 
 def _unique_rows(
-    out: _Collector, relpath: str, rows: list[tuple[Row, str, bool]]
+    out: _Collector, relpath: str, column: str, rows: list[tuple[Row, str, bool]]
 ) -> list[tuple[Row, str, bool]]:
     """Drop later rows repeating an id (reported), keeping the first."""
     seen: dict[str, int] = {}
@@ -164,7 +168,7 @@ def _unique_rows(
     for row, row_id, active in rows:
         if row_id in seen:
             message = f"duplicate id {row_id!r} (first defined on line {seen[row_id]}); ids must be unique"
-            out.add(relpath, message, line=row.line, column=relpath and None, active=active)
+            out.add(relpath, message, line=row.line, column=column, active=active)
             continue
         seen[row_id] = row.line
         kept.append((row, row_id, active))
@@ -180,7 +184,7 @@ def _load_concepts(out: _Collector) -> tuple[Concept, ...]:
         if concept_id is not None and active is not None:
             rows.append((row, concept_id, active))
     concepts = []
-    for row, concept_id, active in _unique_rows(out, CONCEPTS_CSV, rows):
+    for row, concept_id, active in _unique_rows(out, CONCEPTS_CSV, "concept_id", rows):
         if not row.get("name"):
             out.add(CONCEPTS_CSV, "name is empty", line=row.line, column="name", active=active)
         descriptions = tuple(
@@ -225,7 +229,7 @@ def _load_templates(out: _Collector, stage: Stage) -> list[Template]:
     extra_columns = [c for c in table.columns if c not in TEMPLATE_COLUMNS] if table else []
     return [
         _load_template(out, stage, row, template_id, active, extra_columns)
-        for row, template_id, active in _unique_rows(out, relpath, rows)
+        for row, template_id, active in _unique_rows(out, relpath, "template_id", rows)
     ]
 
 
@@ -239,7 +243,7 @@ def _load_template(
     if generator is Generator.LLM:
         file = template_file(stage, template_id)
         text = out.text(file, active=active)
-        if text is None and file not in out.raw.files:
+        if text is None and not out.exists(file):
             out.add(
                 relpath,
                 f"template file {out.raw.display(file)} is missing; create it or mark the row inactive",
@@ -338,7 +342,7 @@ def _load_models(out: _Collector) -> tuple[LlmModel, ...]:
             flags[row.line] = (gen, ev)
     extra_columns = [c for c in table.columns if c not in MODEL_COLUMNS] if table else []
     models = []
-    for row, model_id, active in _unique_rows(out, MODELS_CSV, rows):
+    for row, model_id, active in _unique_rows(out, MODELS_CSV, "id", rows):
         if not row.get("model"):
             out.add(
                 MODELS_CSV,

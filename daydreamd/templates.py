@@ -47,6 +47,11 @@ class Renderer:
             where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
             message = f"template {stage}/{template_id}{where}: {type(exc).__name__}: {exc.message or exc}"
             raise TemplateError(message, template_id=template_id, stage=stage) from exc
+        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+            # Runtime errors inside template expressions ({{ 1 / n }}, a bad index) are the
+            # template's fault too: report them as such instead of crashing the caller.
+            message = f"template {stage}/{template_id}: {type(exc).__name__}: {exc}"
+            raise TemplateError(message, template_id=template_id, stage=stage) from exc
 
 
 def check_template(stage: Stage, path: str, text: str) -> list[Problem]:
@@ -55,6 +60,8 @@ def check_template(stage: Stage, path: str, text: str) -> list[Problem]:
         ast = make_environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
         return [error(path, f"Jinja syntax error: {exc.message}", line=exc.lineno)]
+    except RecursionError:
+        return [error(path, "template is nested too deeply for Jinja to parse; simplify it")]
     allowed = TEMPLATE_VARIABLES[stage]
     problems = []
     for name in sorted(meta.find_undeclared_variables(ast) - allowed):
@@ -78,9 +85,7 @@ def _check_concept_attributes(path: str, ast: nodes.Template) -> list[Problem]:
     loop_vars = {
         loop.target.name
         for loop in ast.find_all(nodes.For)
-        if isinstance(loop.iter, nodes.Name)
-        and loop.iter.name == "concepts"
-        and isinstance(loop.target, nodes.Name)
+        if _is_concepts(loop.iter) and isinstance(loop.target, nodes.Name)
     }
     problems = []
     for lineno, attr in _concept_lookups(ast, loop_vars):
@@ -90,6 +95,13 @@ def _check_concept_attributes(path: str, ast: nodes.Template) -> list[Problem]:
             )
             problems.append(error(path, message, line=lineno))
     return problems
+
+
+def _is_concepts(node: nodes.Node) -> bool:
+    """``concepts``, possibly through filters such as ``concepts | reverse``."""
+    while isinstance(node, nodes.Filter) and node.node is not None:
+        node = node.node
+    return isinstance(node, nodes.Name) and node.name == "concepts"
 
 
 def _concept_lookups(ast: nodes.Template, loop_vars: set[str]) -> Iterator[tuple[int, str]]:
