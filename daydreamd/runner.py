@@ -68,6 +68,7 @@ class _Run:
     """The record being built for one run (becomes metadata.json)."""
 
     job: Job
+    fresh: bool = False
     started_at: str = field(default_factory=utc_now)
     t0: float = field(default_factory=time.monotonic)
     render_ms: float | None = None
@@ -108,9 +109,25 @@ class Runner:
         self.checkpoint = checkpoint
         self.renderer = Renderer()
 
-    async def run(self, job: Job, *, on_attempt: AttemptHook | None = None) -> Outcome:
-        """Take ``job`` as far as it goes; never raises for a failed call, render or parse."""
-        run = _Run(job)
+    async def run(
+        self,
+        job: Job,
+        *,
+        on_attempt: AttemptHook | None = None,
+        provider: Provider | None = None,
+        fresh: bool = False,
+    ) -> Outcome:
+        """Take ``job`` as far as it goes; never raises for a failed call, render or parse.
+
+        Args:
+            job: the generation to run.
+            on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
+            provider: answers this run instead of the runner's provider (the pool passes one
+                that waits for the model's rate limits before each attempt).
+            fresh: call the model even if a reply for this input is saved (the old one is
+                archived); for retrying a reply that was empty or cut off.
+        """
+        run = _Run(job, fresh=fresh)
         early = await anyio.to_thread.run_sync(self._prepare, run)
         if early is not None:
             return early
@@ -126,7 +143,12 @@ class Runner:
             t = time.monotonic()
             try:
                 reply, run.attempts = await call_with_retries(
-                    self.provider, request, self.policy, rng=self.rng, sleep=self.sleep, on_attempt=on_attempt
+                    provider or self.provider,
+                    request,
+                    self.policy,
+                    rng=self.rng,
+                    sleep=self.sleep,
+                    on_attempt=on_attempt,
                 )
             except CallFailure as failure:
                 run.llm_ms = _ms(t)
@@ -146,6 +168,7 @@ class Runner:
         if parent_stage is not None:
             parent_text = store.read_parsed(parent_stage, job.generation.parent_gen_id)
             if parent_text is None:
+                store.remove_parsed(job.stage, job.gen_id)
                 message = (
                     f"parent {parent_stage} {job.generation.parent_gen_id} has no parsed.txt (not done yet)"
                 )
@@ -167,7 +190,8 @@ class Runner:
         directory = store.directory(job.stage, job.gen_id)
         raw_exists = (directory / RAW).exists()
         if (
-            previous is not None
+            not run.fresh
+            and previous is not None
             and previous.get("status") == "done"
             and previous.get("input_sha256") == run.input_sha256
             and (directory / PARSED).exists()
@@ -175,7 +199,7 @@ class Runner:
             attempts = int(previous.get("attempts") or 0)
             return Outcome(gen_id=job.gen_id, stage=job.stage, ok=True, reused_reply=True, attempts=attempts)
         store.remove_parsed(job.stage, job.gen_id)
-        if can_reuse_reply(previous, run.input_sha256, raw_exists):
+        if not run.fresh and can_reuse_reply(previous, run.input_sha256, raw_exists):
             assert previous is not None
             run.reply = previous["reply"]
             run.attempts = int(previous.get("attempts") or 0)
@@ -207,7 +231,7 @@ class Runner:
             text = saved
         assert run.reply is not None
         t = time.monotonic()
-        problem = check_reply(job.settings, text, truncated=bool(run.reply.get("truncated")))
+        problem = check_reply(job.settings, text, run.reply)
         if problem is not None:
             run.parse_ms = _ms(t)
             return self._fail(run, *problem)
@@ -303,12 +327,18 @@ class Runner:
         }
 
 
-def check_reply(settings: StageSettings, text: str, *, truncated: bool) -> tuple[FailureKind, str] | None:
-    """Stage rules a reply must meet before it is parsed: not empty, not cut off, long enough."""
+def check_reply(settings: StageSettings, text: str, reply: dict[str, Any]) -> tuple[FailureKind, str] | None:
+    """Stage rules a reply must meet before it is parsed: not filtered, not empty, not cut off, long enough.
+
+    ``reply`` is the reply's metadata (``Reply.to_dict``): a saved reply is checked again when
+    it is reused, so the verdict must come from what was saved, not from the live call.
+    """
+    if reply.get("finish_reason") == "content_filter":
+        return FailureKind.CONTENT_FILTER, "the reply was stopped by a content filter"
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return FailureKind.EMPTY, "the reply is empty"
-    if truncated and settings.on_truncation == "fail":
+    if reply.get("truncated") and settings.on_truncation == "fail":
         return FailureKind.TRUNCATED, f"the reply was cut off at max_tokens={settings.max_tokens}"
     if len(lines) < settings.min_lines:
         return (

@@ -1,0 +1,838 @@
+"""The stage runner end to end: real HTTP to the fault-injecting fake, real files in a tmp data dir.
+
+Every test runs generations of the example experiment (a tmp copy of ``data/1_raw``) through
+``Runner`` with an ``OpenAiCompatibleClient`` talking to ``FakeLlm`` on loopback, and pins what a
+user pays for (requests the fake recorded), what they are told (``Outcome`` and
+``metadata.json``) and what is left on disk. Backoff sleeps are recorded, never slept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+import daydreamd
+from daydreamd import metadata as metadata_module
+from daydreamd.build import Build, read_and_build
+from daydreamd.cohort import Generation
+from daydreamd.config import LlmSettings, Settings, load_settings
+from daydreamd.errors import ConfigError
+from daydreamd.gens import GensStore
+from daydreamd.jobs import Job, Jobs
+from daydreamd.llm_client import (
+    REDACTED,
+    EchoProvider,
+    MockProvider,
+    OpenAiCompatibleClient,
+    Provider,
+    mock_score,
+)
+from daydreamd.metadata import input_sha256
+from daydreamd.parsers import format_score
+from daydreamd.problems import has_errors
+from daydreamd.providers import make_provider
+from daydreamd.retry import FailureKind
+from daydreamd.runner import Outcome, Runner
+from daydreamd.stages import PARENT_STAGE, Stage
+from tests.fakellm import FakeLlm, Fault, FaultKind, FaultSpec, RecordedRequest, default_reply
+
+KEY = "sk-or-v1-RUNNERCANARY-7c1d9e04b2a85f36e1"
+KEY_FRAGMENTS = (KEY, "RUNNERCANARY", "7c1d9e04b2a85f36e1")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_RAW = REPO_ROOT / "data" / "1_raw"
+GEN_MODEL = "google/gemini-2.5-flash"
+JUDGE_MODEL = "anthropic/claude-sonnet-4"
+TEMPLATE_SPECS = {
+    # (stage, template_id): (generator, parser as recorded in metadata)
+    (Stage.DRAFT, "bridge-sketch"): ("llm", "identity"),
+    (Stage.DRAFT, "rolling-idea"): ("llm", "essay_idea_last"),
+    (Stage.DRAFT, "contrast-map"): ("llm", "identity"),
+    (Stage.ESSAY, "polished-essay"): ("llm", "identity"),
+    (Stage.ESSAY, "idea-as-essay"): ("copy", "identity"),
+    (Stage.EVALUATION, "novelty-judge"): ("llm", "in_last_line"),
+    (Stage.EVALUATION, "rigor-judge"): ("llm", "complex"),
+}
+SCHEMA_KEYS = {
+    "schema",
+    "stage",
+    "gen_id",
+    "parent_gen_id",
+    "combo_id",
+    "template_id",
+    "replicate",
+    "template_sha256",
+    "llm_model_id",
+    "model",
+    "parameters",
+    "parser",
+    "mode",
+    "status",
+    "error",
+    "started_at",
+    "finished_at",
+    "durations_ms",
+    "attempts",
+    "reused_reply",
+    "prompt_sha256",
+    "input_sha256",
+    "reply",
+    "files",
+    "daydreamd_version",
+}
+REPLY_KEYS = {
+    "finish_reason",
+    "native_finish_reason",
+    "truncated",
+    "usage",
+    "provider",
+    "generation_id",
+    "served_model",
+}
+USAGE_KEYS = {"prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "cost"}
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+SCORE_TEXT = re.compile(r"^\d+\.\d+$")
+
+
+# ---- the rig -------------------------------------------------------------------------------------
+
+
+class SleepRecorder:
+    """Stands in for ``anyio.sleep``: records each delay, returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class Crash(Exception):
+    """Simulates the process dying at a checkpoint."""
+
+
+def with_stage(settings: Settings, stage: Stage, **changes: Any) -> Settings:
+    """``settings`` with some of one stage's settings replaced."""
+    stages = tuple((s, replace(ss, **changes) if s is stage else ss) for s, ss in settings.stages)
+    return replace(settings, stages=stages)
+
+
+@dataclass
+class Rig:
+    """A data dir with the example experiment, its cohort, a store and a runner on ``provider``."""
+
+    data_dir: Path
+    provider: Provider
+    fake: FakeLlm | None = None
+    sleeps: SleepRecorder = field(default_factory=SleepRecorder)
+    settings: Settings = field(init=False)
+    store: GensStore = field(init=False)
+    runner: Runner = field(init=False)
+    build: Build = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = load_settings(None, {}, data_dir=self.data_dir)
+        self.store = GensStore(self.data_dir)
+        self.runner = self.make_runner()
+        self.rebuild()
+
+    def make_runner(self, *, checkpoint: Callable[[str, str], None] | None = None) -> Runner:
+        return Runner(
+            store=self.store,
+            provider=self.provider,
+            rng=random.Random(0),
+            sleep=self.sleeps,
+            checkpoint=checkpoint,
+        )
+
+    def rebuild(self) -> None:
+        build = read_and_build(self.settings)
+        assert build.cohort is not None and not has_errors(build.problems), build.problems
+        self.build = build
+
+    @property
+    def generations(self) -> tuple[Generation, ...]:
+        assert self.build.cohort is not None
+        return self.build.cohort.generations
+
+    def pick(self, stage: Stage, template_id: str) -> list[Generation]:
+        found = [g for g in self.generations if g.stage is stage and g.template_id == template_id]
+        assert found, (stage, template_id)
+        return found
+
+    def parent(self, generation: Generation) -> Generation | None:
+        if PARENT_STAGE[generation.stage] is None:
+            return None
+        (parent,) = [g for g in self.generations if g.gen_id == generation.parent_gen_id]
+        return parent
+
+    def job(self, generation: Generation, settings: Settings | None = None) -> Job:
+        job = Jobs(self.build.experiment, settings or self.settings).job(generation)
+        assert job is not None
+        return job
+
+    async def run(
+        self, generation: Generation, *, settings: Settings | None = None, runner: Runner | None = None
+    ) -> Outcome:
+        return await (runner or self.runner).run(self.job(generation, settings))
+
+    async def run_ancestors(self, generation: Generation) -> None:
+        """Run the parent chain (parents first) to done, with the default settings."""
+        parent = self.parent(generation)
+        if parent is None:
+            return
+        await self.run_ancestors(parent)
+        outcome = await self.run(parent)
+        assert outcome.ok, outcome
+
+    def dir(self, generation: Generation) -> Path:
+        return self.store.directory(generation.stage, generation.gen_id)
+
+    def files(self, generation: Generation) -> set[str]:
+        directory = self.dir(generation)
+        return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+
+    def read(self, generation: Generation, name: str) -> str:
+        return (self.dir(generation) / name).read_text(encoding="utf-8")
+
+    def metadata(self, generation: Generation) -> dict[str, Any]:
+        return json.loads(self.read(generation, "metadata.json"))
+
+    def requests_for(self, generation: Generation) -> list[RecordedRequest]:
+        """Requests whose prompt is exactly this generation's ``prompt.txt``."""
+        assert self.fake is not None
+        prompt = self.read(generation, "prompt.txt")
+        return [r for r in self.fake.requests if r.prompt == prompt]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLE_RAW, data / "1_raw")
+    return data
+
+
+@pytest_asyncio.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+@pytest_asyncio.fixture
+async def rig(data_dir: Path, session: aiohttp.ClientSession) -> AsyncIterator[Rig]:
+    """The fake requires ``KEY`` and echoes the Authorization header in every error it sends."""
+    async with FakeLlm(api_key=KEY, echo_auth_in_errors=True) as fake:
+        client = OpenAiCompatibleClient(session, fake.base_url, KEY, 5.0)
+        yield Rig(data_dir, client, fake)
+
+
+def schema_keys_from_docstring() -> set[str]:
+    """The top-level keys listed in ``daydreamd.metadata``'s schema docstring."""
+    doc = metadata_module.__doc__ or ""
+    keys: set[str] = set()
+    for line in doc.split("::", 1)[1].splitlines():
+        if line.startswith("    ") and not line.startswith("     "):
+            head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+            keys.update(part.split()[0] for part in head.split(","))
+    return keys
+
+
+def template_sha256(stage: Stage, template_id: str) -> str:
+    path = EXAMPLE_RAW / "templates" / str(stage) / f"{template_id}.txt"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def expected_usage(request: RecordedRequest, text: str) -> dict[str, Any]:
+    """What the fake reports for ``text`` answered to ``request`` (its documented arithmetic)."""
+    prompt_tokens = max(1, len(request.prompt) // 4)
+    completion_tokens = math.ceil(len(text) / 4)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "reasoning_tokens": completion_tokens // 4,
+        "cost": round(prompt_tokens * 1e-6 + completion_tokens * 4e-6, 9),
+    }
+
+
+def score_in(reply: str) -> str:
+    (value,) = re.findall(r"^SCORE: (\d+)$", reply, flags=re.MULTILINE)
+    return f"{int(value)}.0"
+
+
+# ---- 1. the whole example cohort, over HTTP -------------------------------------------------------
+
+
+def test_metadata_schema_keys_match_the_docstring() -> None:
+    """The key list these tests check is exactly the schema documented in ``daydreamd.metadata``."""
+    assert schema_keys_from_docstring() == SCHEMA_KEYS
+
+
+async def test_whole_cohort_end_to_end_over_http(rig: Rig) -> None:
+    """All 63 generations run parents-first to done, with one paid request per LLM generation, the
+    contract's files and a complete, correct metadata.json each."""
+    generations = rig.generations
+    assert Counter(g.stage for g in generations) == {Stage.DRAFT: 9, Stage.ESSAY: 18, Stage.EVALUATION: 36}
+    position = {g.gen_id: i for i, g in enumerate(generations)}
+    for g in generations:
+        if g.parent_gen_id:
+            assert position[g.parent_gen_id] < position[g.gen_id]
+
+    outcomes = [await rig.run(g) for g in generations]
+
+    assert [(o.gen_id, o.ok, o.kind, o.reused_reply) for o in outcomes] == [
+        (g.gen_id, True, None, False) for g in generations
+    ]
+    assert rig.sleeps.delays == []
+    llm = [g for g in generations if TEMPLATE_SPECS[(g.stage, g.template_id)][0] == "llm"]
+    copies = [g for g in generations if TEMPLATE_SPECS[(g.stage, g.template_id)][0] == "copy"]
+    assert (len(llm), len(copies)) == (54, 9)
+    assert rig.fake is not None
+    assert rig.fake.request_count == 54
+    sent = Counter(r.prompt for r in rig.fake.requests)
+    assert sent == Counter({rig.read(g, "prompt.txt"): 1 for g in llm})
+    assert all(r.status == 200 for r in rig.fake.requests)
+
+    for g, outcome in zip(generations, outcomes, strict=True):
+        mode, parser = TEMPLATE_SPECS[(g.stage, g.template_id)]
+        md = rig.metadata(g)
+        parsed = rig.read(g, "parsed.txt")
+        parent = rig.parent(g)
+        parent_parsed = rig.read(parent, "parsed.txt") if parent is not None else None
+        prefix = f"gens/{g.stage}/{g.gen_id}"
+
+        assert set(md) >= SCHEMA_KEYS
+        assert md["schema"] == 1
+        assert (md["stage"], md["gen_id"], md["parent_gen_id"], md["combo_id"]) == (
+            str(g.stage),
+            g.gen_id,
+            g.parent_gen_id,
+            g.combo_id,
+        )
+        assert (md["template_id"], md["llm_model_id"], md["replicate"]) == (g.template_id, g.llm_model_id, 1)
+        assert (md["status"], md["error"], md["reused_reply"]) == ("done", None, False)
+        assert (md["mode"], md["parser"]) == (mode, parser)
+        assert md["daydreamd_version"] == daydreamd.__version__
+        assert TIMESTAMP.match(md["started_at"]) and TIMESTAMP.match(md["finished_at"])
+        assert md["started_at"] <= md["finished_at"]
+        assert set(md["durations_ms"]) == {"render", "llm", "parse", "total"}
+        assert isinstance(md["durations_ms"]["total"], float) and md["durations_ms"]["total"] >= 0
+        assert set(md["files"]) == {"prompt", "raw", "parsed"}
+        assert md["files"]["parsed"] == f"{prefix}/parsed.txt"
+        for path in md["files"].values():
+            assert path is None or (rig.data_dir / path).is_file()
+
+        if mode == "copy":
+            assert rig.files(g) == {"parsed.txt", "metadata.json"}
+            assert parsed == parent_parsed
+            assert md["files"] == {"prompt": None, "raw": None, "parsed": f"{prefix}/parsed.txt"}
+            assert (md["template_sha256"], md["model"], md["parameters"], md["reply"]) == (
+                "",
+                None,
+                None,
+                None,
+            )
+            assert (md["attempts"], md["prompt_sha256"], md["input_sha256"]) == (0, None, None)
+            assert (outcome.attempts, outcome.usage) == (0, None)
+            continue
+
+        assert rig.files(g) == {"prompt.txt", "raw.txt", "parsed.txt", "metadata.json"}
+        prompt, raw = rig.read(g, "prompt.txt"), rig.read(g, "raw.txt")
+        (request,) = rig.requests_for(g)
+        model = JUDGE_MODEL if g.stage is Stage.EVALUATION else GEN_MODEL
+        parameters = {"max_tokens": 8192 if g.stage is Stage.EVALUATION else 16384, "temperature": 0.7}
+        assert (request.model, request.max_tokens, request.temperature) == (model, *parameters.values())
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert raw == default_reply(request)
+        if parent_parsed is not None:
+            assert parent_parsed in prompt
+        assert md["files"] == {
+            "prompt": f"{prefix}/prompt.txt",
+            "raw": f"{prefix}/raw.txt",
+            "parsed": f"{prefix}/parsed.txt",
+        }
+        assert md["template_sha256"] == template_sha256(g.stage, g.template_id)
+        assert (md["model"], md["parameters"], md["attempts"], outcome.attempts) == (model, parameters, 1, 1)
+        assert md["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+        assert md["input_sha256"] == input_sha256(prompt, model, parameters)
+        assert all(isinstance(v, float) and v >= 0 for v in md["durations_ms"].values())
+        reply = md["reply"]
+        assert set(reply) == REPLY_KEYS and set(reply["usage"]) == USAGE_KEYS
+        assert reply["usage"] == expected_usage(request, raw)
+        assert reply["usage"]["cost"] > 0
+        assert (reply["finish_reason"], reply["native_finish_reason"], reply["truncated"]) == (
+            "stop",
+            "stop",
+            False,
+        )
+        assert (reply["provider"], reply["served_model"]) == ("FakeProvider", model)
+        assert reply["generation_id"] == f"gen-fake-{request.number}"
+        assert outcome.usage is not None and outcome.usage.to_dict() == reply["usage"]
+
+        if g.stage is Stage.EVALUATION:
+            assert SCORE_TEXT.match(parsed)
+            assert parsed == score_in(raw)
+        elif parser == "essay_idea_last":
+            assert parsed.startswith("Final idea ") and parsed in raw and "essay-idea" not in parsed
+        else:
+            assert parsed == raw
+
+
+# ---- 2. failure kinds: classification, retry counts, files ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Failing:
+    script: tuple[FaultSpec, ...]
+    kind: FailureKind
+    tries: int
+    keeps_raw: bool = False
+    finish_reason: str | None = None
+    stage_changes: tuple[tuple[str, Any], ...] = ()
+
+
+ERROR_BODY_502 = Fault(kind=FaultKind.ERROR_BODY, code=502)
+TRANSIENT_FAULTS = {
+    "http_500": FaultKind.SERVER_ERROR,
+    "http_502": FaultKind.BAD_GATEWAY,
+    "http_503": FaultKind.UNAVAILABLE,
+    "error_body_502_in_200": ERROR_BODY_502,
+    "empty_choices": FaultKind.EMPTY_CHOICES,
+    "malformed_json": FaultKind.MALFORMED_JSON,
+    "dropped_connection": FaultKind.DROP,
+}
+FAILING = {
+    "rate_limit": Failing((FaultKind.RATE_LIMIT,) * 8, FailureKind.RATE_LIMIT, 8),
+    **{name: Failing((fault,) * 3, FailureKind.TRANSIENT, 3) for name, fault in TRANSIENT_FAULTS.items()},
+    "quota": Failing((FaultKind.QUOTA,), FailureKind.QUOTA, 1),
+    "invalid_request": Failing((FaultKind.INVALID_REQUEST,), FailureKind.INVALID_REQUEST, 1),
+    "auth": Failing((FaultKind.AUTH,), FailureKind.AUTH, 1),
+    "content_filter": Failing(
+        (FaultKind.CONTENT_FILTER,), FailureKind.CONTENT_FILTER, 1, True, "content_filter"
+    ),
+    "truncated": Failing(
+        (FaultKind.TRUNCATED,),
+        FailureKind.TRUNCATED,
+        1,
+        True,
+        "length",
+        (("on_truncation", "fail"),),
+    ),
+    "empty": Failing((FaultKind.EMPTY_CONTENT,), FailureKind.EMPTY, 1, True, "stop"),
+    "too_short": Failing((), FailureKind.TOO_SHORT, 1, True, "stop", (("min_lines", 50),)),
+}
+
+
+@pytest.mark.parametrize("case", FAILING.values(), ids=FAILING.keys())
+async def test_draft_failure_kind_retries_and_files(rig: Rig, case: Failing) -> None:
+    """Each failure is classified, tried exactly as often as its kind allows, and leaves prompt.txt,
+    raw.txt only when a reply was paid for, never parsed.txt, and failed metadata naming the kind."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "bridge-sketch")[0]
+    rig.fake.script_sequence(case.script)
+    settings = with_stage(rig.settings, Stage.DRAFT, **dict(case.stage_changes))
+
+    outcome = await rig.run(draft, settings=settings)
+
+    assert (outcome.ok, outcome.kind, outcome.attempts) == (False, case.kind, case.tries)
+    assert rig.fake.request_count == case.tries
+    assert len(rig.requests_for(draft)) == case.tries
+    assert len(rig.sleeps.delays) == case.tries - 1
+    if case.kind is FailureKind.RATE_LIMIT:
+        assert all(0 <= d <= min(120.0, 2.0 * 2**i) for i, d in enumerate(rig.sleeps.delays))
+    elif case.kind is FailureKind.TRANSIENT:
+        assert all(0 <= d <= min(30.0, 1.0 * 2**i) for i, d in enumerate(rig.sleeps.delays))
+    md = rig.metadata(draft)
+    assert md["status"] == "failed"
+    assert md["error"]["kind"] == str(case.kind) and md["error"]["message"] == outcome.message != ""
+    assert md["attempts"] == case.tries
+    prefix = f"gens/draft/{draft.gen_id}"
+    if case.keeps_raw:
+        assert rig.files(draft) == {"prompt.txt", "raw.txt", "metadata.json"}
+        raw = rig.read(draft, "raw.txt")
+        assert default_reply(rig.fake.requests[-1]).startswith(raw)
+        assert (raw == "") is (case.kind is FailureKind.EMPTY)
+        assert md["files"] == {"prompt": f"{prefix}/prompt.txt", "raw": f"{prefix}/raw.txt", "parsed": None}
+        assert md["reply"]["finish_reason"] == case.finish_reason
+        assert md["reply"]["truncated"] is (case.kind is FailureKind.TRUNCATED)
+        assert outcome.usage is not None and outcome.usage.to_dict() == md["reply"]["usage"]
+    else:
+        assert rig.files(draft) == {"prompt.txt", "metadata.json"}
+        assert md["files"] == {"prompt": f"{prefix}/prompt.txt", "raw": None, "parsed": None}
+        assert md["reply"] is None
+
+
+async def test_rate_limit_then_success_honours_retry_after(rig: Rig) -> None:
+    """Two 429s with Retry-After: 7 then an answer: done after 3 requests, having waited 7 s twice."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "contrast-map")[0]
+    rig.fake.script(FaultKind.RATE_LIMIT, times=2, retry_after="7")
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.attempts) == (True, 3)
+    assert rig.sleeps.delays == [7.0, 7.0]
+    assert [r.status for r in rig.requests_for(draft)] == [429, 429, 200]
+    md = rig.metadata(draft)
+    assert (md["status"], md["attempts"], md["error"]) == ("done", 3, None)
+    assert md["reply"]["generation_id"] == "gen-fake-3"
+    assert rig.read(draft, "parsed.txt") == rig.read(draft, "raw.txt") == default_reply(rig.fake.requests[-1])
+
+
+@pytest.mark.parametrize("fault", TRANSIENT_FAULTS.values(), ids=TRANSIENT_FAULTS.keys())
+async def test_one_transient_fault_then_success_is_done(rig: Rig, fault: FaultSpec) -> None:
+    """A single transient fault is retried once after a jittered backoff and the generation is done."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "contrast-map")[0]
+    rig.fake.script(fault)
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.attempts) == (True, 2)
+    assert len(rig.requests_for(draft)) == rig.fake.request_count == 2
+    assert len(rig.sleeps.delays) == 1 and 0 <= rig.sleeps.delays[0] <= 1.0
+    md = rig.metadata(draft)
+    assert (md["status"], md["attempts"]) == ("done", 2)
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "parsed.txt", "metadata.json"}
+
+
+async def test_truncated_essay_is_accepted_when_the_stage_accepts_truncation(rig: Rig) -> None:
+    """With on_truncation accept, a reply cut at max_tokens is parsed and done, marked truncated."""
+    assert rig.fake is not None
+    essay = rig.pick(Stage.ESSAY, "polished-essay")[0]
+    await rig.run_ancestors(essay)
+    before = rig.fake.request_count
+    rig.fake.script(FaultKind.TRUNCATED)
+    settings = with_stage(rig.settings, Stage.ESSAY, on_truncation="accept")
+
+    outcome = await rig.run(essay, settings=settings)
+
+    assert (outcome.ok, outcome.attempts) == (True, 1)
+    assert rig.fake.request_count == before + 1
+    md = rig.metadata(essay)
+    assert md["status"] == "done"
+    assert (md["reply"]["truncated"], md["reply"]["finish_reason"]) == (True, "length")
+    raw = rig.read(essay, "raw.txt")
+    assert raw and default_reply(rig.fake.requests[-1]).startswith(raw)
+    assert raw != default_reply(rig.fake.requests[-1])
+    assert rig.read(essay, "parsed.txt") == raw
+
+
+@pytest.mark.parametrize("template_id", ["novelty-judge", "rigor-judge"])
+async def test_evaluation_without_a_score_is_a_parse_error(rig: Rig, template_id: str) -> None:
+    """A judge reply with no score fails as parse_error after one request; raw.txt kept, no parsed."""
+    assert rig.fake is not None
+    evaluation = next(
+        g for g in rig.pick(Stage.EVALUATION, template_id) if rig.parent(g).template_id == "idea-as-essay"
+    )
+    await rig.run_ancestors(evaluation)
+    assert rig.fake.request_count == 1  # the draft; the copy essay costs nothing
+    no_score = "The essay is thoughtful.\nIts idea is familiar but well argued.\nI would not rank it.\n"
+    rig.fake.reply_builder = lambda _request: no_score
+
+    outcome = await rig.run(evaluation)
+
+    assert (outcome.ok, outcome.kind, outcome.attempts) == (False, FailureKind.PARSE_ERROR, 1)
+    assert rig.fake.request_count == 2
+    assert rig.files(evaluation) == {"prompt.txt", "raw.txt", "metadata.json"}
+    assert rig.read(evaluation, "raw.txt") == no_score
+    md = rig.metadata(evaluation)
+    assert (md["status"], md["error"]["kind"], md["files"]["parsed"]) == ("failed", "parse_error", None)
+    assert md["reply"]["finish_reason"] == "stop"
+
+
+async def test_template_failing_at_render_time_makes_no_request(rig: Rig) -> None:
+    """A template that validates but fails when rendered is a render_error: no request, no prompt,
+    no raw, no parsed, and failed metadata naming the template."""
+    assert rig.fake is not None
+    raw_dir = rig.data_dir / "1_raw"
+    (raw_dir / "templates" / "draft" / "fifth-concept.txt").write_text(
+        "Write about {{ concepts[5].name }}.\n", encoding="utf-8"
+    )
+    with (raw_dir / "draft_templates.csv").open("a", encoding="utf-8") as csv:
+        csv.write("fifth-concept,Fifth Concept,Uses a concept that is not there,,llm,True\n")
+    rig.rebuild()
+    drafts = rig.pick(Stage.DRAFT, "fifth-concept")
+
+    outcomes = [await rig.run(g) for g in drafts]
+
+    assert len(outcomes) == 3
+    assert rig.fake.request_count == 0
+    for g, outcome in zip(drafts, outcomes, strict=True):
+        assert (outcome.ok, outcome.kind, outcome.attempts) == (False, FailureKind.RENDER_ERROR, 0)
+        assert "fifth-concept" in outcome.message
+        assert rig.files(g) == {"metadata.json"}
+        md = rig.metadata(g)
+        assert (md["status"], md["error"]["kind"], md["reply"]) == ("failed", "render_error", None)
+        assert md["files"] == {"prompt": None, "raw": None, "parsed": None}
+
+
+# ---- 3. never pay twice ---------------------------------------------------------------------------
+
+
+async def test_crash_between_call_and_parse_costs_nothing_on_restart(rig: Rig) -> None:
+    """A crash right after the reply is saved leaves raw.txt and 'replied' metadata; the next run
+    re-parses the saved reply without a new request and ends done with reused_reply."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
+
+    def crash(step: str, gen_id: str) -> None:
+        if step == "reply_saved":
+            raise Crash(gen_id)
+
+    with pytest.raises(Crash):
+        await rig.run(draft, runner=rig.make_runner(checkpoint=crash))
+
+    assert rig.fake.request_count == 1
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "metadata.json"}
+    md = rig.metadata(draft)
+    assert (md["status"], md["files"]["parsed"]) == ("replied", None)
+    raw = rig.read(draft, "raw.txt")
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.reused_reply, outcome.attempts) == (True, True, 1)
+    assert rig.fake.request_count == 1
+    md = rig.metadata(draft)
+    assert (md["status"], md["reused_reply"], md["attempts"]) == ("done", True, 1)
+    assert md["reply"]["generation_id"] == "gen-fake-1"
+    assert rig.read(draft, "raw.txt") == raw
+    assert rig.read(draft, "parsed.txt").startswith("Final idea ")
+    assert "raw.1.txt" not in rig.files(draft)
+
+
+async def test_running_done_generations_again_makes_no_request(rig: Rig) -> None:
+    """Re-running a done draft, llm essay and evaluation sends nothing and leaves parsed.txt as is."""
+    assert rig.fake is not None
+    evaluation = next(
+        g
+        for g in rig.pick(Stage.EVALUATION, "novelty-judge")
+        if rig.parent(g).template_id == "polished-essay"
+    )
+    await rig.run_ancestors(evaluation)
+    assert (await rig.run(evaluation)).ok
+    chain = [evaluation, rig.parent(evaluation), rig.parent(rig.parent(evaluation))]
+    assert rig.fake.request_count == 3
+    before = {g.gen_id: (rig.read(g, "parsed.txt"), rig.read(g, "raw.txt")) for g in chain}
+
+    for g in reversed(chain):
+        outcome = await rig.run(g)
+        assert (outcome.ok, outcome.reused_reply) == (True, True)
+
+    assert rig.fake.request_count == 3
+    assert {g.gen_id: (rig.read(g, "parsed.txt"), rig.read(g, "raw.txt")) for g in chain} == before
+
+
+async def test_saved_reply_is_rechecked_not_rebought_when_a_check_is_relaxed(rig: Rig) -> None:
+    """A too_short reply is kept; after min_lines is lowered the next run reuses it with no request."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "bridge-sketch")[1]
+    strict = with_stage(rig.settings, Stage.DRAFT, min_lines=50)
+    first = await rig.run(draft, settings=strict)
+    assert (first.ok, first.kind) == (False, FailureKind.TOO_SHORT)
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.reused_reply) == (True, True)
+    assert rig.fake.request_count == 1
+    assert rig.read(draft, "parsed.txt") == rig.read(draft, "raw.txt")
+
+
+# ---- 4. no stale parsed.txt, nothing paid for overwritten ------------------------------------------
+
+
+async def test_failure_after_success_removes_parsed_and_new_reply_archives_old(rig: Rig) -> None:
+    """When a done generation must be called again and fails, its parsed.txt is gone; a later,
+    different reply archives the earlier raw.txt as raw.1.txt instead of overwriting it."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "bridge-sketch")[2]
+    assert (await rig.run(draft)).ok
+    old_raw = rig.read(draft, "raw.txt")
+    md = rig.metadata(draft)
+    md["input_sha256"] = "0" * 64  # as if the input had changed: the saved reply no longer answers it
+    (rig.dir(draft) / "metadata.json").write_text(json.dumps(md), encoding="utf-8")
+    rig.fake.script(FaultKind.AUTH)
+
+    failed = await rig.run(draft)
+
+    assert (failed.ok, failed.kind) == (False, FailureKind.AUTH)
+    assert rig.fake.request_count == 2
+    assert "parsed.txt" not in rig.files(draft)
+    kept = {p.name: p.read_text(encoding="utf-8") for p in rig.dir(draft).glob("raw*.txt")}
+    assert old_raw in kept.values()  # as raw.txt, or already archived before the new call
+    assert rig.metadata(draft)["status"] == "failed"
+
+    rig.fake.reply_builder = lambda request: "A different answer.\n" + default_reply(request)
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.reused_reply) == (True, False)
+    assert rig.fake.request_count == 3
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "raw.1.txt", "parsed.txt", "metadata.json"}
+    assert rig.read(draft, "raw.1.txt") == old_raw
+    new_raw = rig.read(draft, "raw.txt")
+    assert new_raw.startswith("A different answer.\n") and rig.read(draft, "parsed.txt") == new_raw
+
+
+async def test_child_failing_for_a_missing_parent_keeps_no_parsed(rig: Rig) -> None:
+    """A done copy essay whose draft is re-run and fails must not keep parsed.txt once it fails too."""
+    assert rig.fake is not None
+    essay = rig.pick(Stage.ESSAY, "idea-as-essay")[0]
+    await rig.run_ancestors(essay)
+    assert (await rig.run(essay)).ok
+    draft = rig.parent(essay)
+    assert draft is not None
+    md = rig.metadata(draft)
+    md["input_sha256"] = "0" * 64
+    (rig.dir(draft) / "metadata.json").write_text(json.dumps(md), encoding="utf-8")
+    rig.fake.script(FaultKind.AUTH)
+    assert (await rig.run(draft)).kind is FailureKind.AUTH
+    assert "parsed.txt" not in rig.files(draft)
+
+    outcome = await rig.run(essay)
+
+    assert (outcome.ok, outcome.kind) == (False, FailureKind.RENDER_ERROR)
+    assert rig.metadata(essay)["status"] == "failed"
+    assert "parsed.txt" not in rig.files(essay)
+
+
+async def test_content_filtered_reply_is_not_accepted_by_a_later_run(rig: Rig) -> None:
+    """A reply stopped by a content filter stays a failure on the next run; it never becomes parsed."""
+    assert rig.fake is not None
+    essay = rig.pick(Stage.ESSAY, "polished-essay")[0]
+    await rig.run_ancestors(essay)
+    rig.fake.script(FaultKind.CONTENT_FILTER)
+    first = await rig.run(essay)
+    assert (first.ok, first.kind) == (False, FailureKind.CONTENT_FILTER)
+
+    again = await rig.run(essay)
+
+    assert not again.ok
+    assert "parsed.txt" not in rig.files(essay)
+
+
+# ---- 5. the API key never leaks ----------------------------------------------------------------
+
+
+async def test_api_key_is_sent_but_never_written_or_returned(rig: Rig) -> None:
+    """With a server echoing the Authorization header in errors and in a reply, the key reaches the
+    server on every request but appears in no file, no Outcome message and no repr."""
+    assert rig.fake is not None
+    drafts = rig.pick(Stage.DRAFT, "bridge-sketch") + rig.pick(Stage.DRAFT, "contrast-map")
+    scripts: list[tuple[FaultSpec, int, FailureKind]] = [
+        (FaultKind.AUTH, 1, FailureKind.AUTH),
+        (FaultKind.INVALID_REQUEST, 1, FailureKind.INVALID_REQUEST),
+        (Fault(kind=FaultKind.ERROR_BODY, code=401), 1, FailureKind.AUTH),
+        (Fault(kind=FaultKind.ERROR_BODY, code=502), 3, FailureKind.TRANSIENT),
+        (FaultKind.RATE_LIMIT, 8, FailureKind.RATE_LIMIT),
+    ]
+    returned: list[object] = []
+    for draft, (fault, times, kind) in zip(drafts, scripts, strict=False):
+        rig.fake.script(fault, times=times)
+        outcome = await rig.run(draft)
+        assert (outcome.ok, outcome.kind) == (False, kind)
+        assert REDACTED in outcome.message  # the echo arrived and was scrubbed
+        returned.append(outcome)
+    echoing = drafts[len(scripts)]
+    rig.fake.reply_builder = lambda r: default_reply(r) + f"Header seen: {r.headers.get('Authorization')}\n"
+    outcome = await rig.run(echoing)
+    assert outcome.ok
+    assert f"Header seen: Bearer {REDACTED}" in rig.read(echoing, "raw.txt")
+    returned += [outcome, rig.runner, rig.provider, rig.store]
+
+    assert rig.fake.request_count == 1 + 1 + 1 + 3 + 8 + 1
+    assert all(r.headers.get("Authorization") == f"Bearer {KEY}" for r in rig.fake.requests)
+    files = [p for p in rig.data_dir.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        data = path.read_bytes()
+        for fragment in KEY_FRAGMENTS:
+            assert fragment.encode() not in data, path
+    for thing in returned:
+        text = repr(thing) + str(thing) + (thing.message if isinstance(thing, Outcome) else "")
+        for fragment in KEY_FRAGMENTS:
+            assert fragment not in text
+
+
+# ---- 6. providers --------------------------------------------------------------------------------
+
+
+def test_offline_providers_need_no_key() -> None:
+    """mock and echo are built with no key, no .env and no HTTP session."""
+    mock = make_provider(LlmSettings(provider="mock"), env={}, config_dir=None, session=None)
+    echo = make_provider(LlmSettings(provider="echo"), env={}, config_dir=None, session=None)
+    assert isinstance(mock, MockProvider) and isinstance(echo, EchoProvider)
+
+
+async def test_online_provider_without_a_key_names_the_variable(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """openrouter with no key anywhere is a ConfigError naming the env var, showing no secret."""
+    (tmp_path / ".env").write_text(f"SOME_OTHER_KEY={KEY}\n", encoding="utf-8")
+    llm = LlmSettings(provider="openrouter", api_key_env="DD_TEST_OPENROUTER_KEY")
+    with pytest.raises(ConfigError) as caught:
+        make_provider(llm, env={"UNRELATED": KEY}, config_dir=tmp_path, session=session)
+    message = str(caught.value)
+    assert "DD_TEST_OPENROUTER_KEY" in message
+    assert all(fragment not in message for fragment in KEY_FRAGMENTS)
+
+
+async def test_key_is_read_from_dotenv_next_to_the_config(rig: Rig, tmp_path: Path) -> None:
+    """A key in .env beside config.toml reaches the server: the key-checking fake answers the run."""
+    assert rig.fake is not None
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    config = config_dir / "config.toml"
+    config.write_text(
+        f'[llm]\nprovider = "openai"\nbase_url = "{rig.fake.base_url}"\n'
+        'api_key_env = "DD_TEST_DOTENV_KEY"\ntimeout_s = 5.0\n',
+        encoding="utf-8",
+    )
+    (config_dir / ".env").write_text(f'# secrets\nexport DD_TEST_DOTENV_KEY="{KEY}"\n', encoding="utf-8")
+    settings = load_settings(config, {})
+    async with aiohttp.ClientSession() as own_session:
+        provider = make_provider(settings.llm, env={}, config_dir=config.parent, session=own_session)
+        assert isinstance(provider, OpenAiCompatibleClient)
+        assert all(fragment not in repr(provider) for fragment in KEY_FRAGMENTS)
+        rig.provider = provider
+        rig.runner = rig.make_runner()
+        draft = rig.pick(Stage.DRAFT, "contrast-map")[0]
+        outcome = await rig.run(draft)
+
+    assert outcome.ok, outcome
+    (request,) = rig.fake.requests
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert "usage" not in (request.body or {})  # provider "openai": no OpenRouter-only parameters
+
+
+# ---- 7. offline --------------------------------------------------------------------------------
+
+
+async def test_mock_provider_runs_the_whole_cohort_offline(data_dir: Path) -> None:
+    """MockProvider through the Runner takes all 63 generations to done; judges parse a score."""
+    rig = Rig(data_dir, MockProvider())
+
+    outcomes = [await rig.run(g) for g in rig.generations]
+
+    assert [o.ok for o in outcomes] == [True] * 63
+    assert Counter(o.stage for o in outcomes) == {Stage.DRAFT: 9, Stage.ESSAY: 18, Stage.EVALUATION: 36}
+    for g in rig.generations:
+        md = rig.metadata(g)
+        assert md["status"] == "done"
+        if md["mode"] == "llm":
+            assert md["reply"]["provider"] == "mock"
+        if g.stage is Stage.EVALUATION:
+            parsed = rig.read(g, "parsed.txt")
+            assert SCORE_TEXT.match(parsed)
+            assert parsed == format_score(mock_score(rig.read(g, "prompt.txt")))
