@@ -16,6 +16,7 @@ from typing import Any, get_args, get_type_hints
 
 from daydreamd.errors import ConfigError
 from daydreamd.experiment import DESCRIPTION_LEVELS
+from daydreamd.retry import RetryPolicy
 from daydreamd.stages import STAGES, Stage
 
 UNSET_WORDS = frozenset({"", "0", "false", "none", "null"})
@@ -89,6 +90,77 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WatchSettings:
+    """How the service follows edits to ``1_raw`` (``[watch]``)."""
+
+    debounce_ms: int = 200
+    """Changes within this many milliseconds are applied as one rebuild."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrySettings:
+    """How often and how patiently a failed call is retried (``[retry]``), per failure kind."""
+
+    rate_limit_tries: int = 8
+    """Attempts a call may spend on 429s (Retry-After is honoured, else backoff with jitter)."""
+    rate_limit_base_s: float = 2.0
+    rate_limit_cap_s: float = 120.0
+    transient_tries: int = 3
+    """Attempts a call may spend on 5xx, timeouts, dropped connections and empty bodies."""
+    transient_base_s: float = 1.0
+    transient_cap_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Concurrency and requests per minute for one model or provider (``[pool.models.<id>]``)."""
+
+    concurrency: int = 0
+    """Calls in flight at once (0: the pool default)."""
+    requests_per_minute: int = 0
+    """Requests in any sliding 60 s window (0: the pool default)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """The worker pool (``[pool]``)."""
+
+    concurrency: int = 16
+    """Generations in progress at once, over all models."""
+    model_concurrency: int = 8
+    """Default calls in flight per model (adapted down on 429s, up again on success)."""
+    requests_per_minute: int = 60
+    """Default requests per model in any sliding 60 s window (0: unlimited)."""
+    provider_requests_per_minute: int = 0
+    """Default requests per provider (llm_models.csv ``provider``) per 60 s window (0: unlimited)."""
+    lease_s: float = 3600.0
+    """How long a claim is valid; expired leases go back to the queue."""
+    grace_s: float = 30.0
+    """On SIGTERM, how long in-flight calls may finish before they are released."""
+    quota_park_s: float = 900.0
+    """After a quota failure (402), how long that provider's work waits before it is tried again."""
+    models: tuple[tuple[str, Limits], ...] = ()
+    """Per-model overrides, ``[pool.models.<llm_model_id>]``."""
+    providers: tuple[tuple[str, Limits], ...] = ()
+    """Per-provider overrides, ``[pool.providers.<provider>]``."""
+
+    def model_limits(self, model_id: str) -> Limits:
+        """The model's limits with the pool defaults filled in."""
+        own = dict(self.models).get(model_id, Limits())
+        return Limits(
+            concurrency=own.concurrency or self.model_concurrency,
+            requests_per_minute=own.requests_per_minute or self.requests_per_minute,
+        )
+
+    def provider_rpm(self, provider: str) -> int:
+        """Requests per minute for a provider (0: unlimited)."""
+        return (
+            dict(self.providers).get(provider, Limits()).requests_per_minute
+            or self.provider_requests_per_minute
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Every setting, resolved: the only thing components receive."""
 
@@ -97,6 +169,9 @@ class Settings:
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     stages: tuple[tuple[Stage, StageSettings], ...] = tuple(STAGE_DEFAULTS.items())
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
     def stage(self, stage: Stage) -> StageSettings:
         """The settings of one stage."""
@@ -113,13 +188,16 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
     base = config.parent if config else Path.cwd()
     table = _read_toml(config) if config else {}
     source = str(config) if config else "defaults"
-    _reject_unknown(table, {"paths", "experiment", "llm", "stages"}, source, "")
+    _reject_unknown(table, {"paths", "experiment", "llm", "stages", "watch", "retry", "pool"}, source, "")
     settings = Settings(
         config_path=config,
         paths=_resolve_paths(_section(PathSettings, table, "paths", source), base),
         experiment=_section(ExperimentSettings, table, "experiment", source),
         llm=_section(LlmSettings, table, "llm", source),
         stages=_stages(table.get("stages", {}), source),
+        watch=_section(WatchSettings, table, "watch", source),
+        retry=_section(RetrySettings, table, "retry", source),
+        pool=_pool(table.get("pool", {}), source),
     )
     _check_values(settings, source)
     if data_dir is not None:
@@ -209,6 +287,35 @@ def _stages(table: Any, source: str) -> tuple[tuple[Stage, StageSettings], ...]:
     )
 
 
+def _pool(table: Any, source: str) -> PoolSettings:
+    """``[pool]`` with its ``models`` and ``providers`` sub-tables of per-id limits."""
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=source, key="pool")
+    flat = {k: v for k, v in table.items() if k not in ("models", "providers")}
+    pool = _build(PoolSettings, flat, source, "pool.")
+    overrides = {}
+    for name in ("models", "providers"):
+        sub = table.get(name, {})
+        if not isinstance(sub, dict) or not all(isinstance(v, dict) for v in sub.values()):
+            raise ConfigError(f"must hold [pool.{name}.<id>] tables", path=source, key=f"pool.{name}")
+        overrides[name] = tuple(
+            (key, _build(Limits, value, source, f"pool.{name}.{key}.")) for key, value in sorted(sub.items())
+        )
+    return replace(pool, **overrides)
+
+
+def retry_policy(settings: RetrySettings) -> RetryPolicy:
+    """The runner's retry policy from ``[retry]``."""
+    return RetryPolicy(
+        rate_limit_tries=settings.rate_limit_tries,
+        rate_limit_base_s=settings.rate_limit_base_s,
+        rate_limit_cap_s=settings.rate_limit_cap_s,
+        transient_tries=settings.transient_tries,
+        transient_base_s=settings.transient_base_s,
+        transient_cap_s=settings.transient_cap_s,
+    )
+
+
 def _check_values(settings: Settings, source: str) -> None:
     experiment = settings.experiment
     if experiment.k_max < 1:
@@ -216,6 +323,14 @@ def _check_values(settings: Settings, source: str) -> None:
     if experiment.description_level not in DESCRIPTION_LEVELS:
         levels = ", ".join(DESCRIPTION_LEVELS)
         raise ConfigError(f"must be one of {levels}", path=source, key="experiment.description_level")
+    for key, value in (
+        ("pool.concurrency", settings.pool.concurrency),
+        ("pool.model_concurrency", settings.pool.model_concurrency),
+        ("retry.rate_limit_tries", settings.retry.rate_limit_tries),
+        ("retry.transient_tries", settings.retry.transient_tries),
+    ):
+        if value < 1:
+            raise ConfigError("must be at least 1", path=source, key=key)
     if settings.llm.provider not in PROVIDERS:
         raise ConfigError(f"must be one of {', '.join(PROVIDERS)}", path=source, key="llm.provider")
     for stage, stage_settings in settings.stages:

@@ -289,6 +289,15 @@ def _print_cohort(result: dict[str, Any]) -> None:
         click.echo(f"wrote {result['membership']} ({result['new_combos']} new combos recorded)")
 
 
+def _register_live_verbs() -> None:
+    from daydreamd import ctl_live
+
+    ctl_live.register(cli)
+
+
+_register_live_verbs()
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="daydreamctl")

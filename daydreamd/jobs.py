@@ -54,6 +54,10 @@ class Jobs:
             for combo in build_combos(experiment, settings.experiment.k_max, level)
         }
 
+    def model(self, model_id: str) -> LlmModel | None:
+        """A model of the experiment by id."""
+        return self._models.get(model_id)
+
     def job(self, generation: Generation) -> Job | None:
         """The job, or None when the generation's template, model or combo is not in the experiment."""
         template = self._templates.get((generation.stage, generation.template_id))

@@ -1,0 +1,118 @@
+"""The run state's schema history: ordered, numbered migrations, applied once each at startup.
+
+A migration that has shipped is never edited or renumbered; fixes come as new migrations.
+Applied names are recorded in ``_daydream_migrations``. Each migration runs in its own
+transaction, so a crash mid-upgrade leaves the database at the previous version.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+M001_INITIAL = """
+        CREATE TABLE generations (
+            gen_id        TEXT PRIMARY KEY,
+            stage         TEXT NOT NULL,
+            stage_rank    INTEGER NOT NULL,            -- 0 draft, 1 essay, 2 evaluation: parents first
+            parent_gen_id TEXT NOT NULL,               -- '' for drafts
+            combo_id      TEXT NOT NULL,
+            template_id   TEXT NOT NULL,
+            llm_model_id  TEXT NOT NULL,
+            replicate     INTEGER NOT NULL,
+            mode          TEXT NOT NULL,               -- llm | copy
+            state         TEXT NOT NULL,               -- pending | queued | running | done | failed
+            retired       INTEGER NOT NULL DEFAULT 0,  -- 1 when not in the current cohort
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            error_kind    TEXT,
+            error_message TEXT,
+            approval_id   INTEGER,
+            lease_token   INTEGER NOT NULL DEFAULT 0,  -- fencing: bumped by every claim
+            lease_expires REAL,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL,
+            started_at    TEXT,
+            finished_at   TEXT
+        );
+        CREATE INDEX generations_ready ON generations (state, retired, stage_rank, llm_model_id);
+        CREATE INDEX generations_parent ON generations (parent_gen_id);
+        CREATE INDEX generations_counts ON generations (stage, state, retired);
+
+        CREATE TABLE attempts (
+            id                INTEGER PRIMARY KEY,
+            gen_id            TEXT NOT NULL,
+            llm_model_id      TEXT NOT NULL,
+            attempt           INTEGER NOT NULL,
+            started_at        REAL NOT NULL,
+            finished_at       REAL NOT NULL,
+            outcome           TEXT NOT NULL,           -- ok or a failure kind
+            status            INTEGER,
+            message           TEXT,
+            prompt_tokens     INTEGER,
+            completion_tokens INTEGER,
+            total_tokens      INTEGER,
+            reasoning_tokens  INTEGER,
+            cost              REAL
+        );
+        CREATE INDEX attempts_gen ON attempts (gen_id);
+
+        CREATE TABLE approvals (
+            id            INTEGER PRIMARY KEY,
+            created_at    TEXT NOT NULL,
+            requested_by  TEXT NOT NULL,
+            action        TEXT NOT NULL,               -- approve | revoke
+            cohort_id     TEXT,
+            stage         TEXT NOT NULL,
+            template_id   TEXT,
+            llm_model_id  TEXT,
+            limit_n       INTEGER,
+            matched       INTEGER NOT NULL
+        );
+
+        CREATE TABLE cohorts (
+            cohort_id    TEXT PRIMARY KEY,
+            first_seen   TEXT NOT NULL,
+            last_applied TEXT NOT NULL,
+            fingerprint  TEXT NOT NULL,
+            counts       TEXT NOT NULL                 -- JSON {stage: n}
+        );
+
+        CREATE TABLE facts (
+            key   TEXT PRIMARY KEY,                    -- e.g. fingerprint.pending, fingerprint.applied
+            value TEXT NOT NULL
+        );
+
+        CREATE TABLE model_limits (
+            llm_model_id TEXT PRIMARY KEY,
+            concurrency  REAL NOT NULL,
+            updated_at   TEXT NOT NULL
+        );
+"""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", M001_INITIAL),)
+"""(name, SQL script) in order. Append only."""
+
+
+async def migrate(db: aiosqlite.Connection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now.
+
+    The connection must be in autocommit mode (``isolation_level=None``): each script runs
+    inside its own ``BEGIN IMMEDIATE ... COMMIT`` together with the row that records it.
+    """
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS _daydream_migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
+    )
+    async with db.execute("SELECT name FROM _daydream_migrations") as cursor:
+        done = {row[0] for row in await cursor.fetchall()}
+    applied = []
+    for name, script in MIGRATIONS:
+        if name in done:
+            continue
+        record = f"INSERT INTO _daydream_migrations VALUES ('{name}', strftime('%Y-%m-%dT%H:%M:%fZ'));"
+        try:
+            await db.executescript(f"BEGIN IMMEDIATE;\n{script}\n{record}\nCOMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                await db.rollback()
+            raise
+        applied.append(name)
+    return applied

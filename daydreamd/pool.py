@@ -1,0 +1,322 @@
+"""The worker pool: claim approved work from SQLite, run it through the runner within limits.
+
+Limits, all enforced here and nowhere else: a global concurrency; per-model concurrency that
+adapts (halved once per episode of 429s, honouring Retry-After; grown back slowly on success;
+never below 1); and requests per minute per model and per provider, never exceeded in any
+sliding 60-second window, checked before every HTTP attempt including retries. A quota
+failure parks all LLM work for ``pool.quota_park_s`` instead of hammering the provider.
+
+Only work whose parent is done is claimed, parents first. Every claim carries a fencing token
+(see ``store``). On shutdown the pool stops claiming, lets in-flight calls finish within the
+grace period, and gives back whatever is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+
+from daydreamd.config import Settings
+from daydreamd.llm_client import AttemptRecord, LlmRequest, Provider, Reply
+from daydreamd.ratelimit import AdaptiveLimit, SlidingWindow, acquire_all
+from daydreamd.rebuild import Current
+from daydreamd.retry import FailureKind
+from daydreamd.runner import Outcome, Runner
+from daydreamd.store import AttemptRow, Claim, Completion, Store
+
+log = structlog.get_logger("daydreamd.pool")
+IDLE_POLL_S = 1.0
+
+
+class _GatedProvider:
+    """Waits for every rate window that applies before each attempt, then asks the provider."""
+
+    def __init__(self, inner: Provider, windows: list[SlidingWindow], pool: Pool) -> None:
+        self._inner = inner
+        self._windows = windows
+        self._pool = pool
+
+    async def complete(self, request: LlmRequest) -> Reply:
+        await self._pool.wait_unparked()
+        await acquire_all(self._windows)
+        return await self._inner.complete(request)
+
+
+@dataclass(slots=True)
+class ModelState:
+    """Live limits and counters of one model."""
+
+    limit: AdaptiveLimit
+    window: SlidingWindow
+    provider: str
+    in_flight: int = 0
+    paused: bool = False
+
+
+class Pool:
+    """Runs claimed generations; see the module docstring for the rules it keeps."""
+
+    def __init__(self, *, settings: Settings, store: Store, runner: Runner, current: Current) -> None:
+        self.settings = settings
+        self.store = store
+        self.runner = runner
+        self.current = current
+        self.models: dict[str, ModelState] = {}
+        self.providers: dict[str, SlidingWindow] = {}
+        self.in_flight: dict[str, Claim] = {}
+        self.parked_until: float | None = None
+        self.paused = False
+        self.outcomes: Counter[str] = Counter()
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._stopping = False
+        self._learned: dict[str, float] = {}
+
+    # -- control -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for work now (after an approval, a completion or a rebuild)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; ``run`` then drains in-flight work within the grace period."""
+        self._stopping = True
+        self.wake()
+
+    def update_settings(self, settings: Settings) -> None:
+        """Apply reloaded limits without touching in-flight calls (SIGHUP)."""
+        self.settings = settings
+        for model_id, state in self.models.items():
+            limits = settings.pool.model_limits(model_id)
+            state.limit.set_maximum(limits.concurrency)
+            state.window.set_limit(limits.requests_per_minute)
+        for provider, window in self.providers.items():
+            window.set_limit(settings.pool.provider_rpm(provider))
+        self.wake()
+
+    async def restore_limits(self) -> None:
+        """Resume learned per-model concurrency from the run state."""
+        self._learned = await self.store.load_limits()
+
+    async def wait_unparked(self) -> None:
+        """Hold a call while the provider is parked after a quota failure."""
+        if self.parked_until is not None and (delay := self.parked_until - time.monotonic()) > 0:
+            await anyio.sleep(delay)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and run work until ``stop``; then drain, release and save learned limits."""
+        async with anyio.create_task_group() as workers:
+            while not self._stopping:
+                try:
+                    await self._fill(workers)
+                except Exception:  # a failed claim must not stop the pool; it tries again
+                    log.exception("claim_failed")
+                with anyio.move_on_after(IDLE_POLL_S):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+            await self._drain(workers)
+        await self.save_limits()
+
+    async def _drain(self, workers: anyio.abc.TaskGroup) -> None:
+        grace = self.settings.pool.grace_s
+        if self.in_flight:
+            log.info("pool_draining", in_flight=len(self.in_flight), grace_s=grace)
+            with anyio.move_on_after(grace):
+                while self.in_flight:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+        leftover = list(self.in_flight.values())
+        workers.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            released = await self.store.release(leftover)
+        log.info("pool_stopped", released=released, outcomes=dict(self.outcomes))
+
+    async def _fill(self, workers: anyio.abc.TaskGroup) -> None:
+        jobs = self.current.jobs
+        if jobs is None or self.paused:
+            return
+        for (mode, model_id), ready in (await self.store.ready_counts()).items():
+            free = self.settings.pool.concurrency - len(self.in_flight)
+            if free <= 0:
+                return
+            if mode == "llm":
+                if self.parked_until is not None and time.monotonic() < self.parked_until:
+                    continue
+                state = self._model(model_id)
+                if state.paused or state.limit.resume_at > time.monotonic():
+                    continue
+                free = min(free, state.limit.limit - state.in_flight)
+            if free <= 0:
+                continue
+            claims = await self.store.claim(
+                mode=mode,
+                llm_model_id=model_id if mode == "llm" else None,
+                limit=min(ready, free),
+                lease_s=self.settings.pool.lease_s,
+            )
+            for claim in claims:
+                self._start(workers, claim)
+
+    def _start(self, workers: anyio.abc.TaskGroup, claim: Claim) -> None:
+        self.in_flight[claim.generation.gen_id] = claim
+        if claim.mode == "llm":
+            self._model(claim.generation.llm_model_id).in_flight += 1
+        workers.start_soon(self._work, claim, name=claim.generation.gen_id)
+
+    def _model(self, model_id: str) -> ModelState:
+        state = self.models.get(model_id)
+        if state is None:
+            limits = self.settings.pool.model_limits(model_id)
+            jobs = self.current.jobs
+            model = jobs.model(model_id) if jobs is not None else None
+            provider = model.provider if model is not None else ""
+            try:
+                limit = AdaptiveLimit(
+                    self._learned.get(model_id, limits.concurrency), maximum=limits.concurrency
+                )
+            except ValueError:  # a corrupt learned value: start again from the configured level
+                limit = AdaptiveLimit(limits.concurrency, maximum=limits.concurrency)
+            state = ModelState(
+                limit=limit, window=SlidingWindow(limits.requests_per_minute), provider=provider
+            )
+            self.models[model_id] = state
+        return state
+
+    def _provider_window(self, provider: str) -> SlidingWindow:
+        window = self.providers.get(provider)
+        if window is None:
+            window = self.providers[provider] = SlidingWindow(self.settings.pool.provider_rpm(provider))
+        return window
+
+    # -- one generation ------------------------------------------------------------------------
+
+    async def _work(self, claim: Claim) -> None:
+        g = claim.generation
+        bound = log.bind(gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
+        attempts: list[AttemptRow] = []
+        try:
+            outcome = await self._run(claim, attempts, bound)
+            completion = Completion(
+                gen_id=g.gen_id,
+                token=claim.token,
+                llm_model_id=g.llm_model_id,
+                ok=outcome.ok,
+                error_kind=str(outcome.kind) if outcome.kind else None,
+                error_message=outcome.message or None,
+                attempts=tuple(attempts),
+            )
+            try:
+                committed = await self.store.complete([completion])
+            except Exception:  # the files are saved; a restart recovers the row and re-parses them
+                bound.exception("commit_failed")
+                return
+            self.outcomes["done" if outcome.ok else str(outcome.kind)] += 1
+            if not committed:
+                bound.warning("stale_commit_ignored", token=claim.token)
+            elif outcome.ok:
+                bound.info("generation_done", attempts=len(attempts), reused_reply=outcome.reused_reply)
+            else:
+                bound.warning("generation_failed", error_type=str(outcome.kind), message=outcome.message)
+        finally:
+            self.in_flight.pop(g.gen_id, None)
+            if claim.mode == "llm":
+                self._model(g.llm_model_id).in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+            self.wake()
+
+    async def _run(self, claim: Claim, attempts: list[AttemptRow], bound: Any) -> Outcome:
+        g = claim.generation
+        jobs = self.current.jobs
+        job = jobs.job(g) if jobs is not None else None
+        if job is None:
+            message = "its template or model is no longer in the experiment"
+            return Outcome(
+                gen_id=g.gen_id, stage=g.stage, ok=False, kind=FailureKind.RENDER_ERROR, message=message
+            )
+        provider = None
+        if job.model is not None:
+            state = self._model(g.llm_model_id)
+            windows = [state.window, self._provider_window(state.provider)]
+            provider = _GatedProvider(self.runner.provider, windows, self)
+
+        def on_attempt(record: AttemptRecord) -> None:
+            attempts.append(_attempt_row(record))
+            self._adapt(g.llm_model_id, record, bound)
+
+        try:
+            return await self.runner.run(job, on_attempt=on_attempt, provider=provider)
+        except Exception as exc:  # the per-task boundary: a bug here fails one generation, not the service
+            bound.exception("generation_crashed")
+            return Outcome(
+                gen_id=g.gen_id, stage=g.stage, ok=False, kind=None, message=f"internal error: {exc!r}"
+            )
+
+    def _adapt(self, model_id: str, record: AttemptRecord, bound: Any) -> None:
+        state = self._model(model_id)
+        if record.outcome == "ok":
+            before = state.limit.limit
+            state.limit.on_success()
+            if state.limit.limit != before:
+                bound.info("limit_raised", concurrency=state.limit.limit)
+        elif record.outcome == FailureKind.RATE_LIMIT:
+            if state.limit.on_rate_limited(record.retry_after, in_flight=state.in_flight):
+                bound.warning("limit_cut", concurrency=state.limit.limit, retry_after=record.retry_after)
+        elif record.outcome == FailureKind.QUOTA:
+            self.parked_until = time.monotonic() + self.settings.pool.quota_park_s
+            bound.error("provider_parked", until_s=self.settings.pool.quota_park_s, message=record.message)
+
+    async def save_limits(self) -> None:
+        """Persist learned per-model concurrency."""
+        learned = {model_id: state.limit.value for model_id, state in self.models.items()}
+        if learned:
+            with anyio.CancelScope(shield=True):
+                await self.store.save_limits(learned)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Limits and counters for ``/v1/status``."""
+        now = time.monotonic()
+        parked = self.parked_until is not None and self.parked_until > now
+        return {
+            "in_flight": len(self.in_flight),
+            "concurrency": self.settings.pool.concurrency,
+            "paused": self.paused,
+            "parked": {"all": round(self.parked_until - now, 1)} if parked and self.parked_until else {},
+            "models": {
+                model_id: {
+                    "in_flight": state.in_flight,
+                    "concurrency": state.limit.limit,
+                    "max_concurrency": self.settings.pool.model_limits(model_id).concurrency,
+                    "requests_per_minute": self.settings.pool.model_limits(model_id).requests_per_minute,
+                    "requests_last_minute": state.window.in_window(),
+                    "provider": state.provider,
+                    "paused": state.paused,
+                }
+                for model_id, state in sorted(self.models.items())
+            },
+            "outcomes": dict(self.outcomes),
+        }
+
+
+def _attempt_row(record: AttemptRecord) -> AttemptRow:
+    usage = record.usage
+    return AttemptRow(
+        attempt=record.attempt,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        outcome=record.outcome,
+        status=record.status,
+        message=record.message,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        reasoning_tokens=usage.reasoning_tokens if usage else None,
+        cost=usage.cost if usage else None,
+    )
