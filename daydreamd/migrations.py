@@ -88,7 +88,15 @@ M001_INITIAL = """
         );
 """
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", M001_INITIAL),)
+M002_SCORES = """
+        ALTER TABLE generations ADD COLUMN score REAL;   -- an evaluation's parsed score, when done
+        CREATE INDEX generations_scores ON generations (stage, state) WHERE score IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("m001_initial", M001_INITIAL),
+    ("m002_scores", M002_SCORES),
+)
 """(name, SQL script) in order. Append only."""
 
 

@@ -211,6 +211,7 @@ class Pool:
                 error_kind=str(outcome.kind) if outcome.kind else None,
                 error_message=outcome.message or None,
                 attempts=tuple(attempts),
+                score=outcome.score,
             )
             try:
                 committed = await self.store.complete([completion])

@@ -61,6 +61,18 @@ class Outcome:
     attempts: int = 0
     reused_reply: bool = False
     usage: Usage | None = None
+    score: float | None = None
+    """An evaluation's score (its parsed.txt), for the run state."""
+
+
+def score_of(stage: Stage, parsed: str | None) -> float | None:
+    """The score an evaluation's parsed text holds (None for other stages or unreadable text)."""
+    if stage is not Stage.EVALUATION or parsed is None:
+        return None
+    try:
+        return float(parsed.strip())
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
@@ -197,7 +209,10 @@ class Runner:
             and (directory / PARSED).exists()
         ):
             attempts = int(previous.get("attempts") or 0)
-            return Outcome(gen_id=job.gen_id, stage=job.stage, ok=True, reused_reply=True, attempts=attempts)
+            score = score_of(job.stage, store.read_parsed(job.stage, job.gen_id))
+            return Outcome(
+                gen_id=job.gen_id, stage=job.stage, ok=True, reused_reply=True, attempts=attempts, score=score
+            )
         store.remove_parsed(job.stage, job.gen_id)
         if not run.fresh and can_reuse_reply(previous, run.input_sha256, raw_exists):
             assert previous is not None
@@ -270,6 +285,7 @@ class Runner:
             attempts=run.attempts,
             reused_reply=run.reused,
             usage=_usage(run.reply),
+            score=score_of(job.stage, parsed),
         )
 
     def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:

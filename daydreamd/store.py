@@ -29,7 +29,8 @@ STATES = ("pending", "queued", "running", "done", "failed")
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
-    "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at"
+    "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
+    "score"
 )
 
 
@@ -86,6 +87,8 @@ class Completion:
     error_kind: str | None = None
     error_message: str | None = None
     attempts: tuple[AttemptRow, ...] = ()
+    score: float | None = None
+    """An evaluation's score, recorded so results come from SQLite without reading files."""
 
 
 class Store:
@@ -319,13 +322,14 @@ class Store:
                 committed += await _changes(
                     db,
                     "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
-                    "finished_at = ?, updated_at = ?, lease_expires = NULL "
+                    "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL "
                     "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                     (
                         "done" if c.ok else "failed",
                         len(c.attempts),
                         c.error_kind,
                         c.error_message,
+                        c.score if c.ok else None,
                         now,
                         now,
                         c.gen_id,

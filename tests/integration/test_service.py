@@ -75,6 +75,10 @@ async def test_whole_loop_runs_only_what_is_approved(
     scores = [p.read_text() for p in gens(daemon, "evaluation", "parsed.txt")]
     assert len(scores) == 36 and all(float(s) >= 0 for s in scores)
     assert (daemon.data / "cohorts" / status["cohort_id"] / "membership.csv").exists()
+    rows = (await daemon.get("/v1/generations", stage="evaluation", state="done", limit=100))["generations"]
+    recorded = {row["gen_id"]: row["score"] for row in rows}
+    on_disk = {p.parent.name: float(p.read_text()) for p in gens(daemon, "evaluation", "parsed.txt")}
+    assert recorded == on_disk  # scores are in the run state, equal to the files
     for path in daemon.data.rglob("*"):
         if path.is_file():
             assert API_KEY.encode() not in path.read_bytes(), path
