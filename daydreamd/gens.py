@@ -35,9 +35,10 @@ class GensStore:
         """``gens/<stage>/<gen_id>``."""
         return self.root / str(stage) / gen_id
 
-    def relative(self, path: Path) -> str:
-        """A path as recorded in metadata: relative to the data directory, POSIX style."""
-        return path.relative_to(self.data_dir).as_posix()
+    @staticmethod
+    def relative_file(stage: Stage | str, gen_id: str, name: str) -> str:
+        """``gens/<stage>/<gen_id>/<name>``: a file's path relative to the data directory."""
+        return f"gens/{stage}/{gen_id}/{name}"
 
     def read_text(self, stage: Stage | str, gen_id: str, name: str) -> str | None:
         """A file's text, or None when it does not exist."""
@@ -95,8 +96,12 @@ class GensStore:
 
 
 def dump_metadata(metadata: dict[str, Any]) -> str:
-    """``metadata.json`` text: indented, sorted keys, so it reads and diffs well."""
-    return json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    """``metadata.json`` text: sorted keys, one line (json's C encoder; ``jq .`` pretty-prints it).
+
+    Indented output would use the pure-Python encoder, which costs more CPU than everything
+    else the runner does per generation.
+    """
+    return json.dumps(metadata, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _same_text(path: Path, text: str) -> bool:

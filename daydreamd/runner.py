@@ -219,8 +219,8 @@ class Runner:
             run.reply = previous["reply"]
             run.attempts = int(previous.get("attempts") or 0)
             run.reused = True
-            run.files["prompt"] = store.relative(directory / PROMPT)
-            run.files["raw"] = store.relative(directory / RAW)
+            run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
+            run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
         elif raw_exists:
             store.archive_raw(job.stage, job.gen_id)  # a stale reply must never answer this prompt
         return None
@@ -268,15 +268,14 @@ class Runner:
         job, store = run.job, self.store
         assert run.prompt is not None
         run.reply = reply.to_dict()
-        directory = store.directory(job.stage, job.gen_id)
-        run.files["prompt"] = store.relative(directory / PROMPT)
-        run.files["raw"] = store.relative(directory / RAW)
+        run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
+        run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
         metadata = self._metadata(run, "replied", None)
         store.save(job.stage, job.gen_id, [(PROMPT, run.prompt), (METADATA, metadata), (RAW, reply.text)])
 
     def _succeed(self, run: _Run, parsed: str) -> Outcome:
         job, store = run.job, self.store
-        run.files["parsed"] = store.relative(store.directory(job.stage, job.gen_id) / PARSED)
+        run.files["parsed"] = store.relative_file(job.stage, job.gen_id, PARSED)
         store.save(job.stage, job.gen_id, [(PARSED, parsed), (METADATA, self._metadata(run, "done", None))])
         return Outcome(
             gen_id=job.gen_id,
@@ -294,7 +293,7 @@ class Runner:
         files: list[tuple[str, str | dict[str, Any]]] = []
         if with_prompt and run.prompt is not None:
             files.append((PROMPT, run.prompt))
-            run.files["prompt"] = store.relative(store.directory(job.stage, job.gen_id) / PROMPT)
+            run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
         error = {"kind": str(kind), "message": message}
         files.append((METADATA, self._metadata(run, "failed", error)))
         store.save(job.stage, job.gen_id, files)

@@ -85,3 +85,49 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "daydreamd.ctl", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "validate" in out and "cohort" in out
+
+
+def test_parse_prints_the_score_or_the_error(tmp_path: Path) -> None:
+    """parse prints just the score for a judge's reply, and exits 1 with the reason when there is none."""
+    reply = tmp_path / "raw.txt"
+    reply.write_text("The essay is good.\n**Final Score:** 7\nIt could be tighter.\n")
+    code, out, _ = run("parse", "--stage", "evaluation", "--parser", "in_last_line", str(reply))
+    assert (code, out.strip()) == (0, "7.0")
+    reply.write_text("No verdict here.\n")
+    code, _, err = run("parse", "--stage", "evaluation", "--parser", "in_last_line", str(reply))
+    assert code == 1 and "raw.txt" in err and "score" in err.lower()
+    code, _, err = run("parse", "--stage", "draft", "--parser", "in_last_line", str(reply))
+    assert code == 1 and "in_last_line" in err
+
+
+def test_render_writes_prompts_without_calling_anything(data: Path) -> None:
+    """render writes every draft prompt; essays wait for their drafts; copy essays have none."""
+    code, out, _ = run("render", "--data", str(data), "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["rendered"] == 9 and report["failed"] == 0
+    assert report["waiting_for_parent"] == 9 + 36 and report["skipped_copy"] == 9
+    prompts = sorted((data / "gens" / "draft").glob("*/prompt.txt"))
+    texts = [p.read_text() for p in prompts]
+    assert len(texts) == 9 and all(t.strip() and "{{ concept" not in t for t in texts)
+    assert not list((data / "gens").glob("*/*/raw.txt"))
+
+
+def test_render_reports_a_failing_template_by_gen_id(data: Path) -> None:
+    """A template that validates but fails at render time is reported per generation, exit 1."""
+    (data / "1_raw" / "templates" / "draft" / "contrast-map.txt").write_text("{{ concepts[7].name }}\n")
+    code, out, _ = run("render", "--data", str(data), "--stage", "draft")
+    assert code == 1
+    failures = [line for line in out.splitlines() if line.startswith("d_")]
+    assert len(failures) == 3 and all("contrast-map" in line for line in failures)
+
+
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "corpus" / "upstream-daydreaming" / "1_raw").is_dir(),
+    reason="upstream corpus not present",
+)
+def test_render_the_upstream_corpus(tmp_path: Path) -> None:
+    """All 525 draft prompts of the researchers' corpus (k_max=2) render."""
+    shutil.copytree(ROOT.parent / "shared" / "corpus" / "upstream-daydreaming" / "1_raw", tmp_path / "1_raw")
+    code, out, _ = run("render", "--data", str(tmp_path), "--stage", "draft", "--json")
+    assert code == 0 and json.loads(out)["rendered"] == 525
