@@ -161,6 +161,14 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PriceSettings:
+    """``[prices.<llm_model_id>]``: dollars per million tokens, when llm_models.csv has no price columns."""
+
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Every setting, resolved: the only thing components receive."""
 
@@ -172,6 +180,7 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    prices: tuple[tuple[str, PriceSettings], ...] = ()
 
     def stage(self, stage: Stage) -> StageSettings:
         """The settings of one stage."""
@@ -188,7 +197,8 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
     base = config.parent if config else Path.cwd()
     table = _read_toml(config) if config else {}
     source = str(config) if config else "defaults"
-    _reject_unknown(table, {"paths", "experiment", "llm", "stages", "watch", "retry", "pool"}, source, "")
+    known = {"paths", "experiment", "llm", "stages", "watch", "retry", "pool", "prices"}
+    _reject_unknown(table, known, source, "")
     settings = Settings(
         config_path=config,
         paths=_resolve_paths(_section(PathSettings, table, "paths", source), base),
@@ -198,6 +208,7 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         watch=_section(WatchSettings, table, "watch", source),
         retry=_section(RetrySettings, table, "retry", source),
         pool=_pool(table.get("pool", {}), source),
+        prices=_per_id(table.get("prices", {}), PriceSettings, source, "prices"),
     )
     _check_values(settings, source)
     if data_dir is not None:
@@ -293,15 +304,17 @@ def _pool(table: Any, source: str) -> PoolSettings:
         raise ConfigError("must be a table", path=source, key="pool")
     flat = {k: v for k, v in table.items() if k not in ("models", "providers")}
     pool = _build(PoolSettings, flat, source, "pool.")
-    overrides = {}
-    for name in ("models", "providers"):
-        sub = table.get(name, {})
-        if not isinstance(sub, dict) or not all(isinstance(v, dict) for v in sub.values()):
-            raise ConfigError(f"must hold [pool.{name}.<id>] tables", path=source, key=f"pool.{name}")
-        overrides[name] = tuple(
-            (key, _build(Limits, value, source, f"pool.{name}.{key}.")) for key, value in sorted(sub.items())
-        )
+    overrides = {
+        name: _per_id(table.get(name, {}), Limits, source, f"pool.{name}") for name in ("models", "providers")
+    }
     return replace(pool, **overrides)
+
+
+def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[str, Any], ...]:
+    """A table of ``[<name>.<id>]`` sub-tables, each checked against ``cls``."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"must hold [{name}.<id>] tables", path=source, key=name)
+    return tuple((key, _build(cls, value, source, f"{name}.{key}.")) for key, value in sorted(table.items()))
 
 
 def retry_policy(settings: RetrySettings) -> RetryPolicy:

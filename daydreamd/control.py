@@ -25,7 +25,8 @@ Shapes the server passes through unchanged (the service fills them in):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,7 +59,22 @@ def bad_request(message: str) -> ControlError:
     return ControlError(400, "bad_request", message)
 
 
-_REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by")
+_REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
+FAILURE_KINDS: tuple[str, ...] = (
+    "render_error",
+    "rate_limit",
+    "transient",
+    "quota",
+    "invalid_request",
+    "auth",
+    "content_filter",
+    "truncated",
+    "too_short",
+    "parse_error",
+    "empty",
+    "internal",
+)
+"""Failure kinds a retry may select (``daydreamd.retry.FailureKind`` plus ``internal``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +91,10 @@ class ApprovalRequest:
     """Approve at most this many (None: all that match)."""
     requested_by: str = ""
     """Who asked (the OS user name of the CLI), recorded with the approval."""
+    budget_usd: float | None = None
+    """Stop starting calls for this approval once its recorded spend would pass this many dollars."""
+    plan: str | None = None
+    """The hash of a ``plan``: refuse unless the approval would cover exactly what that plan showed."""
 
     @classmethod
     def from_json(cls, body: object) -> ApprovalRequest:
@@ -94,12 +114,124 @@ class ApprovalRequest:
             llm_model_id=_optional_text(body, "llm_model_id"),
             limit=_limit(body.get("limit")),
             requested_by=_requested_by(body.get("requested_by", "")),
+            budget_usd=_budget(body.get("budget_usd")),
+            plan=_optional_text(body, "plan"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body ``from_json`` accepts (None fields left out)."""
         fields = {name: getattr(self, name) for name in _REQUEST_FIELDS}
         return {name: value for name, value in fields.items() if value is not None}
+
+
+def _budget(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise bad_request(f"budget_usd: must be a positive number of dollars or null, got {value!r}")
+    return float(value)
+
+
+def _object(body: object, allowed: tuple[str, ...]) -> Mapping[str, object]:
+    """A JSON object with only ``allowed`` keys (a misspelt key is refused, never ignored)."""
+    if not isinstance(body, Mapping):
+        raise bad_request("the request body must be a JSON object")
+    unknown = sorted(str(key) for key in body if key not in allowed)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: unknown field; expected one of {', '.join(allowed)}")
+    return body
+
+
+def _optional_choice(body: Mapping[str, object], name: str, choices: tuple[str, ...]) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if value not in choices:
+        raise bad_request(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _optional_count(body: Mapping[str, object], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(f"{name}: must be a whole number of at least 0 or null, got {value!r}")
+    return value
+
+
+_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequest:
+    """Which failed generations to send back to the queue."""
+
+    stage: str | None = None
+    kind: str | None = None
+    """Only failures of this kind, e.g. ``rate_limit`` or ``transient``."""
+    template_id: str | None = None
+    llm_model_id: str | None = None
+    fresh: bool = False
+    """Pay for a new reply even where one is saved (for empty, cut-off or filtered replies)."""
+    requested_by: str = ""
+
+    @classmethod
+    def from_json(cls, body: object) -> RetryRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, _RETRY_FIELDS)
+        fresh = fields.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise bad_request(f"fresh: must be true or false, got {fresh!r}")
+        return cls(
+            stage=_optional_choice(fields, "stage", STAGE_NAMES),
+            kind=_optional_choice(fields, "kind", FAILURE_KINDS),
+            template_id=_optional_text(fields, "template_id"),
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            fresh=fresh,
+            requested_by=_requested_by(fields.get("requested_by", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseRequest:
+    """Pause or resume claiming: for every model (``llm_model_id`` None) or one."""
+
+    llm_model_id: str | None = None
+    requested_by: str = ""
+
+    @classmethod
+    def from_json(cls, body: object) -> PauseRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, ("llm_model_id", "requested_by"))
+        return cls(
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            requested_by=_requested_by(fields.get("requested_by", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsRequest:
+    """Change limits live: the pool's concurrency, or one model's concurrency and requests per minute."""
+
+    llm_model_id: str | None = None
+    concurrency: int | None = None
+    requests_per_minute: int | None = None
+
+    @classmethod
+    def from_json(cls, body: object) -> LimitsRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, ("llm_model_id", "concurrency", "requests_per_minute"))
+        request = cls(
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            concurrency=_optional_count(fields, "concurrency"),
+            requests_per_minute=_optional_count(fields, "requests_per_minute"),
+        )
+        if request.concurrency == 0:
+            raise bad_request("concurrency: must be at least 1 (pause a model to stop it)")
+        if request.llm_model_id is None and request.requests_per_minute is not None:
+            raise bad_request("requests_per_minute: needs llm_model_id (budgets are per model)")
+        return request
 
 
 def _stage(value: object) -> str:
@@ -154,4 +286,32 @@ class Control(Protocol):
 
     async def revoke(self, request: ApprovalRequest) -> dict[str, Any]:
         """Send matching queued (not started) generations back to pending; returns ``{"revoked": n}``."""
+        ...
+
+    async def retry(self, request: RetryRequest) -> dict[str, Any]:
+        """Send matching failed generations back to queued; returns ``{"retried": n}``."""
+        ...
+
+    async def pause(self, request: PauseRequest) -> dict[str, Any]:
+        """Stop claiming (all work or one model); in-flight calls are not touched."""
+        ...
+
+    async def resume(self, request: PauseRequest) -> dict[str, Any]:
+        """Start claiming again (all work or one model)."""
+        ...
+
+    async def limits(self, request: LimitsRequest | None) -> dict[str, Any]:
+        """The current limits, after applying ``request`` when one is given."""
+        ...
+
+    async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
+        """What approving ``request`` would start, with an estimate of tokens and dollars and a hash."""
+        ...
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """A subscription to the live event stream (state changes, rebuilds, limit changes)."""
+        ...
+
+    async def metrics(self) -> str:
+        """Prometheus text exposition of the service's counters and gauges."""
         ...

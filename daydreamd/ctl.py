@@ -290,9 +290,10 @@ def _print_cohort(result: dict[str, Any]) -> None:
 
 
 def _register_live_verbs() -> None:
-    from daydreamd import ctl_live
+    from daydreamd import ctl_live, ctl_ops
 
     ctl_live.register(cli)
+    ctl_ops.register(cli)
 
 
 _register_live_verbs()

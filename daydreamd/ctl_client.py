@@ -12,7 +12,7 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -83,6 +83,27 @@ class ServiceClient:
     def post(self, path: str, body: object) -> Any:
         """``POST path`` with ``body`` as JSON; the decoded JSON answer."""
         return self._request("POST", _target(path, {}), json.dumps(body).encode())
+
+    def stream(self, path: str) -> Iterator[Any]:
+        """``GET path`` answered with newline-delimited JSON: yield each object until the service closes.
+
+        There is no read timeout on the stream (the service sends heartbeats); connecting still has one.
+        """
+        connection = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            connection.request("GET", _target(path, {}), headers={"Accept": "application/x-ndjson"})
+            response = connection.getresponse()
+            if response.status != 200:
+                _decode(response.status, response.read())
+            if connection.sock is not None:
+                connection.sock.settimeout(None)
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            connection.close()
 
     def _request(self, method: str, target: str, body: bytes | None) -> Any:
         connection = _UnixConnection(self.socket_path, self.timeout)

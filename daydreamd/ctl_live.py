@@ -12,6 +12,7 @@ client is imported inside the verbs, so offline verbs pay nothing for it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -61,9 +62,22 @@ def model_option(func: Any) -> Any:
 
 @click.command(context_settings=CONTEXT)
 @json_option
+@click.option(
+    "--watch", "-w", is_flag=True, help="Redraw the view live every --interval seconds (Ctrl-C stops)."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between redraws.",
+)
+@click.option(
+    "--plain/--rich", "plain", default=None, help="Plain text or the rich view (default: rich on a terminal)."
+)
 @click.pass_obj
-def status(obj: Context, as_json: bool) -> None:
-    """Show the running service's cohort, counts per stage and state, pool, and input errors.
+def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: bool | None) -> None:
+    """Show the running service: progress per stage, rates, failures, models, spend, input errors.
 
     Counts: pending (not approved), queued (approved, waiting), running, done, failed, and
     retired (no longer in the cohort). Exits 3 when the service is not running.
@@ -71,14 +85,36 @@ def status(obj: Context, as_json: bool) -> None:
     \b
     Examples:
       daydreamctl status
+      daydreamctl status --watch
       daydreamctl status --json | jq .stages.essay
     """
     with _service(obj) as client:
         result = client.get("/v1/status")
-    if as_json:
-        _print_json(result)
-    else:
-        _print_status(result)
+        if as_json:
+            _print_json(result)
+            return
+        use_rich = not plain if plain is not None else (watch or sys.stdout.isatty())
+        if not use_rich:
+            _print_status(result)
+            return
+        from rich.console import Console
+        from rich.live import Live
+
+        from daydreamd.statusview import render_status
+
+        console = Console()
+        if not watch:
+            console.print(render_status(result))
+            return
+        import time
+
+        with Live(render_status(result), console=console, refresh_per_second=4) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(render_status(client.get("/v1/status")))
+            except KeyboardInterrupt:
+                return
 
 
 @click.command(context_settings=CONTEXT)
@@ -86,6 +122,14 @@ def status(obj: Context, as_json: bool) -> None:
 @template_option
 @model_option
 @click.option("--limit", type=click.IntRange(min=1), help="Approve at most N generations (parents first).")
+@click.option(
+    "--budget-usd",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop starting calls for this approval once its recorded spend would pass this many dollars.",
+)
+@click.option(
+    "--plan", "plan_hash", help="Refuse unless this approval covers exactly what `daydreamctl plan` showed."
+)
 @json_option
 @click.pass_obj
 def approve(
@@ -94,6 +138,8 @@ def approve(
     template_id: str | None,
     llm_model_id: str | None,
     limit: int | None,
+    budget_usd: float | None,
+    plan_hash: str | None,
     as_json: bool,
 ) -> None:
     """Approve pending generations of STAGE, so the service runs them (and spends money on them).
@@ -103,20 +149,22 @@ def approve(
 
     \b
     Examples:
-      daydreamctl approve draft --limit 10
-      daydreamctl approve essay --template polished-essay --model openai/gpt-4o-mini
+      daydreamctl plan draft                       # see counts and cost first
+      daydreamctl approve draft --plan 3f2a9c1d0b7e4a55 --budget-usd 5
+      daydreamctl approve essay --template polished-essay --model gemini_25_flash --limit 10
       daydreamctl approve evaluation --json
     """
     body = _request_body(stage, template_id, llm_model_id, limit)
+    body.update({k: v for k, v in (("budget_usd", budget_usd), ("plan", plan_hash)) if v is not None})
     with _service(obj) as client:
         result = client.post("/v1/approvals", body)
     if as_json:
         _print_json(result)
         return
     scope = _scope(stage, template_id, llm_model_id)
-    click.echo(
-        f"approved {result.get('matched', 0):,} pending {scope} (approval {result.get('approval_id')})"
-    )
+    budget = f", budget ${result['budget_usd']:g}" if result.get("budget_usd") else ""
+    approval = f"approval {result.get('approval_id')}{budget}"
+    click.echo(f"approved {result.get('matched', 0):,} pending {scope} ({approval})")
 
 
 @click.command(context_settings=CONTEXT)

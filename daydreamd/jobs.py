@@ -54,6 +54,10 @@ class Jobs:
             for combo in build_combos(experiment, settings.experiment.k_max, level)
         }
 
+    def template(self, stage: Stage, template_id: str) -> Template | None:
+        """A template of the experiment by stage and id."""
+        return self._templates.get((stage, template_id))
+
     def model(self, model_id: str) -> LlmModel | None:
         """A model of the experiment by id."""
         return self._models.get(model_id)

@@ -93,9 +93,17 @@ M002_SCORES = """
         CREATE INDEX generations_scores ON generations (stage, state) WHERE score IS NOT NULL;
 """
 
+M003_OPERATIONS = """
+        ALTER TABLE approvals ADD COLUMN budget_usd REAL;   -- stop starting calls past this spend
+        ALTER TABLE approvals ADD COLUMN plan TEXT;         -- the plan hash the approval was checked against
+        ALTER TABLE generations ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;  -- 1: pay for a new reply
+        CREATE INDEX generations_approval ON generations (approval_id);
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
+    ("m003_operations", M003_OPERATIONS),
 )
 """(name, SQL script) in order. Append only."""
 

@@ -14,15 +14,17 @@ grace period, and gives back whatever is left.
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 import structlog
 
-from daydreamd.config import Settings
+from daydreamd.config import Limits, Settings
+from daydreamd.events import EventBus
 from daydreamd.llm_client import AttemptRecord, LlmRequest, Provider, Reply
+from daydreamd.pricing import call_cost, configured_prices, price_for
 from daydreamd.ratelimit import AdaptiveLimit, SlidingWindow, acquire_all
 from daydreamd.rebuild import Current
 from daydreamd.retry import FailureKind
@@ -55,23 +57,40 @@ class ModelState:
     window: SlidingWindow
     provider: str
     in_flight: int = 0
-    paused: bool = False
 
 
 class Pool:
     """Runs claimed generations; see the module docstring for the rules it keeps."""
 
-    def __init__(self, *, settings: Settings, store: Store, runner: Runner, current: Current) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        runner: Runner,
+        current: Current,
+        bus: EventBus | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
         self.current = current
+        self.bus = bus or EventBus()
         self.models: dict[str, ModelState] = {}
         self.providers: dict[str, SlidingWindow] = {}
         self.in_flight: dict[str, Claim] = {}
         self.parked_until: float | None = None
         self.paused = False
+        self.paused_models: set[str] = set()
         self.outcomes: Counter[str] = Counter()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.tokens: Counter[tuple[str, str]] = Counter()
+        self.cost: defaultdict[str, float] = defaultdict(float)
+        self.unpriced_calls: Counter[str] = Counter()
+        self.budgets: dict[int, float] = {}
+        self.spend: defaultdict[int, float] = defaultdict(float)
+        self.spend_calls: Counter[int] = Counter()
+        self.finished: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._stopping = False
@@ -99,9 +118,62 @@ class Pool:
             window.set_limit(settings.pool.provider_rpm(provider))
         self.wake()
 
+    def set_paused(self, model_id: str | None, paused: bool) -> None:
+        """Pause or resume claiming for every model (None) or one; in-flight calls go on."""
+        if model_id is None:
+            self.paused = paused
+            if not paused:
+                self.paused_models.clear()
+        elif paused:
+            self.paused_models.add(model_id)
+        else:
+            self.paused_models.discard(model_id)
+        self.wake()
+
+    def set_limits(self, model_id: str | None, concurrency: int | None, rpm: int | None) -> None:
+        """Change limits live (they last until the next reload of the config)."""
+        pool = self.settings.pool
+        if model_id is None:
+            if concurrency is not None:
+                pool = replace(pool, concurrency=concurrency)
+        else:
+            own = dict(pool.models).get(model_id, Limits())
+            own = replace(
+                own,
+                concurrency=concurrency if concurrency is not None else own.concurrency,
+                requests_per_minute=rpm if rpm is not None else own.requests_per_minute,
+            )
+            pool = replace(pool, models=tuple(sorted({**dict(pool.models), model_id: own}.items())))
+        self.update_settings(replace(self.settings, pool=pool))
+
     async def restore_limits(self) -> None:
-        """Resume learned per-model concurrency from the run state."""
+        """Resume learned per-model concurrency from the run state, and the spend of budgets."""
         self._learned = await self.store.load_limits()
+        await self.refresh_budgets()
+
+    async def refresh_budgets(self) -> None:
+        """Reload budgeted approvals and what they have spent so far (after an approval)."""
+        self.budgets = await self.store.budgets()
+        prices = configured_prices(self.settings.prices)
+        self.spend.clear()
+        self.spend_calls.clear()
+        for row in await self.store.usage_by_approval(list(self.budgets)):
+            jobs = self.current.jobs
+            price = price_for(jobs.model(row["model"]) if jobs else None, prices)
+            priced = price.cost(row["unpriced_prompt"], row["unpriced_completion"]) if price else 0.0
+            self.spend[row["approval_id"]] += (row["cost"] or 0.0) + priced
+            self.spend_calls[row["approval_id"]] += row["calls"]
+
+    def exhausted_approvals(self) -> list[int]:
+        """Budgeted approvals where one more call would pass the budget (spent + calls in flight)."""
+        in_flight = Counter(c.approval_id for c in self.in_flight.values() if c.approval_id is not None)
+        exhausted = []
+        for approval_id, budget in self.budgets.items():
+            spent, calls = self.spend[approval_id], self.spend_calls[approval_id]
+            per_call = spent / calls if calls else 0.0
+            if spent + (in_flight[approval_id] + 1) * per_call > budget or spent >= budget:
+                exhausted.append(approval_id)
+        return exhausted
 
     async def wait_unparked(self) -> None:
         """Hold a call while the provider is parked after a quota failure."""
@@ -142,6 +214,7 @@ class Pool:
         jobs = self.current.jobs
         if jobs is None or self.paused:
             return
+        exhausted = self.exhausted_approvals()
         for (mode, model_id), ready in (await self.store.ready_counts()).items():
             free = self.settings.pool.concurrency - len(self.in_flight)
             if free <= 0:
@@ -150,7 +223,7 @@ class Pool:
                 if self.parked_until is not None and time.monotonic() < self.parked_until:
                     continue
                 state = self._model(model_id)
-                if state.paused or state.limit.resume_at > time.monotonic():
+                if model_id in self.paused_models or state.limit.resume_at > time.monotonic():
                     continue
                 free = min(free, state.limit.limit - state.in_flight)
             if free <= 0:
@@ -160,12 +233,15 @@ class Pool:
                 llm_model_id=model_id if mode == "llm" else None,
                 limit=min(ready, free),
                 lease_s=self.settings.pool.lease_s,
+                exclude_approvals=exhausted,
             )
             for claim in claims:
                 self._start(workers, claim)
 
     def _start(self, workers: anyio.abc.TaskGroup, claim: Claim) -> None:
         self.in_flight[claim.generation.gen_id] = claim
+        g = claim.generation
+        self.bus.publish("generation_started", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         if claim.mode == "llm":
             self._model(claim.generation.llm_model_id).in_flight += 1
         workers.start_soon(self._work, claim, name=claim.generation.gen_id)
@@ -219,12 +295,21 @@ class Pool:
                 bound.exception("commit_failed")
                 return
             self.outcomes["done" if outcome.ok else str(outcome.kind)] += 1
+            self.finished[str(g.stage)].append(time.monotonic())
             if not committed:
                 bound.warning("stale_commit_ignored", token=claim.token)
             elif outcome.ok:
                 bound.info("generation_done", attempts=len(attempts), reused_reply=outcome.reused_reply)
             else:
                 bound.warning("generation_failed", error_type=str(outcome.kind), message=outcome.message)
+            event = "generation_done" if outcome.ok else "generation_failed"
+            self.bus.publish(
+                event,
+                gen_id=g.gen_id,
+                stage=str(g.stage),
+                model=g.llm_model_id,
+                error_type=str(outcome.kind) if outcome.kind else None,
+            )
         finally:
             self.in_flight.pop(g.gen_id, None)
             if claim.mode == "llm":
@@ -250,15 +335,39 @@ class Pool:
 
         def on_attempt(record: AttemptRecord) -> None:
             attempts.append(_attempt_row(record))
+            self._count(g.llm_model_id, claim.approval_id, record)
             self._adapt(g.llm_model_id, record, bound)
 
         try:
-            return await self.runner.run(job, on_attempt=on_attempt, provider=provider)
+            return await self.runner.run(job, on_attempt=on_attempt, provider=provider, fresh=claim.fresh)
         except Exception as exc:  # the per-task boundary: a bug here fails one generation, not the service
             bound.exception("generation_crashed")
             return Outcome(
                 gen_id=g.gen_id, stage=g.stage, ok=False, kind=None, message=f"internal error: {exc!r}"
             )
+
+    def _count(self, model_id: str, approval_id: int | None, record: AttemptRecord) -> None:
+        """Calls, tokens and dollars, for /metrics, status and budgets."""
+        self.calls[(model_id, record.outcome)] += 1
+        usage = record.usage
+        if usage is None:
+            return
+        for kind, n in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
+            self.tokens[(model_id, kind)] += n or 0
+        jobs = self.current.jobs
+        price = price_for(jobs.model(model_id) if jobs else None, configured_prices(self.settings.prices))
+        cost = call_cost(usage.cost, usage.prompt_tokens, usage.completion_tokens, price)
+        if cost is None:
+            self.unpriced_calls[model_id] += 1
+            cost = 0.0
+        self.cost[model_id] += cost
+        if approval_id is not None and approval_id in self.budgets:
+            self.spend[approval_id] += cost
+            self.spend_calls[approval_id] += 1
 
     def _adapt(self, model_id: str, record: AttemptRecord, bound: Any) -> None:
         state = self._model(model_id)
@@ -267,12 +376,15 @@ class Pool:
             state.limit.on_success()
             if state.limit.limit != before:
                 bound.info("limit_raised", concurrency=state.limit.limit)
+                self.bus.publish("limit_raised", model=model_id, concurrency=state.limit.limit)
         elif record.outcome == FailureKind.RATE_LIMIT:
             if state.limit.on_rate_limited(record.retry_after, in_flight=state.in_flight):
                 bound.warning("limit_cut", concurrency=state.limit.limit, retry_after=record.retry_after)
+                self.bus.publish("limit_cut", model=model_id, concurrency=state.limit.limit)
         elif record.outcome == FailureKind.QUOTA:
             self.parked_until = time.monotonic() + self.settings.pool.quota_park_s
             bound.error("provider_parked", until_s=self.settings.pool.quota_park_s, message=record.message)
+            self.bus.publish("provider_parked", model=model_id, seconds=self.settings.pool.quota_park_s)
 
     async def save_limits(self) -> None:
         """Persist learned per-model concurrency."""
@@ -281,15 +393,29 @@ class Pool:
             with anyio.CancelScope(shield=True):
                 await self.store.save_limits(learned)
 
+    def rates(self, now: float, window_s: float = 300.0) -> dict[str, float]:
+        """Generations finished per minute, per stage, over the last ``window_s`` (or since start)."""
+        rates = {}
+        for stage, times in self.finished.items():
+            while times and times[0] < now - window_s:
+                times.popleft()
+            if times:
+                span = max(now - times[0], 60.0)
+                rates[stage] = round(len(times) * 60.0 / span, 1)
+        return rates
+
     def snapshot(self) -> dict[str, Any]:
         """Limits and counters for ``/v1/status``."""
         now = time.monotonic()
+        exhausted = set(self.exhausted_approvals())
         parked = self.parked_until is not None and self.parked_until > now
         return {
             "in_flight": len(self.in_flight),
             "concurrency": self.settings.pool.concurrency,
             "paused": self.paused,
-            "parked": {"all": round(self.parked_until - now, 1)} if parked and self.parked_until else {},
+            "parked": {"all": {"resumes_in_s": round(self.parked_until - now, 1)}}
+            if parked and self.parked_until
+            else {},
             "models": {
                 model_id: {
                     "in_flight": state.in_flight,
@@ -298,11 +424,24 @@ class Pool:
                     "requests_per_minute": self.settings.pool.model_limits(model_id).requests_per_minute,
                     "requests_last_minute": state.window.in_window(),
                     "provider": state.provider,
-                    "paused": state.paused,
+                    "paused": model_id in self.paused_models,
+                    "cost_usd": round(self.cost.get(model_id, 0.0), 6),
+                    "unpriced_calls": self.unpriced_calls.get(model_id, 0),
                 }
                 for model_id, state in sorted(self.models.items())
             },
             "outcomes": dict(self.outcomes),
+            "paused_models": sorted(self.paused_models),
+            "rates_per_minute": self.rates(now),
+            "spent_usd": round(sum(self.cost.values()), 6),
+            "budgets": {
+                str(approval_id): {
+                    "budget_usd": budget,
+                    "spent_usd": round(self.spend[approval_id], 6),
+                    "exhausted": approval_id in exhausted,
+                }
+                for approval_id, budget in sorted(self.budgets.items())
+            },
         }
 
 

@@ -38,6 +38,7 @@ class Current:
     problems: tuple[Problem, ...] = ()
     last: dict[str, Any] = field(default_factory=dict)
     rebuilds: int = 0
+    rebuild_seconds: float = 0.0
 
     @property
     def cohort_id(self) -> str | None:

@@ -23,7 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from daydreamd.control import STAGE_NAMES, STATE_NAMES, ApprovalRequest, Control, ControlError, bad_request
+from daydreamd.control import (
+    STAGE_NAMES,
+    STATE_NAMES,
+    ApprovalRequest,
+    Control,
+    ControlError,
+    LimitsRequest,
+    PauseRequest,
+    RetryRequest,
+    bad_request,
+)
 from daydreamd.errors import DaydreamError
 
 DEFAULT_LIMIT = 100
@@ -53,6 +63,14 @@ def make_app(control: Control, *, on_error: Callable[[BaseException], None] | No
     app.router.add_get("/v1/generations/{gen_id}", _generation)
     app.router.add_post("/v1/approvals", _approvals)
     app.router.add_post("/v1/revocations", _revocations)
+    app.router.add_post("/v1/plans", _plans)
+    app.router.add_post("/v1/retries", _retries)
+    app.router.add_post("/v1/pause", _pause)
+    app.router.add_post("/v1/resume", _resume)
+    app.router.add_get("/v1/limits", _get_limits)
+    app.router.add_post("/v1/limits", _set_limits)
+    app.router.add_get("/v1/events", _events)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -92,6 +110,47 @@ async def _revocations(request: web.Request) -> web.Response:
     if revocation.limit is not None:
         raise bad_request("limit: not accepted by revocations (every matching queued generation is revoked)")
     return _json(await request.app[CONTROL].revoke(revocation))
+
+
+async def _plans(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].plan(ApprovalRequest.from_json(await _body(request))))
+
+
+async def _retries(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].retry(RetryRequest.from_json(await _body(request))))
+
+
+async def _pause(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].pause(PauseRequest.from_json(await _body(request))))
+
+
+async def _resume(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].resume(PauseRequest.from_json(await _body(request))))
+
+
+async def _get_limits(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].limits(None))
+
+
+async def _set_limits(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].limits(LimitsRequest.from_json(await _body(request))))
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON events until the client goes away (a heartbeat keeps idle links alive)."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    async with request.app[CONTROL].events() as events:
+        async for event in events:
+            await response.write(json.dumps(event, ensure_ascii=False, default=str).encode() + b"\n")
+    return response
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = await request.app[CONTROL].metrics()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
 
 
 # -- request parsing ---------------------------------------------------------------------------

@@ -29,10 +29,14 @@ import structlog
 
 from daydreamd import __version__
 from daydreamd.config import Settings, load_settings, retry_policy
-from daydreamd.control import ApprovalRequest, ControlError
+from daydreamd.control import ApprovalRequest, ControlError, LimitsRequest, PauseRequest, RetryRequest
 from daydreamd.errors import DaydreamError
+from daydreamd.events import EventBus
 from daydreamd.gens import GensStore
 from daydreamd.logconfig import configure_logging
+from daydreamd.metrics import MetricsSnapshot, render_metrics
+from daydreamd.plan import plan_hash
+from daydreamd.planning import make_plan
 from daydreamd.pool import Pool
 from daydreamd.providers import make_provider, needs_session
 from daydreamd.rebuild import Current, Rebuilder
@@ -82,7 +86,8 @@ class Service:
         self.store = store
         self.current = Current()
         self.rebuilder = Rebuilder(settings, store, self.current)
-        self.pool = Pool(settings=settings, store=store, runner=runner, current=self.current)
+        self.bus = EventBus()
+        self.pool = Pool(settings=settings, store=store, runner=runner, current=self.current, bus=self.bus)
         self.trigger = Trigger()
         self.stop_watching = anyio.Event()
         self.started = time.monotonic()
@@ -90,7 +95,20 @@ class Service:
 
     async def rebuild(self, reason: str) -> None:
         """Apply the files if they changed, then let the pool look for work."""
+        before = self.current.last.get("at")
         await self.rebuilder.check(reason=reason)
+        last = self.current.last
+        if last.get("at") != before:
+            event = "cohort_rebuilt" if last.get("ok") else "experiment_invalid"
+            errors = [e for e in self.current.errors() if e["level"] == "error"]
+            self.bus.publish(
+                event,
+                cohort_id=self.current.cohort_id,
+                reason=reason,
+                errors=len(errors),
+                added=last.get("added"),
+                retired=last.get("retired"),
+            )
         self.pool.wake()
 
     # -- the Control protocol ------------------------------------------------------------------
@@ -106,7 +124,13 @@ class Service:
             "stages": await self.store.counts(),
             "in_flight": pool["in_flight"],
             "models": pool["models"],
-            "pool": {k: pool[k] for k in ("concurrency", "paused", "parked", "outcomes")},
+            "pool": {
+                k: pool[k]
+                for k in ("concurrency", "paused", "paused_models", "parked", "outcomes", "budgets")
+            },
+            "spent_usd": pool["spent_usd"],
+            "rates_per_minute": pool["rates_per_minute"],
+            "failures": await self.store.failures_by_kind(),
             "recent_errors": await self.store.recent_errors(),
             "errors": self.current.errors(),
             "last_rebuild": self.current.last,
@@ -124,6 +148,8 @@ class Service:
     async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
         """Queue matching pending generations of the current cohort."""
         self._check_known(request)
+        if request.plan is not None:
+            await self._check_plan(request)
         approval_id, matched = await self.store.approve(
             stage=request.stage,
             template_id=request.template_id,
@@ -131,10 +157,139 @@ class Service:
             limit=request.limit,
             requested_by=request.requested_by,
             cohort_id=self.current.cohort_id,
+            budget_usd=request.budget_usd,
+            plan=request.plan,
         )
-        log.info("approved", approval_id=approval_id, matched=matched, **_scope(request))
+        log.info(
+            "approved",
+            approval_id=approval_id,
+            matched=matched,
+            budget_usd=request.budget_usd,
+            **_scope(request),
+        )
+        self.bus.publish("approved", approval_id=approval_id, matched=matched, **_scope(request))
+        if request.budget_usd is not None:
+            await self.pool.refresh_budgets()
         self.pool.wake()
-        return {"approval_id": approval_id, "matched": matched, "cohort_id": self.current.cohort_id}
+        return {
+            "approval_id": approval_id,
+            "matched": matched,
+            "cohort_id": self.current.cohort_id,
+            "budget_usd": request.budget_usd,
+        }
+
+    async def _check_plan(self, request: ApprovalRequest) -> None:
+        """Refuse an approval that would not cover exactly what the plan showed."""
+        ids = await self.store.pending_ids(
+            stage=request.stage,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            limit=request.limit,
+        )
+        now = plan_hash(self.current.cohort_id, ids)
+        if now != request.plan:
+            raise ControlError(
+                409,
+                "conflict",
+                f"plan {request.plan} no longer matches: the cohort or the pending work changed since it was "
+                f"made (now {len(ids)} generations, plan {now}); run daydreamctl plan again and approve that",
+            )
+
+    async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
+        """What approving ``request`` would start, with estimates and the plan's hash."""
+        self._check_known(request)
+        return await make_plan(self, request)
+
+    async def retry(self, request: RetryRequest) -> dict[str, Any]:
+        """Send failed generations back to the queue."""
+        retried = await self.store.retry(
+            stage=request.stage,
+            kind=request.kind,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            fresh=request.fresh,
+            requested_by=request.requested_by,
+        )
+        log.info(
+            "retried",
+            retried=retried,
+            kind=request.kind,
+            stage=request.stage,
+            model=request.llm_model_id,
+            fresh=request.fresh,
+        )
+        self.bus.publish(
+            "retried", retried=retried, kind=request.kind, stage=request.stage, model=request.llm_model_id
+        )
+        self.pool.wake()
+        return {"retried": retried}
+
+    async def pause(self, request: PauseRequest) -> dict[str, Any]:
+        """Stop claiming new work (all, or one model); in-flight calls go on."""
+        self.pool.set_paused(request.llm_model_id, True)
+        log.info("paused", model=request.llm_model_id or "*", requested_by=request.requested_by)
+        self.bus.publish("paused", model=request.llm_model_id)
+        return self._pause_state()
+
+    async def resume(self, request: PauseRequest) -> dict[str, Any]:
+        """Start claiming again (all, or one model)."""
+        self.pool.set_paused(request.llm_model_id, False)
+        log.info("resumed", model=request.llm_model_id or "*", requested_by=request.requested_by)
+        self.bus.publish("resumed", model=request.llm_model_id)
+        return self._pause_state()
+
+    def _pause_state(self) -> dict[str, Any]:
+        return {"paused": self.pool.paused, "paused_models": sorted(self.pool.paused_models)}
+
+    async def limits(self, request: LimitsRequest | None) -> dict[str, Any]:
+        """The live limits, changed first when ``request`` says so (until the next reload)."""
+        if request is not None:
+            if (
+                request.llm_model_id
+                and self.current.jobs
+                and self.current.jobs.model(request.llm_model_id) is None
+            ):
+                raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
+            self.pool.set_limits(request.llm_model_id, request.concurrency, request.requests_per_minute)
+            log.info(
+                "limits_changed",
+                model=request.llm_model_id or "*",
+                concurrency=request.concurrency,
+                requests_per_minute=request.requests_per_minute,
+            )
+            self.bus.publish(
+                "limits_changed",
+                model=request.llm_model_id,
+                concurrency=request.concurrency,
+                requests_per_minute=request.requests_per_minute,
+            )
+        snapshot = self.pool.snapshot()
+        return {"concurrency": snapshot["concurrency"], "models": snapshot["models"]}
+
+    def events(self) -> Any:
+        """A subscription to the event stream."""
+        return self.bus.subscribe()
+
+    async def metrics(self) -> str:
+        """Prometheus text."""
+        pool = self.pool
+        snapshot = MetricsSnapshot(
+            generations=await self.store.counts(),
+            calls=dict(pool.calls),
+            tokens=dict(pool.tokens),
+            cost_usd=dict(pool.cost),
+            limits={
+                m: {k: v for k, v in d.items() if isinstance(v, int | float)}
+                for m, d in pool.snapshot()["models"].items()
+            },
+            in_flight=len(pool.in_flight),
+            rebuilds=self.current.rebuilds,
+            rebuild_seconds_sum=self.current.rebuild_seconds,
+            last_rebuild_seconds=(self.current.last.get("duration_ms") or 0) / 1000,
+            raw_errors=sum(1 for e in self.current.errors() if e["level"] == "error"),
+            uptime_s=time.monotonic() - self.started,
+        )
+        return render_metrics(snapshot)
 
     async def revoke(self, request: ApprovalRequest) -> dict[str, Any]:
         """Send queued, not yet started generations back to pending."""

@@ -30,7 +30,7 @@ STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
-    "score"
+    "score, fresh"
 )
 
 
@@ -57,6 +57,8 @@ class Claim:
     token: int
     mode: str
     attempts: int
+    approval_id: int | None = None
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,12 +216,17 @@ class Store:
         limit: int | None,
         requested_by: str,
         cohort_id: str | None,
+        budget_usd: float | None = None,
+        plan: str | None = None,
     ) -> tuple[int, int]:
         """Queue the matching pending generations of the current cohort; returns (approval id, matched)."""
         where, params = _scope(stage, template_id, llm_model_id)
         async with self._write() as db:
             approval_id = await self._record_approval(
                 db, "approve", stage, template_id, llm_model_id, limit, requested_by, cohort_id
+            )
+            await db.execute(
+                "UPDATE approvals SET budget_usd = ?, plan = ? WHERE id = ?", (budget_usd, plan, approval_id)
             )
             matched = await _changes(
                 db,
@@ -248,6 +255,108 @@ class Store:
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (revoked, approval_id))
         return revoked
+
+    async def pending_ids(
+        self, *, stage: str, template_id: str | None, llm_model_id: str | None, limit: int | None
+    ) -> list[str]:
+        """The gen_ids an approval with this scope would queue now, in the order it would take them."""
+        where, params = _scope(stage, template_id, llm_model_id)
+        async with self.db.execute(
+            f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
+            "ORDER BY stage_rank, rowid LIMIT ?",
+            (*params, -1 if limit is None else limit),
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def retry(
+        self,
+        *,
+        stage: str | None,
+        kind: str | None,
+        template_id: str | None,
+        llm_model_id: str | None,
+        fresh: bool,
+        requested_by: str,
+    ) -> int:
+        """Send failed generations of the current cohort back to queued; returns how many."""
+        clauses, params = ["state = 'failed'", "retired = 0"], []
+        for column, value in (
+            ("stage", stage),
+            ("error_kind", kind),
+            ("template_id", template_id),
+            ("llm_model_id", llm_model_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        async with self._write() as db:
+            approval_id = await self._record_approval(
+                db, "retry", stage or "*", template_id, llm_model_id, None, requested_by, None
+            )
+            retried = await _changes(
+                db,
+                "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
+                f"updated_at = ? WHERE {' AND '.join(clauses)}",
+                (int(fresh), now_iso(), *params),
+            )
+            await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
+        return retried
+
+    async def budgets(self) -> dict[int, float]:
+        """Approvals that carry a budget: id -> dollars."""
+        async with self.db.execute(
+            "SELECT id, budget_usd FROM approvals WHERE budget_usd IS NOT NULL AND action = 'approve'"
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def usage_by_approval(self, approval_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Attempts' cost and tokens per (approval, model), for the approvals given."""
+        if not approval_ids:
+            return []
+        marks = ", ".join("?" * len(approval_ids))
+        async with self.db.execute(
+            "SELECT g.approval_id AS approval_id, a.llm_model_id AS model, count(*) AS calls, "
+            "sum(a.cost) AS cost, sum(CASE WHEN a.cost IS NULL THEN a.prompt_tokens END) AS unpriced_prompt, "
+            "sum(CASE WHEN a.cost IS NULL THEN a.completion_tokens END) AS unpriced_completion "
+            f"FROM attempts a JOIN generations g ON g.gen_id = a.gen_id WHERE g.approval_id IN ({marks}) "
+            "GROUP BY g.approval_id, a.llm_model_id",
+            tuple(approval_ids),
+        ) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def usage_by_template_model(self) -> list[dict[str, Any]]:
+        """Average tokens of successful attempts per (stage, template, model): what a plan expects."""
+        async with self.db.execute(
+            "SELECT g.stage AS stage, g.template_id AS template_id, a.llm_model_id AS model, count(*) AS calls, "
+            "avg(a.prompt_tokens) AS prompt_tokens, avg(a.completion_tokens) AS completion_tokens, "
+            "avg(a.cost) AS cost FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
+            "WHERE a.outcome = 'ok' GROUP BY g.stage, g.template_id, a.llm_model_id"
+        ) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def rows(self, gen_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of these generations (in chunks, for big plans)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(gen_ids), 500):
+            chunk = gen_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT {GENERATION_COLUMNS} FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
+            ) as cursor:
+                found.extend(dict(row) for row in await cursor.fetchall())
+        return found
+
+    async def states(self, gen_ids: Sequence[str]) -> dict[str, str]:
+        """gen_id -> state for the ids given (missing ids are left out)."""
+        result: dict[str, str] = {}
+        for start in range(0, len(gen_ids), 500):
+            chunk = gen_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT gen_id, state FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
+            ) as cursor:
+                result.update({row[0]: row[1] for row in await cursor.fetchall()})
+        return result
 
     @staticmethod
     async def _record_approval(
@@ -288,14 +397,29 @@ class Store:
         ) as cursor:
             return {(row[0], row[1]): row[2] for row in await cursor.fetchall()}
 
-    async def claim(self, *, mode: str, llm_model_id: str | None, limit: int, lease_s: float) -> list[Claim]:
-        """Atomically move up to ``limit`` ready queued generations to running, parents first."""
+    async def claim(
+        self,
+        *,
+        mode: str,
+        llm_model_id: str | None,
+        limit: int,
+        lease_s: float,
+        exclude_approvals: Sequence[int] = (),
+    ) -> list[Claim]:
+        """Atomically move up to ``limit`` ready queued generations to running, parents first.
+
+        ``exclude_approvals`` holds approvals whose budget is spent: their work stays queued.
+        """
         if limit <= 0:
             return []
         model_filter = "" if llm_model_id is None else "AND g.llm_model_id = ?"
         params: list[Any] = [time.time() + lease_s, now_iso(), now_iso(), mode]
         if llm_model_id is not None:
             params.append(llm_model_id)
+        if exclude_approvals:
+            marks = ", ".join("?" * len(exclude_approvals))
+            model_filter += f" AND (g.approval_id IS NULL OR g.approval_id NOT IN ({marks}))"
+            params.extend(exclude_approvals)
         params.append(limit)
         async with self._write() as db:
             cursor = await db.execute(
@@ -305,7 +429,7 @@ class Store:
                 f"{model_filter} AND (g.parent_gen_id = '' OR EXISTS (SELECT 1 FROM generations p "
                 "WHERE p.gen_id = g.parent_gen_id AND p.state = 'done')) ORDER BY g.stage_rank, g.rowid LIMIT ?) "
                 "RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
-                "lease_token, mode, attempts",
+                "lease_token, mode, attempts, approval_id, fresh",
                 params,
             )
             rows = await cursor.fetchall()
@@ -322,7 +446,7 @@ class Store:
                 committed += await _changes(
                     db,
                     "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
-                    "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL "
+                    "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
                     "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                     (
                         "done" if c.ok else "failed",
@@ -406,6 +530,17 @@ class Store:
             attempts = [dict(a) for a in await cur.fetchall()]
         return {**dict(row), "attempt_log": attempts}
 
+    async def failures_by_kind(self) -> dict[str, dict[str, int]]:
+        """Failed generations of the current cohort by stage and failure kind."""
+        async with self.db.execute(
+            "SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM generations "
+            "WHERE state = 'failed' AND retired = 0 GROUP BY stage, error_kind"
+        ) as cursor:
+            result: dict[str, dict[str, int]] = {}
+            for stage, kind, n in await cursor.fetchall():
+                result.setdefault(stage, {})[kind] = n
+            return result
+
     async def recent_errors(self, since_s: float = 3600.0) -> dict[str, int]:
         """Failed attempts by outcome in the last ``since_s`` seconds."""
         async with self.db.execute(
@@ -457,7 +592,9 @@ def _claim(row: aiosqlite.Row) -> Claim:
         row["llm_model_id"],
         row["replicate"],
     )
-    return Claim(generation, row["lease_token"], row["mode"], row["attempts"])
+    return Claim(
+        generation, row["lease_token"], row["mode"], row["attempts"], row["approval_id"], bool(row["fresh"])
+    )
 
 
 def _attempt_params(c: Completion, a: AttemptRow) -> tuple[Any, ...]:
