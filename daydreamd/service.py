@@ -41,6 +41,7 @@ from daydreamd.pool import Pool
 from daydreamd.providers import make_provider, needs_session
 from daydreamd.rebuild import Current, Rebuilder
 from daydreamd.runner import Runner
+from daydreamd.sdnotify import Notifier, status_line, status_loop, watchdog_loop
 from daydreamd.server import make_app, start_unix_site, stop
 from daydreamd.store import Store, now_iso
 from daydreamd.watcher import Trigger, rebuild_loop, watch_tree
@@ -341,6 +342,7 @@ async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessi
 async def serve(settings: Settings, env: Mapping[str, str]) -> int:
     """Run the service until SIGTERM/SIGINT; return the exit code."""
     config_dir = settings.config_path.parent if settings.config_path else None
+    notifier = Notifier.from_env(env)
     with instance_lock(settings.paths.state_db):
         async with Store.open(settings.paths.state_db) as store, _http_session(settings) as session:
             recovered = await store.recover()
@@ -366,9 +368,12 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                 make_app(service, on_error=_log_handler_error), settings.paths.socket
             )
             log.info("service_ready", socket=str(settings.paths.socket), cohort_id=service.current.cohort_id)
+            notifier.ready(status_line(await service.status()))
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_signals, service, env)
+                    tg.start_soon(_signals, service, env, notifier)
+                    tg.start_soon(watchdog_loop, notifier, notifier.watchdog_interval())
+                    tg.start_soon(status_loop, notifier, service.status)
                     watch = partial(
                         watch_tree, debounce_ms=settings.watch.debounce_ms, stop=service.stop_watching
                     )
@@ -383,24 +388,27 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
     return 0
 
 
-async def _signals(service: Service, env: Mapping[str, str]) -> None:
+async def _signals(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                _reload(service, env)
+                _reload(service, env, notifier)
                 continue
             log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            notifier.stopping("stopping: finishing in-flight calls")
             service.stop_watching.set()
             service.pool.stop()
             return
 
 
-def _reload(service: Service, env: Mapping[str, str]) -> None:
+def _reload(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
     """SIGHUP: new limits and stage settings; paths and the provider stay as they are."""
+    notifier.reloading()
     try:
         fresh = load_settings(service.settings.config_path, env)
     except DaydreamError as exc:
         log.error("reload_failed", error=str(exc))
+        notifier.ready(f"reload failed, previous settings kept: {exc}")
         return
     settings = replace(
         service.settings,
@@ -417,6 +425,7 @@ def _reload(service: Service, env: Mapping[str, str]) -> None:
     service.current.build = None  # stage settings are part of gen_ids: rebuild under the new ones
     service.trigger.fire("reload")
     log.info("config_reloaded", concurrency=settings.pool.concurrency)
+    notifier.ready()
 
 
 def _log_handler_error(exc: BaseException) -> None:
