@@ -125,7 +125,8 @@ class Store:
         ``BEGIN``s on one connection would fail, and one task's rollback would undo another's work.
         """
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            with anyio.CancelScope(shield=True):  # a BEGIN that ran must always meet its rollback
+                await self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
             except BaseException:
@@ -443,7 +444,7 @@ class Store:
         committed = 0
         async with self._write() as db:
             for c in completions:
-                committed += await _changes(
+                changed = await _changes(
                     db,
                     "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
                     "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
@@ -460,6 +461,9 @@ class Store:
                         c.token,
                     ),
                 )
+                committed += changed
+                if not changed:  # a stale claim: its outcome and attempts are not recorded
+                    continue
                 await db.executemany(
                     "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
                     "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
