@@ -53,6 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.experiment import Shape
+from bench.experiment import write_experiment as write_bench_experiment
+
 N_CONCEPTS = 40
 DRAFT_TEMPLATES = 4
 GENERATION_MODELS = 3
@@ -60,9 +65,6 @@ ESSAY_TEMPLATES = 2
 EVALUATION_TEMPLATES = 2
 JUDGE_MODELS = 2
 
-DRAFT_TEXT = "{% for concept in concepts %}{{ concept.name }}: {{ concept.content }}{% endfor %}\n"
-ESSAY_TEXT = "{{ draft_block }}\n"
-EVALUATION_TEXT = "{{ response }}\n"
 
 MIB = 1024 * 1024
 
@@ -93,63 +95,19 @@ SIZES: dict[str, Size] = {
 }
 
 
-# --------------------------------------------------------------------------- experiment files
-
-
-def _paragraph(index: int) -> str:
-    """A realistic-length (~600 characters) description, different for every concept."""
-    sentence = (
-        f"Concept number {index} describes a way in which discoveries become more likely when "
-        "people, tools and problems meet under the right conditions. "
-    )
-    return (sentence * 5).strip() + "\n"
-
-
 def write_experiment(raw_dir: Path) -> None:
-    """Write a valid synthetic experiment with the benchmark's shape into ``raw_dir``."""
-    (raw_dir / "concepts" / "descriptions-paragraph").mkdir(parents=True)
-    for stage in ("draft", "essay", "evaluation"):
-        (raw_dir / "templates" / stage).mkdir(parents=True)
-
-    concept_rows = ["concept_id,name,active"]
-    for i in range(N_CONCEPTS):
-        concept_id = f"concept-{i:03d}"
-        concept_rows.append(f"{concept_id},Concept {i},true")
-        (raw_dir / "concepts" / "descriptions-paragraph" / f"{concept_id}.txt").write_text(
-            _paragraph(i), encoding="utf-8"
-        )
-    _write_lines(raw_dir / "concepts_metadata.csv", concept_rows)
-
-    header = "template_id,template_name,description,parser,generator,active"
-    stages = (
-        ("draft", DRAFT_TEMPLATES, "", DRAFT_TEXT),
-        ("essay", ESSAY_TEMPLATES, "", ESSAY_TEXT),
-        ("evaluation", EVALUATION_TEMPLATES, "in_last_line", EVALUATION_TEXT),
+    """The benchmark's experiment: 40 concepts, 4 draft templates x 3 models, 2 essay, 2 x 2 judges."""
+    write_bench_experiment(
+        raw_dir,
+        Shape(
+            N_CONCEPTS,
+            DRAFT_TEMPLATES,
+            ESSAY_TEMPLATES,
+            EVALUATION_TEMPLATES,
+            GENERATION_MODELS,
+            JUDGE_MODELS,
+        ),
     )
-    for stage, count, parser, text in stages:
-        rows = [header]
-        for i in range(count):
-            template_id = f"{stage}-{i}"
-            rows.append(f"{template_id},{stage.title()} {i},Synthetic {stage} template {i},{parser},llm,true")
-            # A per-template comment keeps the template hashes (and so the gen ids) distinct.
-            body = f"{{# {template_id} #}}{text}"
-            (raw_dir / "templates" / stage / f"{template_id}.txt").write_text(body, encoding="utf-8")
-        _write_lines(raw_dir / f"{stage}_templates.csv", rows)
-
-    model_rows = ["id,model,provider,display_name,for_generation,for_evaluation"]
-    for i in range(GENERATION_MODELS):
-        model_rows.append(f"gen_{i},vendor/gen-model-{i},vendor,Generator {i},true,false")
-    for i in range(JUDGE_MODELS):
-        model_rows.append(f"judge_{i},vendor/judge-model-{i},vendor,Judge {i},false,true")
-    _write_lines(raw_dir / "llm_models.csv", model_rows)
-
-    _write_lines(
-        raw_dir / "replication_config.csv", ["stage,replicates", "draft,1", "essay,1", "evaluation,1"]
-    )
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- one measurement (child)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -74,14 +75,18 @@ async def run_once(url: str, data_dir: Path, jobs: list[Job], concurrency: int) 
                 failures += not outcome.ok
 
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(worker)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "wall_s": round(wall, 3),
         "generations_per_s": round(len(jobs) / wall, 1),
         "cpu_ms_per_generation": round(cpu * 1000 / len(jobs), 3),
+        "user_ms_per_generation": round((usage1.ru_utime - usage0.ru_utime) * 1000 / len(jobs), 3),
+        "system_ms_per_generation": round((usage1.ru_stime - usage0.ru_stime) * 1000 / len(jobs), 3),
         "failures": failures,
     }
 
@@ -91,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=5000, help="draft generations per run (default 5000)")
     parser.add_argument("--concurrency", type=int, default=64, help="generations in flight (default 64)")
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+    parser.add_argument("--latency-ms", type=int, default=0, help="fake server latency (default 0)")
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="dd-runner-bench-") as tmp,
-        fake_server("--latency-ms", "0") as url,
+        fake_server("--latency-ms", str(args.latency_ms)) as url,
     ):
         _, jobs = make_jobs(Path(tmp) / "experiment", args.count)
         runs = []
@@ -106,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "runner_overhead",
         "generations": len(jobs),
         "concurrency": args.concurrency,
-        "server_latency_ms": 0,
+        "server_latency_ms": args.latency_ms,
         "median_generations_per_s": statistics.median(r["generations_per_s"] for r in runs),
         "median_cpu_ms_per_generation": statistics.median(r["cpu_ms_per_generation"] for r in runs),
+        "median_user_ms_per_generation": statistics.median(r["user_ms_per_generation"] for r in runs),
+        "median_system_ms_per_generation": statistics.median(r["system_ms_per_generation"] for r in runs),
         "target_cpu_ms_per_generation": 1.0,
         "runs": runs,
     }

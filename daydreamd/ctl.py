@@ -290,10 +290,11 @@ def _print_cohort(result: dict[str, Any]) -> None:
 
 
 def _register_live_verbs() -> None:
-    from daydreamd import ctl_live, ctl_ops
+    from daydreamd import ctl_live, ctl_logs, ctl_ops
 
     ctl_live.register(cli)
     ctl_ops.register(cli)
+    ctl_logs.register(cli)
 
 
 _register_live_verbs()

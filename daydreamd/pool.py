@@ -29,6 +29,7 @@ from daydreamd.ratelimit import AdaptiveLimit, SlidingWindow, acquire_all
 from daydreamd.rebuild import Current
 from daydreamd.retry import FailureKind
 from daydreamd.runner import Outcome, Runner
+from daydreamd.stages import Stage
 from daydreamd.store import AttemptRow, Claim, Completion, Store
 
 log = structlog.get_logger("daydreamd.pool")
@@ -47,6 +48,16 @@ class _GatedProvider:
         await self._pool.wait_unparked()
         await acquire_all(self._windows)
         return await self._inner.complete(request)
+
+
+@dataclass(slots=True)
+class _PendingCommit:
+    """A completion waiting for the next batched commit."""
+
+    completion: Completion
+    done: anyio.Event
+    committed: bool = False
+    error: BaseException | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +90,13 @@ class Pool:
         self.models: dict[str, ModelState] = {}
         self.providers: dict[str, SlidingWindow] = {}
         self.in_flight: dict[str, Claim] = {}
+        """Every claimed generation not yet committed."""
+        self.slots: set[str] = set()
+        """Generations holding a concurrency slot: from their claim until their reply arrives.
+
+        Saving and parsing a reply happen outside the slot, so disk latency never idles the
+        provider's concurrency.
+        """
         self.parked_until: float | None = None
         self.paused = False
         self.paused_models: set[str] = set()
@@ -91,15 +109,23 @@ class Pool:
         self.spend: defaultdict[int, float] = defaultdict(float)
         self.spend_calls: Counter[int] = Counter()
         self.finished: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
+        self._pending: list[_PendingCommit] = []
+        self._flush = anyio.Event()
         self._wake = anyio.Event()
+        self._dry: set[tuple[str, str | None]] = set()
+        self._epoch = 0
+        """Bumped when new work may have become ready: a claim that started earlier proves nothing."""
         self._idle = anyio.Event()
         self._stopping = False
         self._learned: dict[str, float] = {}
 
     # -- control -------------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Look for work now (after an approval, a completion or a rebuild)."""
+    def wake(self, *, new_work: bool = True) -> None:
+        """Look for work now: a slot freed, or (``new_work``) something may have become ready."""
+        if new_work:
+            self._dry.clear()
+            self._epoch += 1
         self._wake.set()
 
     def stop(self) -> None:
@@ -185,6 +211,7 @@ class Pool:
     async def run(self) -> None:
         """Claim and run work until ``stop``; then drain, release and save learned limits."""
         async with anyio.create_task_group() as workers:
+            workers.start_soon(self._flusher)
             while not self._stopping:
                 try:
                     await self._fill(workers)
@@ -211,40 +238,63 @@ class Pool:
         log.info("pool_stopped", released=released, outcomes=dict(self.outcomes))
 
     async def _fill(self, workers: anyio.abc.TaskGroup) -> None:
+        """Claim work for every free slot: per model within its limits, and copy work.
+
+        A (mode, model) whose claim came back short is *dry* until something can make new work
+        ready (an approval, a retry, a rebuild, a parent finishing), so an idle model costs no
+        queries while the others run.
+        """
         jobs = self.current.jobs
         if jobs is None or self.paused:
             return
         exhausted = self.exhausted_approvals()
-        for (mode, model_id), ready in (await self.store.ready_counts()).items():
-            free = self.settings.pool.concurrency - len(self.in_flight)
+        candidates = [("copy", None), *(("llm", model.model_id) for model in jobs.models())]
+        for mode, model_id in candidates:
+            free = self.settings.pool.concurrency - len(self.slots)
             if free <= 0:
                 return
-            if mode == "llm":
+            if (mode, model_id) in self._dry:
+                continue
+            if model_id is not None:
                 if self.parked_until is not None and time.monotonic() < self.parked_until:
                     continue
                 state = self._model(model_id)
                 if model_id in self.paused_models or state.limit.resume_at > time.monotonic():
                     continue
                 free = min(free, state.limit.limit - state.in_flight)
-            if free <= 0:
-                continue
+                if free <= 0:
+                    continue
+            epoch = self._epoch
             claims = await self.store.claim(
                 mode=mode,
-                llm_model_id=model_id if mode == "llm" else None,
-                limit=min(ready, free),
+                llm_model_id=model_id,
+                limit=free,
                 lease_s=self.settings.pool.lease_s,
                 exclude_approvals=exhausted,
             )
+            if len(claims) < free and epoch == self._epoch and not exhausted:
+                self._dry.add((mode, model_id))  # (a spent budget frees up as calls finish: not dry)
             for claim in claims:
                 self._start(workers, claim)
 
     def _start(self, workers: anyio.abc.TaskGroup, claim: Claim) -> None:
-        self.in_flight[claim.generation.gen_id] = claim
         g = claim.generation
+        self.in_flight[g.gen_id] = claim
+        self.slots.add(g.gen_id)
         self.bus.publish("generation_started", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         if claim.mode == "llm":
-            self._model(claim.generation.llm_model_id).in_flight += 1
-        workers.start_soon(self._work, claim, name=claim.generation.gen_id)
+            self._model(g.llm_model_id).in_flight += 1
+        workers.start_soon(self._work, claim, name=g.gen_id)
+
+    def _release_slot(self, claim: Claim) -> None:
+        """Free the claim's concurrency slot (once): its call is over."""
+        g = claim.generation
+        if g.gen_id not in self.slots:
+            return
+        self.slots.discard(g.gen_id)
+        if claim.mode == "llm":
+            self._model(g.llm_model_id).in_flight -= 1
+        self.wake(new_work=False)
 
     def _model(self, model_id: str) -> ModelState:
         state = self.models.get(model_id)
@@ -290,7 +340,7 @@ class Pool:
                 score=outcome.score,
             )
             try:
-                committed = await self.store.complete([completion])
+                committed = await self._commit(completion)
             except Exception:  # the files are saved; a restart recovers the row and re-parses them
                 bound.exception("commit_failed")
                 return
@@ -311,12 +361,41 @@ class Pool:
                 error_type=str(outcome.kind) if outcome.kind else None,
             )
         finally:
+            self._release_slot(claim)
             self.in_flight.pop(g.gen_id, None)
-            if claim.mode == "llm":
-                self._model(g.llm_model_id).in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            self.wake()
+            self.wake(new_work=g.stage is not Stage.EVALUATION)
+
+    async def _commit(self, completion: Completion) -> bool:
+        """Queue ``completion`` for the next batched transaction and wait for it."""
+        pending = _PendingCommit(completion, anyio.Event())
+        self._pending.append(pending)
+        self._flush.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.committed
+
+    async def _flusher(self) -> None:
+        """Commit queued completions together: one transaction for all that finished meanwhile."""
+        while True:
+            await self._flush.wait()
+            self._flush = anyio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            with anyio.CancelScope(shield=True):
+                try:
+                    results = await self.store.complete_each([p.completion for p in batch])
+                except Exception as exc:  # every waiter sees the failure; the flusher goes on
+                    results = []
+                    for pending in batch:
+                        pending.error = exc
+            for pending, committed in zip(batch, results, strict=False):
+                pending.committed = committed
+            for pending in batch:
+                pending.done.set()
 
     async def _run(self, claim: Claim, attempts: list[AttemptRow], bound: Any) -> Outcome:
         g = claim.generation
@@ -337,6 +416,8 @@ class Pool:
             attempts.append(_attempt_row(record))
             self._count(g.llm_model_id, claim.approval_id, record)
             self._adapt(g.llm_model_id, record, bound)
+            if record.outcome == "ok":
+                self._release_slot(claim)
 
         try:
             return await self.runner.run(job, on_attempt=on_attempt, provider=provider, fresh=claim.fresh)
@@ -410,7 +491,8 @@ class Pool:
         exhausted = set(self.exhausted_approvals())
         parked = self.parked_until is not None and self.parked_until > now
         return {
-            "in_flight": len(self.in_flight),
+            "in_flight": len(self.slots),
+            "finishing": len(self.in_flight) - len(self.slots),
             "concurrency": self.settings.pool.concurrency,
             "paused": self.paused,
             "parked": {"all": {"resumes_in_s": round(self.parked_until - now, 1)}}

@@ -120,6 +120,10 @@ class Runner:
         self.sleep = sleep
         self.checkpoint = checkpoint
         self.renderer = Renderer()
+        # Separate thread budgets: rendering a prompt must never queue behind replies being
+        # fsynced to a busy disk, or the provider's concurrency would sit idle.
+        self._prepare_threads = anyio.CapacityLimiter(8)
+        self._save_threads = anyio.CapacityLimiter(32)
 
     async def run(
         self,
@@ -140,7 +144,7 @@ class Runner:
                 archived); for retrying a reply that was empty or cut off.
         """
         run = _Run(job, fresh=fresh)
-        early = await anyio.to_thread.run_sync(self._prepare, run)
+        early = await anyio.to_thread.run_sync(self._prepare, run, limiter=self._prepare_threads)
         if early is not None:
             return early
         if run.reply is None:
@@ -165,10 +169,12 @@ class Runner:
             except CallFailure as failure:
                 run.llm_ms = _ms(t)
                 run.attempts = failure.attempts
-                return await anyio.to_thread.run_sync(self._fail_call, run, failure)
+                return await anyio.to_thread.run_sync(
+                    self._fail_call, run, failure, limiter=self._save_threads
+                )
             run.llm_ms = _ms(t)
-            return await anyio.to_thread.run_sync(self._finish, run, reply)
-        return await anyio.to_thread.run_sync(self._finish, run, None)
+            return await anyio.to_thread.run_sync(self._finish, run, reply, limiter=self._save_threads)
+        return await anyio.to_thread.run_sync(self._finish, run, None, limiter=self._save_threads)
 
     # -- steps (run in a worker thread) ----------------------------------------------------------
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,20 @@ def instance_lock(state_db: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+@dataclass(slots=True)
+class Summary:
+    """Counts from the run state, refreshed in the background so ``/v1/status`` never waits on SQLite."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    recent_errors: dict[str, int] = field(default_factory=dict)
+
+
 class Service:
     """The running service: owns the components and answers the control socket."""
+
+    SUMMARY_INTERVAL_S = 0.2
+    """How stale the counts in ``/v1/status`` may be (actions refresh them at once)."""
 
     def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
         self.settings = settings
@@ -93,11 +105,30 @@ class Service:
         self.stop_watching = anyio.Event()
         self.started = time.monotonic()
         self.started_at = now_iso()
+        self.summary = Summary()
+
+    async def refresh_summary(self) -> None:
+        """Re-read the counts (after an action, and every SUMMARY_INTERVAL_S in the background)."""
+        self.summary = Summary(
+            counts=await self.store.counts(),
+            failures=await self.store.failures_by_kind(),
+            recent_errors=await self.store.recent_errors(),
+        )
+
+    async def keep_summary_fresh(self) -> None:
+        """The background refresher (failures are logged and retried, never fatal)."""
+        while True:
+            try:
+                await self.refresh_summary()
+            except Exception:  # a failed read must not stop the service; the next one retries
+                log.exception("summary_refresh_failed")
+            await anyio.sleep(self.SUMMARY_INTERVAL_S)
 
     async def rebuild(self, reason: str) -> None:
         """Apply the files if they changed, then let the pool look for work."""
         before = self.current.last.get("at")
         await self.rebuilder.check(reason=reason)
+        await self.refresh_summary()
         last = self.current.last
         if last.get("at") != before:
             event = "cohort_rebuilt" if last.get("ok") else "experiment_invalid"
@@ -122,7 +153,7 @@ class Service:
             "started_at": self.started_at,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "cohort_id": self.current.cohort_id,
-            "stages": await self.store.counts(),
+            "stages": self.summary.counts,
             "in_flight": pool["in_flight"],
             "models": pool["models"],
             "pool": {
@@ -131,8 +162,8 @@ class Service:
             },
             "spent_usd": pool["spent_usd"],
             "rates_per_minute": pool["rates_per_minute"],
-            "failures": await self.store.failures_by_kind(),
-            "recent_errors": await self.store.recent_errors(),
+            "failures": self.summary.failures,
+            "recent_errors": self.summary.recent_errors,
             "errors": self.current.errors(),
             "last_rebuild": self.current.last,
             "rebuilds": self.current.rebuilds,
@@ -172,6 +203,7 @@ class Service:
         if request.budget_usd is not None:
             await self.pool.refresh_budgets()
         self.pool.wake()
+        await self.refresh_summary()
         return {
             "approval_id": approval_id,
             "matched": matched,
@@ -223,6 +255,7 @@ class Service:
             "retried", retried=retried, kind=request.kind, stage=request.stage, model=request.llm_model_id
         )
         self.pool.wake()
+        await self.refresh_summary()
         return {"retried": retried}
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
@@ -275,7 +308,7 @@ class Service:
         """Prometheus text."""
         pool = self.pool
         snapshot = MetricsSnapshot(
-            generations=await self.store.counts(),
+            generations=self.summary.counts,
             calls=dict(pool.calls),
             tokens=dict(pool.tokens),
             cost_usd=dict(pool.cost),
@@ -302,6 +335,7 @@ class Service:
             requested_by=request.requested_by,
         )
         log.info("revoked", revoked=revoked, **_scope(request))
+        await self.refresh_summary()
         return {"revoked": revoked}
 
     def _check_known(self, request: ApprovalRequest) -> None:
@@ -379,6 +413,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                     )
                     tg.start_soon(watch, settings.raw_dir, service.trigger)
                     tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
+                    tg.start_soon(service.keep_summary_fresh)
                     await service.pool.run()
                     tg.cancel_scope.cancel()
             finally:

@@ -438,17 +438,34 @@ class Store:
 
     async def complete(self, completions: Sequence[Completion]) -> int:
         """Commit outcomes (one transaction); a stale token changes nothing. Returns rows committed."""
+        return sum(await self.complete_each(completions))
+
+    async def complete_each(self, completions: Sequence[Completion]) -> list[bool]:
+        """Commit outcomes in one transaction; for each, whether it was committed (False: stale token).
+
+        Three statements for the whole batch, whatever its size: which tokens still hold, the
+        updates, the attempts. The pool batches completions, so this is on its hot path.
+        """
         if not completions:
-            return 0
+            return []
         now = now_iso()
-        committed = 0
         async with self._write() as db:
-            for c in completions:
-                changed = await _changes(
-                    db,
-                    "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
-                    "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
-                    "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
+            holding: set[tuple[str, int]] = set()
+            for start in range(0, len(completions), 500):
+                chunk = completions[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                async with db.execute(
+                    f"SELECT gen_id, lease_token FROM generations WHERE state = 'running' AND gen_id IN ({marks})",
+                    [c.gen_id for c in chunk],
+                ) as cursor:
+                    holding.update((row[0], row[1]) for row in await cursor.fetchall())
+            committed = [(c.gen_id, c.token) in holding for c in completions]
+            fresh = [c for c, ok in zip(completions, committed, strict=True) if ok]
+            await db.executemany(
+                "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
+                "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
+                "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
+                [
                     (
                         "done" if c.ok else "failed",
                         len(c.attempts),
@@ -459,17 +476,16 @@ class Store:
                         now,
                         c.gen_id,
                         c.token,
-                    ),
-                )
-                committed += changed
-                if not changed:  # a stale claim: its outcome and attempts are not recorded
-                    continue
-                await db.executemany(
-                    "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
-                    "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_attempt_params(c, a) for a in c.attempts],
-                )
+                    )
+                    for c in fresh
+                ],
+            )
+            await db.executemany(
+                "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
+                "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_attempt_params(c, a) for c in fresh for a in c.attempts],
+            )
         return committed
 
     async def release(self, claims: Iterable[Claim]) -> int:

@@ -105,6 +105,7 @@ class Daemon:
         *,
         deadline_s: float = 30.0,
         what: str = "condition",
+        poll_s: float = 0.05,
     ) -> dict[str, Any]:
         """Poll the status until ``predicate`` holds; fail with the last status and the log tail."""
         deadline = time.monotonic() + deadline_s
@@ -116,11 +117,11 @@ class Daemon:
             if predicate(status):
                 assert status is not None or predicate(None)
                 return status or {}
-            await anyio.sleep(0.05)
+            await anyio.sleep(poll_s)
         raise AssertionError(f"timed out waiting for {what}; last status: {status}\n{self.log_tail()}")
 
     async def wait_stage(
-        self, stage: str, *, done: int, failed: int = 0, deadline_s: float = 30.0
+        self, stage: str, *, done: int, failed: int = 0, deadline_s: float = 30.0, poll_s: float = 0.05
     ) -> dict[str, Any]:
         """Wait until ``stage`` has exactly these done and failed counts and nothing queued or running."""
 
