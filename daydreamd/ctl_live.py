@@ -330,7 +330,8 @@ def _located(error: Mapping[str, Any]) -> str:
 
 
 def _print_generation(row: Mapping[str, Any]) -> None:
-    fields = {key: value for key, value in row.items() if key != "attempt_log" and value not in (None, "")}
+    extra = ("attempt_log", "parents", "files", "reply_tail")
+    fields = {key: value for key, value in row.items() if key not in extra and value not in (None, "")}
     width = max((len(key) for key in fields), default=0)
     for key, value in fields.items():
         click.echo(f"{key:<{width}}  {value}")
@@ -339,3 +340,16 @@ def _print_generation(row: Mapping[str, Any]) -> None:
         click.echo(f"attempt log ({len(attempts)}):")
         for attempt in attempts:
             click.echo("  " + ", ".join(f"{k} {v}" for k, v in attempt.items() if v is not None))
+    for parent in row.get("parents") or []:
+        click.echo(
+            f"parent  {parent['stage']:<10} {parent['gen_id']}  {parent['state']}  {parent['template_id']}"
+        )
+    files = row.get("files") or {}
+    if files:
+        click.echo("files:")
+        for path, size in files.items():
+            click.echo(f"  {path}  ({size:,} bytes)")
+    if row.get("reply_tail"):
+        click.echo("end of the reply:")
+        for line in str(row["reply_tail"]).splitlines():
+            click.echo(f"  | {line}")

@@ -174,8 +174,23 @@ class Service:
         return await self.store.generations(stage=stage, state=state, limit=limit)
 
     async def generation(self, gen_id: str) -> dict[str, Any] | None:
-        """What ``GET /v1/generations/{gen_id}`` answers."""
-        return await self.store.generation(gen_id)
+        """One generation with its attempts, files, parent chain, and the reply's tail if it failed."""
+        row = await self.store.generation(gen_id)
+        if row is None:
+            return None
+        parents = []
+        parent_id = row["parent_gen_id"]
+        while parent_id:
+            parent = await self.store.generation(parent_id)
+            if parent is None:
+                break
+            parents.append(
+                {k: parent[k] for k in ("gen_id", "stage", "state", "template_id", "llm_model_id")}
+            )
+            parent_id = parent["parent_gen_id"]
+        gens = GensStore(self.settings.paths.data_dir)
+        files, tail = await anyio.to_thread.run_sync(_files_and_tail, gens, row)
+        return {**row, "parents": parents, "files": files, "reply_tail": tail}
 
     async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
         """Queue matching pending generations of the current cohort."""
@@ -351,6 +366,28 @@ class Service:
             raise ControlError(404, "not_found", f"no {request.stage} template {request.template_id!r}")
         if request.llm_model_id and experiment.model(request.llm_model_id) is None:
             raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
+
+
+def _files_and_tail(
+    gens: GensStore, row: dict[str, Any], lines: int = 15
+) -> tuple[dict[str, int], str | None]:
+    """The generation's files with their sizes, and the end of its reply when it failed."""
+    directory = gens.directory(row["stage"], row["gen_id"])
+    files = (
+        {
+            gens.relative_file(row["stage"], row["gen_id"], p.name): p.stat().st_size
+            for p in sorted(directory.glob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+        if directory.is_dir()
+        else {}
+    )
+    tail = None
+    if row["state"] == "failed":
+        raw = gens.read_text(row["stage"], row["gen_id"], "raw.txt")
+        if raw is not None:
+            tail = "\n".join(raw.rstrip("\n").splitlines()[-lines:])[-2000:]
+    return files, tail
 
 
 def _scope(request: ApprovalRequest) -> dict[str, Any]:
