@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from daydreamd import __version__
 from daydreamd.config import Settings, load_settings
 from daydreamd.errors import DaydreamError
 from daydreamd.problems import Level, Problem
@@ -51,7 +50,7 @@ def _default_config() -> Path | None:
     envvar="DAYDREAMD_CONFIG",
     help="Config file (default: ./config.toml if present, else built-in defaults). Env: DAYDREAMD_CONFIG.",
 )
-@click.version_option(__version__, "-V", "--version")
+@click.version_option(None, "-V", "--version", package_name="daydreamd")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """Control and inspect daydreamd, the combinatorial LLM experiment service.

@@ -15,7 +15,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 
@@ -116,6 +115,8 @@ def _parse_seconds_or_date(value: str, now: float) -> float | None:
     else:
         return _finite_non_negative(seconds) if seconds >= 0 else None
     try:
+        from email.utils import parsedate_to_datetime  # rare: only HTTP-date Retry-After
+
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
