@@ -58,6 +58,10 @@ class Jobs:
         """A template of the experiment by stage and id."""
         return self._templates.get((stage, template_id))
 
+    def models(self) -> list[LlmModel]:
+        """Every model of the experiment, in CSV order."""
+        return list(self._models.values())
+
     def model(self, model_id: str) -> LlmModel | None:
         """A model of the experiment by id."""
         return self._models.get(model_id)
