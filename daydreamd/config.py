@@ -98,20 +98,6 @@ class WatchSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RetrySettings:
-    """How often and how patiently a failed call is retried (``[retry]``), per failure kind."""
-
-    rate_limit_tries: int = 8
-    """Attempts a call may spend on 429s (Retry-After is honoured, else backoff with jitter)."""
-    rate_limit_base_s: float = 2.0
-    rate_limit_cap_s: float = 120.0
-    transient_tries: int = 3
-    """Attempts a call may spend on 5xx, timeouts, dropped connections and empty bodies."""
-    transient_base_s: float = 1.0
-    transient_cap_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Concurrency and requests per minute for one model or provider (``[pool.models.<id>]``)."""
 
@@ -178,7 +164,8 @@ class Settings:
     llm: LlmSettings = field(default_factory=LlmSettings)
     stages: tuple[tuple[Stage, StageSettings], ...] = tuple(STAGE_DEFAULTS.items())
     watch: WatchSettings = field(default_factory=WatchSettings)
-    retry: RetrySettings = field(default_factory=RetrySettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """``[retry]``: attempts and backoff per failure kind (see ``retry.RetryPolicy``)."""
     pool: PoolSettings = field(default_factory=PoolSettings)
     prices: tuple[tuple[str, PriceSettings], ...] = ()
 
@@ -206,7 +193,7 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         llm=_section(LlmSettings, table, "llm", source),
         stages=_stages(table.get("stages", {}), source),
         watch=_section(WatchSettings, table, "watch", source),
-        retry=_section(RetrySettings, table, "retry", source),
+        retry=_section(RetryPolicy, table, "retry", source),
         pool=_pool(table.get("pool", {}), source),
         prices=_per_id(table.get("prices", {}), PriceSettings, source, "prices"),
     )
@@ -315,18 +302,6 @@ def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[s
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise ConfigError(f"must hold [{name}.<id>] tables", path=source, key=name)
     return tuple((key, _build(cls, value, source, f"{name}.{key}.")) for key, value in sorted(table.items()))
-
-
-def retry_policy(settings: RetrySettings) -> RetryPolicy:
-    """The runner's retry policy from ``[retry]``."""
-    return RetryPolicy(
-        rate_limit_tries=settings.rate_limit_tries,
-        rate_limit_base_s=settings.rate_limit_base_s,
-        rate_limit_cap_s=settings.rate_limit_cap_s,
-        transient_tries=settings.transient_tries,
-        transient_base_s=settings.transient_base_s,
-        transient_cap_s=settings.transient_cap_s,
-    )
 
 
 def _check_values(settings: Settings, source: str) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from daydreamd.control import FAILURE_KINDS
 from daydreamd.ctl_live import (
     CONTEXT,
     STAGE_CHOICE,
@@ -27,22 +28,7 @@ from daydreamd.ctl_live import (
 if TYPE_CHECKING:
     from daydreamd.ctl import Context
 
-KIND_CHOICE = click.Choice(
-    [
-        "render_error",
-        "rate_limit",
-        "transient",
-        "quota",
-        "invalid_request",
-        "auth",
-        "content_filter",
-        "truncated",
-        "too_short",
-        "parse_error",
-        "empty",
-        "internal",
-    ]
-)
+KIND_CHOICE = click.Choice(FAILURE_KINDS)
 
 
 def register(cli: click.Group) -> None:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from daydreamd.cohort import Generation
 from daydreamd.control import ApprovalRequest
 from daydreamd.errors import TemplateError
 from daydreamd.gens import GensStore
@@ -24,6 +23,7 @@ from daydreamd.plan import (
 from daydreamd.pricing import configured_prices, price_for
 from daydreamd.prompts import normalize_newlines, render_prompt
 from daydreamd.stages import PARENT_STAGE, Stage
+from daydreamd.store import row_generation
 from daydreamd.templates import Renderer
 
 if TYPE_CHECKING:
@@ -96,15 +96,7 @@ def _rendered(
     jobs = service.current.jobs
     sizes = []
     for row in rows:
-        generation = Generation(
-            Stage(row["stage"]),
-            row["gen_id"],
-            row["parent_gen_id"],
-            row["combo_id"],
-            row["template_id"],
-            row["llm_model_id"],
-            row["replicate"],
-        )
+        generation = row_generation(row)
         job = jobs.job(generation) if jobs else None
         if job is None:
             continue

@@ -28,7 +28,7 @@ import anyio
 import structlog
 
 from daydreamd import __version__
-from daydreamd.config import Settings, load_settings, retry_policy
+from daydreamd.config import Settings, load_settings
 from daydreamd.control import ApprovalRequest, ControlError, LimitsRequest, PauseRequest, RetryRequest
 from daydreamd.errors import DaydreamError
 from daydreamd.events import EventBus
@@ -421,7 +421,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
             runner = Runner(
                 store=GensStore(settings.paths.data_dir),
                 provider=provider,
-                policy=retry_policy(settings.retry),
+                policy=settings.retry,
                 rng=random.Random(),
             )
             service = Service(settings, store, runner)
@@ -493,7 +493,7 @@ def _reload(service: Service, env: Mapping[str, str], notifier: Notifier) -> Non
     service.settings = settings
     service.rebuilder.settings = settings
     service.pool.update_settings(settings)
-    service.pool.runner.policy = retry_policy(settings.retry)
+    service.pool.runner.policy = settings.retry
     service.current.build = None  # stage settings are part of gen_ids: rebuild under the new ones
     service.trigger.fire("reload")
     log.info("config_reloaded", concurrency=settings.pool.concurrency)

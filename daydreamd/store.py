@@ -602,8 +602,9 @@ async def _changes(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) ->
     return cursor.rowcount
 
 
-def _claim(row: aiosqlite.Row) -> Claim:
-    generation = Generation(
+def row_generation(row: Any) -> Generation:
+    """The cohort ``Generation`` of a ``generations`` row (any mapping with its columns)."""
+    return Generation(
         Stage(row["stage"]),
         row["gen_id"],
         row["parent_gen_id"],
@@ -612,6 +613,10 @@ def _claim(row: aiosqlite.Row) -> Claim:
         row["llm_model_id"],
         row["replicate"],
     )
+
+
+def _claim(row: aiosqlite.Row) -> Claim:
+    generation = row_generation(row)
     return Claim(
         generation, row["lease_token"], row["mode"], row["attempts"], row["approval_id"], bool(row["fresh"])
     )
