@@ -101,10 +101,10 @@ class WatchSettings:
 class Limits:
     """Concurrency and requests per minute for one model or provider (``[pool.models.<id>]``)."""
 
-    concurrency: int = 0
-    """Calls in flight at once (0: the pool default)."""
-    requests_per_minute: int = 0
-    """Requests in any sliding 60 s window (0: the pool default)."""
+    concurrency: int | None = None
+    """Calls in flight at once (unset: the pool default)."""
+    requests_per_minute: int | None = None
+    """Requests in any sliding 60 s window (unset: the pool default; 0: unlimited)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,16 +134,16 @@ class PoolSettings:
         """The model's limits with the pool defaults filled in."""
         own = dict(self.models).get(model_id, Limits())
         return Limits(
-            concurrency=own.concurrency or self.model_concurrency,
-            requests_per_minute=own.requests_per_minute or self.requests_per_minute,
+            concurrency=own.concurrency if own.concurrency is not None else self.model_concurrency,
+            requests_per_minute=(
+                own.requests_per_minute if own.requests_per_minute is not None else self.requests_per_minute
+            ),
         )
 
     def provider_rpm(self, provider: str) -> int:
         """Requests per minute for a provider (0: unlimited)."""
-        return (
-            dict(self.providers).get(provider, Limits()).requests_per_minute
-            or self.provider_requests_per_minute
-        )
+        own = dict(self.providers).get(provider, Limits()).requests_per_minute
+        return own if own is not None else self.provider_requests_per_minute
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,8 +38,12 @@ class EventBus:
             return
         message = {"event": event, "at": now_iso(), **fields}
         for subscriber in self._subscribers:
+            stats = subscriber.send.statistics()
+            room = stats.max_buffer_size - stats.current_buffer_used
             try:
-                if subscriber.dropped:
+                # The notice of missed events goes first, but only when the event fits behind it:
+                # a reader that keeps up must get real events, not an endless stream of notices.
+                if subscriber.dropped and room >= 2:
                     subscriber.send.send_nowait(
                         {"event": "dropped", "at": message["at"], "count": subscriber.dropped}
                     )
@@ -49,6 +53,11 @@ class EventBus:
                 subscriber.dropped += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
+
+    def close(self) -> None:
+        """End every subscription (at shutdown, so streaming clients are not waited for)."""
+        for subscriber in self._subscribers:
+            subscriber.send.close()
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

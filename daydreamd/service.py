@@ -275,6 +275,7 @@ class Service:
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
         """Stop claiming new work (all, or one model); in-flight calls go on."""
+        self._check_model(request.llm_model_id)
         self.pool.set_paused(request.llm_model_id, True)
         log.info("paused", model=request.llm_model_id or "*", requested_by=request.requested_by)
         self.bus.publish("paused", model=request.llm_model_id)
@@ -282,10 +283,17 @@ class Service:
 
     async def resume(self, request: PauseRequest) -> dict[str, Any]:
         """Start claiming again (all, or one model)."""
+        self._check_model(request.llm_model_id)
         self.pool.set_paused(request.llm_model_id, False)
         log.info("resumed", model=request.llm_model_id or "*", requested_by=request.requested_by)
         self.bus.publish("resumed", model=request.llm_model_id)
         return self._pause_state()
+
+    def _check_model(self, model_id: str | None) -> None:
+        """A model id that is not in llm_models.csv is a typo; acting on it would do nothing."""
+        jobs = self.current.jobs
+        if model_id and jobs is not None and jobs.model(model_id) is None:
+            raise ControlError(404, "not_found", f"no model {model_id!r} in llm_models.csv")
 
     def _pause_state(self) -> dict[str, Any]:
         return {"paused": self.pool.paused, "paused_models": sorted(self.pool.paused_models)}
@@ -454,6 +462,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                     await service.pool.run()
                     tg.cancel_scope.cancel()
             finally:
+                service.bus.close()  # streaming clients end now, not at the server's timeout
                 with anyio.CancelScope(shield=True):
                     await stop(site)
             log.info("service_stopped")

@@ -39,7 +39,8 @@ def stage_table(status: Mapping[str, Any]) -> Table:
         ("pending", "right"),
         ("failed", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        numeric = column not in ("stage", "progress", "failed")
+        table.add_column(column, justify=justify, no_wrap=numeric, min_width=len(column) if numeric else None)  # type: ignore[arg-type]
     rates = status.get("rates_per_minute") or {}
     failures = status.get("failures") or {}
     for stage in STAGES:
