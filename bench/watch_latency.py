@@ -91,6 +91,7 @@ async def measure(url: str, edits: int, samples: int) -> dict[str, Any]:
             "max": round(max(status_ms), 2),
             "target_p99": 50,
             "median_calls_in_flight": statistics.median(in_flight),
+            "min_calls_in_flight": min(in_flight),
         },
     }
 

@@ -289,11 +289,12 @@ def _print_cohort(result: dict[str, Any]) -> None:
 
 
 def _register_live_verbs() -> None:
-    from daydreamd import ctl_live, ctl_logs, ctl_ops
+    from daydreamd import ctl_live, ctl_logs, ctl_ops, ctl_results
 
     ctl_live.register(cli)
     ctl_ops.register(cli)
     ctl_logs.register(cli)
+    ctl_results.register(cli)
 
 
 _register_live_verbs()
