@@ -340,7 +340,7 @@ class Pool:
                 token=claim.token,
                 llm_model_id=g.llm_model_id,
                 ok=outcome.ok,
-                error_kind=str(outcome.kind) if outcome.kind else None,
+                error_kind=str(outcome.kind) if outcome.kind else (None if outcome.ok else "internal"),
                 error_message=outcome.message or None,
                 attempts=tuple(attempts),
                 score=outcome.score,
