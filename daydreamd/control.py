@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daydreamd.errors import DaydreamError
+from daydreamd.retry import FailureKind
 
 STAGE_NAMES: tuple[str, ...] = ("draft", "essay", "evaluation")
 """The stages a request may name (the values of :class:`daydreamd.stages.Stage`)."""
@@ -60,20 +61,7 @@ def bad_request(message: str) -> ControlError:
 
 
 _REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
-FAILURE_KINDS: tuple[str, ...] = (
-    "render_error",
-    "rate_limit",
-    "transient",
-    "quota",
-    "invalid_request",
-    "auth",
-    "content_filter",
-    "truncated",
-    "too_short",
-    "parse_error",
-    "empty",
-    "internal",
-)
+FAILURE_KINDS: tuple[str, ...] = (*(kind.value for kind in FailureKind), "internal")
 """Failure kinds a retry may select (``daydreamd.retry.FailureKind`` plus ``internal``)."""
 
 
