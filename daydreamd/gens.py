@@ -65,7 +65,7 @@ class GensStore:
     def write(self, stage: Stage | str, gen_id: str, name: str, text: str) -> Path:
         """Atomically write one file of a generation (unchanged contents are not rewritten)."""
         path = self.directory(stage, gen_id) / name
-        if name != METADATA and _same_text(path, text):
+        if _same_text(path, text):
             return path
         write_atomic(path, text)
         return path
