@@ -134,12 +134,12 @@ def measure_once(raw_dir: Path, out_dir: Path, k: int) -> dict[str, Any]:
     t_import = time.perf_counter()
     from dataclasses import replace
 
-    from daydreamd.cohort import build_cohort
-    from daydreamd.cohort_files import write_cohort
-    from daydreamd.config import Settings
-    from daydreamd.loader import load_experiment
-    from daydreamd.problems import has_errors
-    from daydreamd.snapshot import read_raw_dir
+    from daydreamd.core.cohort import build_cohort
+    from daydreamd.core.config import Settings
+    from daydreamd.core.loader import load_experiment
+    from daydreamd.core.problems import has_errors
+    from daydreamd.core.snapshot import read_raw_dir
+    from daydreamd.storage.cohort_files import write_cohort
 
     import_s = time.perf_counter() - t_import
     settings = Settings()

@@ -133,7 +133,7 @@ def _concepts(c: int) -> tuple[str, str]:
 
 def write_run(root: Path, combos: int, *, files: bool) -> tuple[Path, Path]:
     """Write the run state, membership, combo mappings, 1_raw scales (and gens files); returns (data, db)."""
-    from daydreamd.store import Store
+    from daydreamd.storage.store import Store
 
     data = root / "data"
     db_path = root / "state" / "dd.sqlite"
@@ -274,8 +274,8 @@ def _peak_rss_mb() -> float:
 def measure_once(source: str, data: Path, db: Path, out: Path, scope: str) -> dict[str, Any]:
     """Read, index, build and write once in this process; timings, counts and memory."""
     t_import = time.perf_counter()
-    from daydreamd.results import Scores, build_tables
-    from daydreamd.scores import paused_gc, read_rows_from_db, read_rows_from_files, write_tables
+    from daydreamd.core.results import Scores, build_tables
+    from daydreamd.storage.scores import paused_gc, read_rows_from_db, read_rows_from_files, write_tables
 
     import_s = time.perf_counter() - t_import
     cohort = None if scope == "all" else COHORT

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_scale import write_experiment
 from bench.fake_server import fake_server
-from daydreamd.build import read_and_build
-from daydreamd.config import Settings, load_settings
-from daydreamd.gens import GensStore
-from daydreamd.jobs import Job, Jobs
-from daydreamd.llm_client import OpenAiCompatibleClient
-from daydreamd.runner import Runner
-from daydreamd.stages import Stage
+from daydreamd.core.build import read_and_build
+from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.jobs import Job, Jobs
+from daydreamd.core.stages import Stage
+from daydreamd.daemon.runner import Runner
+from daydreamd.llm.client import OpenAiCompatibleClient
+from daydreamd.storage.gens import GensStore
 
 
 def make_jobs(data_dir: Path, count: int) -> tuple[Settings, list[Job]]:

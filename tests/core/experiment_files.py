@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from daydreamd.experiment import Experiment
-from daydreamd.loader import load_experiment
-from daydreamd.problems import Level, Problem
-from daydreamd.snapshot import RawFiles
+from daydreamd.core.experiment import Experiment
+from daydreamd.core.loader import load_experiment
+from daydreamd.core.problems import Level, Problem
+from daydreamd.core.snapshot import RawFiles
 
 CONCEPTS_HEADER = "concept_id,name,active"
 TEMPLATES_HEADER = "template_id,template_name,description,parser,generator,active"

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd import ids
-from daydreamd.build import Build, build_from_raw
-from daydreamd.cohort import MEMBERSHIP_COLUMNS, Cohort
-from daydreamd.cohort_files import read_combo_mappings, record_combos, write_cohort
-from daydreamd.config import Settings, load_settings
-from daydreamd.errors import CohortError
-from daydreamd.snapshot import RawFiles, read_raw_dir
-from daydreamd.stages import Stage
+from daydreamd.core import ids
+from daydreamd.core.build import Build, build_from_raw
+from daydreamd.core.cohort import MEMBERSHIP_COLUMNS, Cohort
+from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.errors import CohortError
+from daydreamd.core.snapshot import RawFiles, read_raw_dir
+from daydreamd.core.stages import Stage
+from daydreamd.storage.cohort_files import read_combo_mappings, record_combos, write_cohort
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "data" / "1_raw"

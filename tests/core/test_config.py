@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from daydreamd.config import load_settings
-from daydreamd.errors import ConfigError
-from daydreamd.stages import Stage
+from daydreamd.core.config import load_settings
+from daydreamd.core.errors import ConfigError
+from daydreamd.core.stages import Stage
 
 ROOT = Path(__file__).parents[2]
 

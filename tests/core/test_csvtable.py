@@ -1,4 +1,4 @@
-"""Tests for daydreamd.csvtable: decoding, CSV structure, line numbers and booleans."""
+"""Tests for daydreamd.core.csvtable: decoding, CSV structure, line numbers and booleans."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.csvtable import Row, Table, decode_text, parse_bool, read_table
-from daydreamd.problems import Level, Problem
+from daydreamd.core.csvtable import Row, Table, decode_text, parse_bool, read_table
+from daydreamd.core.problems import Level, Problem
 
 PATH = "1_raw/t.csv"
 

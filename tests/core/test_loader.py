@@ -1,4 +1,4 @@
-"""Tests for daydreamd.loader: every validation rule has one bad input, located precisely.
+"""Tests for daydreamd.core.loader: every validation rule has one bad input, located precisely.
 
 Each case starts from the minimal valid experiment in ``experiment_files`` and changes one thing,
 then checks the problem's level, path, line, column and a key word of its message. Only the two
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daydreamd.experiment import Concept, Generator
-from daydreamd.loader import load_experiment
-from daydreamd.problems import Level, Problem, error, has_errors, warning
-from daydreamd.snapshot import RawFiles, read_raw_dir
-from daydreamd.stages import STAGES, Stage
-from daydreamd.templates import Renderer
+from daydreamd.core.experiment import Concept, Generator
+from daydreamd.core.loader import load_experiment
+from daydreamd.core.problems import Level, Problem, error, has_errors, warning
+from daydreamd.core.snapshot import RawFiles, read_raw_dir
+from daydreamd.core.stages import STAGES, Stage
+from daydreamd.core.templates import Renderer
 from tests.core.experiment_files import (
     CONCEPT_ROWS,
     DRAFT_ROW,

@@ -1,6 +1,6 @@
 """Pins how ``daydreamctl logs`` reads the service's log: --since, filters, non-JSON lines, formatting.
 
-Everything here is pure (:mod:`daydreamd.logview`); reading real files is in
+Everything here is pure (:mod:`daydreamd.cli.logview`); reading real files is in
 ``tests/shell/test_ctl_logs.py``.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daydreamd.logview import (
+from daydreamd.cli.logview import (
     Entry,
     LogFilter,
     Selector,

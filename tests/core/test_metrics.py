@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from daydreamd.metrics import MetricsSnapshot, render_metrics
+from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
 
 SAMPLE = re.compile(r'^(daydreamd_[a-z_]+)(\{(?:[a-z_]+="(?:[^"\\\n]|\\["\\n])*",?)*\})? (\S+)$')
 

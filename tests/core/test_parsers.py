@@ -1,4 +1,4 @@
-"""Tests for daydreamd.parsers: every rule of each parser's contract has a case that breaks with it."""
+"""Tests for daydreamd.core.parsers: every rule of each parser's contract has a case that breaks with it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daydreamd import parsers
-from daydreamd.errors import ParseError
-from daydreamd.parsers import (
+from daydreamd.core import parsers
+from daydreamd.core.errors import ParseError
+from daydreamd.core.parsers import (
     STAGES,
     format_score,
     is_registered,

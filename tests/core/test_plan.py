@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from daydreamd.plan import (
+from daydreamd.core.plan import (
     GroupEstimate,
     GroupInputs,
     Observed,
@@ -20,7 +20,7 @@ from daydreamd.plan import (
     summarize,
     tokens_of,
 )
-from daydreamd.pricing import Price
+from daydreamd.core.pricing import Price
 
 
 def inputs(**overrides: object) -> GroupInputs:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.ratelimit import AdaptiveLimit, ConcurrencyGate, MonotonicClock, SlidingWindow
+from daydreamd.daemon.ratelimit import AdaptiveLimit, ConcurrencyGate, MonotonicClock, SlidingWindow
 
 START = 1000.0
 

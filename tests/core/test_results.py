@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from daydreamd.results import (
+from daydreamd.core.results import (
     AGGREGATED_SCORES,
     SCORE_COLUMNS,
     ScoreRow,

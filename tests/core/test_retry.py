@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daydreamd.retry import (
+from daydreamd.core.retry import (
     FailureKind,
     RetryPolicy,
     backoff_delay,

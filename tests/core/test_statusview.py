@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from daydreamd.statusview import render_status
+from daydreamd.cli.statusview import render_status
 
 FULL, HALF = "━", "╸"
 BAR_WIDTH = 24

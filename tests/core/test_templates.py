@@ -1,4 +1,4 @@
-"""Tests for daydreamd.templates: static checks with lines, and strict sandboxed rendering."""
+"""Tests for daydreamd.core.templates: static checks with lines, and strict sandboxed rendering."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import jinja2
 import pytest
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
-from daydreamd.errors import TemplateError
-from daydreamd.problems import Level
-from daydreamd.stages import Stage
-from daydreamd.templates import Renderer, check_template
+from daydreamd.core.errors import TemplateError
+from daydreamd.core.problems import Level
+from daydreamd.core.stages import Stage
+from daydreamd.core.templates import Renderer, check_template
 
 PATH = "1_raw/templates/draft/t.txt"
 CONCEPTS = [{"name": "Alpha", "content": "First idea."}, {"name": "Beta", "content": "Second idea."}]

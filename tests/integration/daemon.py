@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from daydreamd.ctl_client import ServiceClient, ServiceUnavailable
+from daydreamd.cli.client import ServiceClient, ServiceUnavailable
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_RAW = ROOT / "data" / "1_raw"

@@ -2,7 +2,7 @@
 watch, pause, resume, retry, limits, and ``GET /metrics``.
 
 Each test starts a real daemon (a subprocess on a private copy of the example experiment) and
-drives it with the real CLI, ``python -m daydreamd.ctl --config <config> VERB ...``, run as a
+drives it with the real CLI, ``python -m daydreamd.cli.main --config <config> VERB ...``, run as a
 subprocess, checking what it prints and its exit code. The LLM is the fake server
 (``tests.fakellm``), which reports usage and cost like OpenRouter; :class:`GatedFake` adds a
 gate that holds chosen requests in flight (so "while the pool is busy" is a fact, not a
@@ -38,7 +38,7 @@ import pytest
 import pytest_asyncio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from daydreamd import pool
+from daydreamd.daemon import pool
 from tests.fakellm import FakeLlm, Fault, FaultKind, RecordedRequest, default_reply
 from tests.integration.daemon import Daemon, fast_config
 
@@ -155,7 +155,7 @@ def _env() -> dict[str, str]:
 
 async def ctl(daemon: Daemon | None, *args: str, code: int = 0) -> Ran:
     """``daydreamctl [--config CONFIG] ARGS...`` as a real process; asserts the exit code."""
-    command = [sys.executable, "-m", "daydreamd.ctl"]
+    command = [sys.executable, "-m", "daydreamd.cli.main"]
     if daemon is not None:
         command += ["--config", str(daemon.config)]
     command += args
@@ -240,7 +240,7 @@ class LiveScreen:
 @asynccontextmanager
 async def live_status(daemon: Daemon) -> AsyncIterator[LiveScreen]:
     """``status --watch`` on a (forced) terminal for the block; Ctrl-C (SIGINT) at the end."""
-    command = [sys.executable, "-m", "daydreamd.ctl", "--config", str(daemon.config)]
+    command = [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config)]
     command += ["status", "--watch", "--interval", "0.2"]
     process = await anyio.open_process(command, env={**_env(), "FORCE_COLOR": "1", "TTY_INTERACTIVE": "1"})
     screen = LiveScreen(process)
@@ -715,7 +715,7 @@ class LineReader:
 @asynccontextmanager
 async def watching(daemon: Daemon, *args: str) -> AsyncIterator[LineReader]:
     """``daydreamctl watch ARGS`` running for the block (a real process, stopped at the end)."""
-    command = [sys.executable, "-m", "daydreamd.ctl", "--config", str(daemon.config), "watch", *args]
+    command = [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config), "watch", *args]
     process = await anyio.open_process(command, env=_env())
     try:
         yield LineReader(process)

@@ -23,7 +23,7 @@ TABLES = (
 
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daydreamd.ctl", "--config", str(daemon.config), *args],
+        [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config), *args],
         capture_output=True,
         text=True,
         timeout=120,

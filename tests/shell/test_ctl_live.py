@@ -19,9 +19,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from daydreamd.control import ApprovalRequest, ControlError
-from daydreamd.ctl import cli as base_cli
-from daydreamd.ctl_live import register
+from daydreamd.cli.live import register
+from daydreamd.cli.main import cli as base_cli
+from daydreamd.core.control import ApprovalRequest, ControlError
 from tests.shell.test_server import GENERATION, STATUS, FakeControl, leave_stale_socket, serving
 
 

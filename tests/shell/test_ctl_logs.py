@@ -25,8 +25,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from daydreamd.ctl import cli as base_cli
-from daydreamd.ctl_logs import (
+from daydreamd.cli.logs import (
     Follower,
     View,
     complete_end,
@@ -35,7 +34,8 @@ from daydreamd.ctl_logs import (
     register,
     show_logs,
 )
-from daydreamd.logview import LogFilter
+from daydreamd.cli.logview import LogFilter
+from daydreamd.cli.main import cli as base_cli
 
 ROOT = Path(__file__).parents[2]
 DEADLINE = 5.0
@@ -549,7 +549,7 @@ class TestFollowerStepByStep:
 SCRIPT = (
     # A shell running the tests in the background makes its children ignore SIGINT; a terminal does not.
     "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from daydreamd.ctl import cli; from daydreamd.ctl_logs import register; "
+    "from daydreamd.cli.main import cli; from daydreamd.cli.logs import register; "
     "register(cli); cli(prog_name='daydreamctl')"
 )
 

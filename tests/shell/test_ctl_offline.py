@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daydreamd.ctl import cli
+from daydreamd.cli.main import cli
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_DATA = ROOT / "data"
@@ -82,7 +82,7 @@ def test_cohort_refuses_an_experiment_with_errors(data: Path) -> None:
 def test_console_script_runs() -> None:
     """The installed entry point answers --help with the verbs (a real process)."""
     out = subprocess.run(
-        [sys.executable, "-m", "daydreamd.ctl", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "daydreamd.cli.main", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "validate" in out and "cohort" in out
 

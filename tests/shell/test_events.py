@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from daydreamd.events import EventBus
+from daydreamd.daemon.events import EventBus
 
 DEADLINE_S = 5.0
 

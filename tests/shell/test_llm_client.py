@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from daydreamd.llm_client import (
+from daydreamd.core.retry import FailureKind, RetryPolicy
+from daydreamd.llm.client import (
     REDACTED,
     AttemptRecord,
     CallFailure,
@@ -33,7 +34,6 @@ from daydreamd.llm_client import (
     mock_score,
     read_api_key,
 )
-from daydreamd.retry import FailureKind, RetryPolicy
 from tests.fakellm import FakeLlm, Fault, FaultKind, RecordedRequest, default_reply
 
 KEY = "sk-or-v1-CANARY-5f1e0c7d9b3a4e21a8c6"

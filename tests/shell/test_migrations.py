@@ -1,6 +1,6 @@
 """The run state's schema history on real SQLite files: fresh install, no-op reopen, upgrade, failed upgrade.
 
-Migrations are selected by replacing ``daydreamd.migrations.MIGRATIONS`` (which ``migrate`` reads
+Migrations are selected by replacing ``daydreamd.storage.migrations.MIGRATIONS`` (which ``migrate`` reads
 at call time); every database is a real file under ``tmp_path``. The exact-schema tests pin the
 registry to the two shipped migrations (m001_initial, m002_scores); the live registry may append
 more, so it is checked to keep those two unchanged and to extend, never alter, their schema.
@@ -18,13 +18,13 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from daydreamd import migrations
-from daydreamd.build import build_from_raw
-from daydreamd.cohort import Cohort
-from daydreamd.config import Settings
-from daydreamd.migrations import M001_INITIAL, M002_SCORES, migrate
-from daydreamd.snapshot import read_raw_dir
-from daydreamd.store import AttemptRow, Completion, Store
+from daydreamd.core.build import build_from_raw
+from daydreamd.core.cohort import Cohort
+from daydreamd.core.config import Settings
+from daydreamd.core.snapshot import read_raw_dir
+from daydreamd.storage import migrations
+from daydreamd.storage.migrations import M001_INITIAL, M002_SCORES, migrate
+from daydreamd.storage.store import AttemptRow, Completion, Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_RAW = REPO_ROOT / "data" / "1_raw"

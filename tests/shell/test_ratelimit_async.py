@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.ratelimit import SlidingWindow, acquire_all
+from daydreamd.daemon.ratelimit import SlidingWindow, acquire_all
 
 START = 10_000.0
 

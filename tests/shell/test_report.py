@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from daydreamd.report import ReportData, render_report
-from daydreamd.results import Scores
-from daydreamd.scores import load_scores, progress_from_db
+from daydreamd.core.results import Scores
+from daydreamd.report.html import ReportData, render_report
+from daydreamd.storage.scores import load_scores, progress_from_db
 from tests.shell.test_scores import Run, invoke, run_everything
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -25,14 +25,19 @@ import pytest
 import pytest_asyncio
 
 import daydreamd
-from daydreamd import metadata as metadata_module
-from daydreamd.build import Build, read_and_build
-from daydreamd.cohort import Generation
-from daydreamd.config import LlmSettings, Settings, load_settings
-from daydreamd.errors import ConfigError
-from daydreamd.gens import GensStore
-from daydreamd.jobs import Job, Jobs
-from daydreamd.llm_client import (
+from daydreamd.core import metadata as metadata_module
+from daydreamd.core.build import Build, read_and_build
+from daydreamd.core.cohort import Generation
+from daydreamd.core.config import LlmSettings, Settings, load_settings
+from daydreamd.core.errors import ConfigError
+from daydreamd.core.jobs import Job, Jobs
+from daydreamd.core.metadata import input_sha256
+from daydreamd.core.parsers import format_score
+from daydreamd.core.problems import has_errors
+from daydreamd.core.retry import FailureKind
+from daydreamd.core.stages import PARENT_STAGE, Stage
+from daydreamd.daemon.runner import Outcome, Runner
+from daydreamd.llm.client import (
     REDACTED,
     EchoProvider,
     MockProvider,
@@ -40,13 +45,8 @@ from daydreamd.llm_client import (
     Provider,
     mock_score,
 )
-from daydreamd.metadata import input_sha256
-from daydreamd.parsers import format_score
-from daydreamd.problems import has_errors
-from daydreamd.providers import make_provider
-from daydreamd.retry import FailureKind
-from daydreamd.runner import Outcome, Runner
-from daydreamd.stages import PARENT_STAGE, Stage
+from daydreamd.llm.providers import make_provider
+from daydreamd.storage.gens import GensStore
 from tests.fakellm import FakeLlm, Fault, FaultKind, FaultSpec, RecordedRequest, default_reply
 
 KEY = "sk-or-v1-RUNNERCANARY-7c1d9e04b2a85f36e1"
@@ -239,7 +239,7 @@ async def rig(data_dir: Path, session: aiohttp.ClientSession) -> AsyncIterator[R
 
 
 def schema_keys_from_docstring() -> set[str]:
-    """The top-level keys listed in ``daydreamd.metadata``'s schema docstring."""
+    """The top-level keys listed in ``daydreamd.core.metadata``'s schema docstring."""
     doc = metadata_module.__doc__ or ""
     keys: set[str] = set()
     for line in doc.split("::", 1)[1].splitlines():
@@ -276,7 +276,7 @@ def score_in(reply: str) -> str:
 
 
 def test_metadata_schema_keys_match_the_docstring() -> None:
-    """The key list these tests check is exactly the schema documented in ``daydreamd.metadata``."""
+    """The key list these tests check is exactly the schema documented in ``daydreamd.core.metadata``."""
     assert schema_keys_from_docstring() == SCHEMA_KEYS
 
 

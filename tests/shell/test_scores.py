@@ -25,17 +25,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daydreamd import ctl_results
-from daydreamd.build import read_and_build
-from daydreamd.cohort import Cohort
-from daydreamd.cohort_files import write_cohort
-from daydreamd.config import Settings, load_settings
-from daydreamd.ctl import cli
-from daydreamd.experiment import Generator
-from daydreamd.gens import GensStore
-from daydreamd.jobs import Jobs
-from daydreamd.llm_client import LlmRequest, MockProvider, Reply
-from daydreamd.results import (
+from daydreamd.cli import results as ctl_results
+from daydreamd.cli.main import cli
+from daydreamd.core.build import read_and_build
+from daydreamd.core.cohort import Cohort
+from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.experiment import Generator
+from daydreamd.core.jobs import Jobs
+from daydreamd.core.results import (
     AGGREGATED_SCORES,
     CROSS_EXPERIMENT,
     FINAL_RESULTS,
@@ -44,8 +41,12 @@ from daydreamd.results import (
     Table,
     build_tables,
 )
-from daydreamd.runner import Runner
-from daydreamd.scores import (
+from daydreamd.core.stages import STAGES
+from daydreamd.daemon.runner import Runner
+from daydreamd.llm.client import LlmRequest, MockProvider, Reply
+from daydreamd.storage.cohort_files import write_cohort
+from daydreamd.storage.gens import GensStore
+from daydreamd.storage.scores import (
     ResultsError,
     all_memberships,
     load_scores,
@@ -54,10 +55,9 @@ from daydreamd.scores import (
     write_table,
     write_tables,
 )
-from daydreamd.stages import STAGES
-from daydreamd.store import Completion, Store
+from daydreamd.storage.store import Completion, Store
 
-ctl_results.register(cli)  # until daydreamd.ctl registers them itself (idempotent)
+ctl_results.register(cli)  # until daydreamd.cli.main registers them itself (idempotent)
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_RAW = ROOT / "data" / "1_raw"

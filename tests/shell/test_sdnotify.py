@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from daydreamd.sdnotify import Notifier, one_line, status_line, status_loop, watchdog_loop
+from daydreamd.daemon.sdnotify import Notifier, one_line, status_line, status_loop, watchdog_loop
 from tests.integration.daemon import Daemon, fast_config
 
 Message = dict[str, str]

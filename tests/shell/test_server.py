@@ -22,10 +22,10 @@ from typing import Any
 import anyio
 import pytest
 
-from daydreamd.control import ApprovalRequest, ControlError
-from daydreamd.ctl_client import ServiceClient, ServiceError, ServiceUnavailable
-from daydreamd.errors import DaydreamError
-from daydreamd.server import make_app, start_unix_site, stop
+from daydreamd.cli.client import ServiceClient, ServiceError, ServiceUnavailable
+from daydreamd.core.control import ApprovalRequest, ControlError
+from daydreamd.core.errors import DaydreamError
+from daydreamd.daemon.server import make_app, start_unix_site, stop
 
 STATUS: dict[str, Any] = {
     "cohort_id": "c_5e1f00d2a1b3",

@@ -20,12 +20,20 @@ import anyio
 import anyio.lowlevel
 import pytest_asyncio
 
-from daydreamd.build import build_from_raw
-from daydreamd.cohort import Cohort, Generation
-from daydreamd.config import Settings
-from daydreamd.snapshot import RawFiles, read_raw_dir
-from daydreamd.stages import STAGES, Stage
-from daydreamd.store import GENERATION_COLUMNS, STATES, AttemptRow, Claim, Completion, Store, SyncResult
+from daydreamd.core.build import build_from_raw
+from daydreamd.core.cohort import Cohort, Generation
+from daydreamd.core.config import Settings
+from daydreamd.core.snapshot import RawFiles, read_raw_dir
+from daydreamd.core.stages import STAGES, Stage
+from daydreamd.storage.store import (
+    GENERATION_COLUMNS,
+    STATES,
+    AttemptRow,
+    Claim,
+    Completion,
+    Store,
+    SyncResult,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_RAW = REPO_ROOT / "data" / "1_raw"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daydreamd.config import load_settings
+from daydreamd.core.config import load_settings
 
 ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "systemd" / "daydreamd.service"

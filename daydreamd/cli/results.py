@@ -1,0 +1,430 @@
+"""``daydreamctl results`` and ``daydreamctl report``: offline verbs over the run state or the gens store.
+
+Both read the scores (from SQLite by default, from ``data/gens/**`` with ``--from-files``),
+need no running service, and write their output atomically. ``daydreamd.cli.main`` adds them to
+its group with :func:`register`. This module does not import :mod:`daydreamd.cli.main` at run time
+(``ctl`` imports this one); the heavy imports (matplotlib) happen inside the verbs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from daydreamd.cli.main import Context
+    from daydreamd.core.config import Settings
+    from daydreamd.core.results import Scores, Table
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+"""The same as ``daydreamd.cli.main.CONTEXT`` (not imported: that module imports this one)."""
+ESSAY_TEXT_LIMIT = 20_000
+"""Characters of each top essay's text folded into the report."""
+
+
+def register(cli: click.Group) -> None:
+    """Add ``results`` and ``report`` to ``cli`` (the ``daydreamctl`` group); idempotent."""
+    for command in (results, report):
+        cli.add_command(command)
+
+
+def _data_option(func: Any) -> Any:
+    return click.option(
+        "--data",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Data directory (holds 1_raw/, cohorts/, gens/); overrides paths.data_dir from the config.",
+    )(func)
+
+
+def _from_files_option(func: Any) -> Any:
+    return click.option(
+        "--from-files",
+        is_flag=True,
+        help="Rebuild the scores from data/gens/** instead of the run state (old or foreign stores, checks).",
+    )(func)
+
+
+def _json_option(func: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--cohort", "cohort_id", help="The cohort to report on (default: the current cohort).")
+@click.option(
+    "--all", "all_cohorts", is_flag=True, help="Every evaluation of every cohort, cross-experiment."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the tables here (default: data/cohorts/<id>/reports/, or data/cross_experiment/ with --all).",
+)
+@_from_files_option
+@_data_option
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Top essays to show.")
+@click.option(
+    "--show/--no-show",
+    default=None,
+    help="Print the top essays and the means as tables (default: only on a terminal).",
+)
+@_json_option
+@click.pass_obj
+def results(
+    obj: Context,
+    cohort_id: str | None,
+    all_cohorts: bool,
+    out: Path | None,
+    from_files: bool,
+    data: Path | None,
+    top: int,
+    show: bool | None,
+    as_json: bool,
+) -> None:
+    """Compute the score tables of a cohort (or of every cohort) and write them as CSV.
+
+    One score row per finished evaluation (failed ones with their error kind), read from
+    the run state in SQLite, or rebuilt from data/gens/** with --from-files. Every table is
+    rewritten atomically each time, with its header even when it has no rows:
+
+    \b
+      parsing/aggregated_scores.csv     every finished evaluation, with paths
+      summary/generation_scores.csv     one row per essay, one column per template__judge
+      summary/final_results.csv         count, mean, std, top/high shares per group
+      summary/perfect_score_paths.csv   evaluations at their template's maximum
+      analysis/judge_agreement.csv      spread across judges, per essay and template
+      analysis/variance_analysis.csv    spread across judges, templates and replicates
+      evaluation_scores_by_template_model.csv   (--all only) the cross-experiment pivot
+
+    std is the population standard deviation; a template's scale is its score_max column in
+    evaluation_templates.csv (default 10).
+
+    \b
+    Examples:
+      daydreamctl results
+      daydreamctl results --cohort cohort_3f2a9c1d0b7e --json
+      daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
+    """
+    from daydreamd.core.results import build_tables, top_essays
+    from daydreamd.storage.scores import ResultsError, load_scores, paused_gc, reports_dir, write_tables
+
+    if cohort_id and all_cohorts:
+        raise click.UsageError("give either --cohort ID or --all, not both")
+    obj.data = data
+    settings = obj.settings()
+    data_dir = settings.paths.data_dir
+    started = time.perf_counter()
+    try:
+        scope = None if all_cohorts else resolve_cohort(settings, cohort_id, use_state=data is None)
+        scores, loaded = load_scores(
+            data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=scope, from_files=from_files
+        )
+        with paused_gc():
+            tables = build_tables(scores, cross_experiment=scope is None)
+            directory = out or reports_dir(data_dir, scope)
+            paths = write_tables(directory, tables)
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the tables: {exc}") from exc
+    elapsed = time.perf_counter() - started
+    if data is not None and not from_files:
+        loaded.warnings.append(_data_without_files(settings))
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    final = next(t for t in tables if t.path.endswith("final_results.csv"))
+    summary: dict[str, Any] = {
+        "cohort_id": scope,
+        "scope": "all" if scope is None else "cohort",
+        "source": loaded.source,
+        "out_dir": str(directory),
+        "evaluations": len(scores),
+        "scored": scores.scored,
+        "failed": scores.failed,
+        "failures_by_kind": scores.failures_by_kind(),
+        "tables": {t.path: {"path": str(p), "rows": len(t.rows)} for t, p in zip(tables, paths, strict=True)},
+        "top_essays": [_top_dict(t) for t in top_essays(scores, top)],
+        "by_draft_template": _means(final, "by_draft_template"),
+        "by_generation_model": _means(final, "by_generation_model"),
+        "by_evaluation_model": _means(final, "by_evaluation_model"),
+        "overall": (_means(final, "overall") or [{}])[0],
+        "seconds": round(elapsed, 3),
+        "warnings": loaded.warnings,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    _print_results(summary, tables, show=sys.stdout.isatty() if show is None else show)
+
+
+def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool = True) -> str:
+    """The cohort to report on: the one named, the configured override, the one the service applied
+    last (from the run state; skipped when ``use_state`` is false) or the one ``1_raw`` builds now."""
+    from daydreamd.storage.scores import ResultsError, latest_applied_cohort
+
+    if explicit:
+        return explicit
+    if settings.experiment.cohort:
+        return settings.experiment.cohort
+    if use_state:
+        applied = latest_applied_cohort(settings.paths.state_db)
+        if applied:
+            return applied
+    from daydreamd.core.build import read_and_build
+
+    build = read_and_build(settings)
+    if build.cohort is not None:
+        return build.cohort.cohort_id
+    raise ResultsError(
+        f"no current cohort: the run state names none and {settings.raw_dir} has errors "
+        "(see daydreamctl validate); pass --cohort ID, or --all"
+    )
+
+
+def _data_without_files(settings: Settings) -> str:
+    return (
+        f"--data without --from-files: the scores come from the run state {settings.paths.state_db} "
+        f"(paths.state_db); add --from-files to read {settings.paths.data_dir / 'gens'} instead"
+    )
+
+
+def _top_dict(top: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(top).items()}
+
+
+def _means(final: Table, analysis_type: str) -> list[dict[str, Any]]:
+    from daydreamd.core.results import group_means
+
+    rows = group_means(final, analysis_type)
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
+def _print_results(summary: dict[str, Any], tables: Sequence[Table], *, show: bool) -> None:
+    scope = "every cohort" if summary["scope"] == "all" else f"cohort {summary['cohort_id']}"
+    source = "the run state (SQLite)" if summary["source"] == "sqlite" else "the gens store (files)"
+    failures = ", ".join(f"{k} {v:,}" for k, v in summary["failures_by_kind"].items())
+    click.echo(
+        f"{scope} from {source}: {summary['evaluations']:,} finished evaluations, "
+        f"{summary['scored']:,} scored, "
+        f"{summary['failed']:,} failed" + (f" ({failures})" if failures else "")
+    )
+    click.echo(f"wrote {len(tables)} tables to {summary['out_dir']} in {summary['seconds']:.1f} s")
+    for table in tables:
+        click.echo(f"  {table.path} ({len(table.rows):,} rows)")
+    if not show:
+        return
+    top = summary["top_essays"]
+    if top:
+        click.echo("\ntop essays (sum of template__judge means):")
+        _print_table(
+            ("#", "sum", "mean", "cols", "draft template", "model", "essay template", "essay"),
+            [
+                (
+                    i,
+                    t["sum_scores"],
+                    t["mean"],
+                    t["scored_columns"],
+                    t["draft_template"],
+                    t["generation_model"],
+                    t["essay_template"],
+                    t["essay_path"],
+                )
+                for i, t in enumerate(top, start=1)
+            ],
+        )
+    for key, label in (
+        ("by_draft_template", "draft template"),
+        ("by_generation_model", "generation model"),
+        ("by_evaluation_model", "judge model"),
+    ):
+        rows = summary[key]
+        if not rows:
+            continue
+        name = {"by_draft_template": "draft_template", "by_generation_model": "generation_model"}.get(
+            key, "evaluation_model"
+        )
+        click.echo(f"\nmean score by {label}:")
+        _print_table(
+            (label, "n", "failed", "mean", "std", "min", "max", "top", "high"),
+            [
+                (
+                    r.get(name, ""),
+                    r.get("count", 0),
+                    r.get("failed", 0),
+                    r.get("mean"),
+                    r.get("std"),
+                    r.get("min"),
+                    r.get("max"),
+                    _pct(r.get("top_share")),
+                    _pct(r.get("high_share")),
+                )
+                for r in rows
+            ],
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned table: numbers right-aligned with 2 decimals, text left-aligned."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(header))
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)]
+        return "  " + "  ".join(parts).rstrip()
+
+    click.echo(line(header))
+    click.echo(line(["-" * w for w in widths]))
+    for row in text:
+        click.echo(line(row))
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--cohort", "cohort_id", help="The cohort to report on (default: the current cohort).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write (default: data/cohorts/<id>/reports/report.html).",
+)
+@_from_files_option
+@_data_option
+@_json_option
+@click.pass_obj
+def report(
+    obj: Context, cohort_id: str | None, out: Path | None, from_files: bool, data: Path | None, as_json: bool
+) -> None:
+    """Write a cohort's report: one self-contained HTML file that opens without a network.
+
+    It shows the cohort's definition and progress, a heatmap of the mean score by draft
+    template x generation model, score distributions per judge, how well judges agree,
+    the top essays with their scores, text and links, and failures by kind.
+
+    \b
+    Examples:
+      daydreamctl report
+      daydreamctl report --cohort cohort_3f2a9c1d0b7e --out /tmp/report.html
+      daydreamctl report --from-files --json
+    """
+    from daydreamd.core.metadata import utc_now
+    from daydreamd.core.results import top_essays
+    from daydreamd.report.html import TOP_N, ReportData, render_report
+    from daydreamd.storage.atomic import write_atomic
+    from daydreamd.storage.scores import (
+        ResultsError,
+        load_scores,
+        paused_gc,
+        progress_from_db,
+        progress_from_files,
+        reports_dir,
+    )
+
+    obj.data = data
+    settings = obj.settings()
+    data_dir = settings.paths.data_dir
+    started = time.perf_counter()
+    try:
+        scope = resolve_cohort(settings, cohort_id, use_state=data is None)
+        scores, loaded = load_scores(
+            data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=scope, from_files=from_files
+        )
+        if from_files:
+            progress = progress_from_files(data_dir, scope)
+        else:
+            progress = progress_from_db(settings.paths.state_db, data_dir, scope)
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = out or reports_dir(data_dir, scope) / "report.html"
+    texts = _essay_texts(data_dir, scores, TOP_N)
+    prefix = Path(os.path.relpath(data_dir.resolve(), path.parent.resolve())).as_posix()
+    data_for_report = ReportData(
+        cohort_id=scope,
+        scores=scores,
+        source=loaded.source,
+        generated_at=utc_now(),
+        manifest=_manifest(data_dir, scope),
+        progress=progress,
+        essay_texts=texts,
+        link_prefix=prefix,
+        warnings=tuple(loaded.warnings),
+    )
+    with paused_gc():
+        document = render_report(data_for_report)
+    try:
+        write_atomic(path, document)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc}") from exc
+    elapsed = time.perf_counter() - started
+    if data is not None and not from_files:
+        loaded.warnings.append(_data_without_files(settings))
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    result = {
+        "cohort_id": scope,
+        "source": loaded.source,
+        "report": str(path),
+        "bytes": len(document.encode("utf-8")),
+        "evaluations": len(scores),
+        "scored": scores.scored,
+        "failed": scores.failed,
+        "top_essays": len(top_essays(scores, TOP_N)),
+        "seconds": round(elapsed, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(
+            f"wrote {path} ({result['bytes'] / 1024:,.0f} KiB; cohort {scope}, {len(scores):,} finished "
+            f"evaluations) in {elapsed:.1f} s"
+        )
+
+
+def _essay_texts(data_dir: Path, scores: Scores, n: int) -> dict[str, str]:
+    from daydreamd.core.results import top_essays
+
+    texts = {}
+    for essay in top_essays(scores, n):
+        try:
+            text = (data_dir / essay.essay_path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if len(text) > ESSAY_TEXT_LIMIT:
+            text = text[:ESSAY_TEXT_LIMIT] + "\n[... cut: open the file for the rest]"
+        texts[essay.essay_gen_id] = text
+    return texts
+
+
+def _manifest(data_dir: Path, cohort_id: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads((data_dir / "cohorts" / cohort_id / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,328 @@
+"""Settings from ``config.toml`` and the environment, built once and passed down (pure-ish).
+
+Only this module reads configuration; everything else receives a ``Settings``. Unknown keys and
+wrong types are errors that name the file and the dotted key, because a misspelt key silently
+falling back to a default is how experiments end up with the wrong parameters. Relative paths
+resolve against the config file's folder, so the service behaves the same from any cwd.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+from daydreamd.core.errors import ConfigError
+from daydreamd.core.experiment import DESCRIPTION_LEVELS
+from daydreamd.core.retry import RetryPolicy
+from daydreamd.core.stages import STAGES, Stage
+
+UNSET_WORDS = frozenset({"", "0", "false", "none", "null"})
+PROVIDERS = ("openrouter", "openai", "mock", "echo")
+TRUNCATION_POLICIES = ("fail", "accept")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathSettings:
+    """Where things live; relative values resolve against the config file's folder."""
+
+    data_dir: Path = Path("data")
+    """Holds ``1_raw/`` (the experiment), ``cohorts/``, ``gens/`` and ``combo_mappings.csv``."""
+    state_db: Path = Path("state/daydreamd.sqlite")
+    """The SQLite run state of the service."""
+    socket: Path = Path("run/daydreamd.sock")
+    """The Unix socket the service listens on and ``daydreamctl`` talks to."""
+    log_file: Path | None = None
+    """Optional JSON-lines log file, in addition to stdout."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentSettings:
+    """What shapes the cohort beyond the files in ``1_raw``."""
+
+    k_max: int = 2
+    """Concepts per combo (capped at the number of active concepts)."""
+    description_level: str = "paragraph"
+    """Which concept description drafts get: sentence, paragraph or article (with fallback)."""
+    cohort: str | None = None
+    """An explicit cohort id instead of the content hash (``DD_COHORT`` overrides this)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageSettings:
+    """Per-stage call parameters and reply checks (``[stages.<stage>]``)."""
+
+    max_tokens: int = 8192
+    """The completion budget sent with each call; part of every gen_id of the stage."""
+    temperature: float | None = 0.7
+    """Sampling temperature sent with each call (omit the key to use 0.7); part of the gen_id."""
+    min_lines: int = 0
+    """Replies with fewer non-empty lines fail as ``too_short`` (drafts default to 3)."""
+    on_truncation: str = "accept"
+    """``fail`` or ``accept`` a reply cut off at max_tokens (drafts default to ``fail``)."""
+
+    def call_parameters(self) -> dict[str, Any]:
+        """The parameters sent to the model, which therefore determine the generation."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
+
+
+STAGE_DEFAULTS: dict[Stage, StageSettings] = {
+    Stage.DRAFT: StageSettings(max_tokens=16384, min_lines=3, on_truncation="fail"),
+    Stage.ESSAY: StageSettings(max_tokens=16384),
+    Stage.EVALUATION: StageSettings(max_tokens=8192),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlmSettings:
+    """How to reach the model API (``[llm]``)."""
+
+    provider: str = "openrouter"
+    """openrouter | openai | mock (offline, deterministic replies) | echo (returns the prompt)."""
+    base_url: str = "https://openrouter.ai/api/v1"
+    """Any OpenAI-compatible endpoint (OpenRouter, OpenAI, vLLM, Ollama, llama.cpp)."""
+    api_key_env: str = "OPENROUTER_API_KEY"
+    """The environment variable holding the API key (a ``.env`` next to the config is read too)."""
+    timeout_s: float = 600.0
+    """Per-request timeout in seconds."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchSettings:
+    """How the service follows edits to ``1_raw`` (``[watch]``)."""
+
+    debounce_ms: int = 200
+    """Changes within this many milliseconds are applied as one rebuild."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Concurrency and requests per minute for one model or provider (``[pool.models.<id>]``)."""
+
+    concurrency: int | None = None
+    """Calls in flight at once (unset: the pool default)."""
+    requests_per_minute: int | None = None
+    """Requests in any sliding 60 s window (unset: the pool default; 0: unlimited)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """The worker pool (``[pool]``)."""
+
+    concurrency: int = 16
+    """Generations in progress at once, over all models."""
+    model_concurrency: int = 8
+    """Default calls in flight per model (adapted down on 429s, up again on success)."""
+    requests_per_minute: int = 60
+    """Default requests per model in any sliding 60 s window (0: unlimited)."""
+    provider_requests_per_minute: int = 0
+    """Default requests per provider (llm_models.csv ``provider``) per 60 s window (0: unlimited)."""
+    lease_s: float = 3600.0
+    """How long a claim is valid; expired leases go back to the queue."""
+    grace_s: float = 30.0
+    """On SIGTERM, how long in-flight calls may finish before they are released."""
+    quota_park_s: float = 900.0
+    """After a quota failure (402), how long that provider's work waits before it is tried again."""
+    models: tuple[tuple[str, Limits], ...] = ()
+    """Per-model overrides, ``[pool.models.<llm_model_id>]``."""
+    providers: tuple[tuple[str, Limits], ...] = ()
+    """Per-provider overrides, ``[pool.providers.<provider>]``."""
+
+    def model_limits(self, model_id: str) -> Limits:
+        """The model's limits with the pool defaults filled in."""
+        own = dict(self.models).get(model_id, Limits())
+        return Limits(
+            concurrency=own.concurrency if own.concurrency is not None else self.model_concurrency,
+            requests_per_minute=(
+                own.requests_per_minute if own.requests_per_minute is not None else self.requests_per_minute
+            ),
+        )
+
+    def provider_rpm(self, provider: str) -> int:
+        """Requests per minute for a provider (0: unlimited)."""
+        own = dict(self.providers).get(provider, Limits()).requests_per_minute
+        return own if own is not None else self.provider_requests_per_minute
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceSettings:
+    """``[prices.<llm_model_id>]``: dollars per million tokens, when llm_models.csv has no price columns."""
+
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every setting, resolved: the only thing components receive."""
+
+    config_path: Path | None = None
+    paths: PathSettings = field(default_factory=PathSettings)
+    experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    stages: tuple[tuple[Stage, StageSettings], ...] = tuple(STAGE_DEFAULTS.items())
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """``[retry]``: attempts and backoff per failure kind (see ``retry.RetryPolicy``)."""
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    prices: tuple[tuple[str, PriceSettings], ...] = ()
+
+    def stage(self, stage: Stage) -> StageSettings:
+        """The settings of one stage."""
+        return dict(self.stages)[stage]
+
+    @property
+    def raw_dir(self) -> Path:
+        """The experiment directory, ``<data_dir>/1_raw``."""
+        return self.paths.data_dir / "1_raw"
+
+
+def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path | None = None) -> Settings:
+    """Read ``config`` (None: defaults relative to the cwd), apply ``DD_COHORT`` and ``data_dir``."""
+    base = config.parent if config else Path.cwd()
+    table = _read_toml(config) if config else {}
+    source = str(config) if config else "defaults"
+    known = {"paths", "experiment", "llm", "stages", "watch", "retry", "pool", "prices"}
+    _reject_unknown(table, known, source, "")
+    settings = Settings(
+        config_path=config,
+        paths=_resolve_paths(_section(PathSettings, table, "paths", source), base),
+        experiment=_section(ExperimentSettings, table, "experiment", source),
+        llm=_section(LlmSettings, table, "llm", source),
+        stages=_stages(table.get("stages", {}), source),
+        watch=_section(WatchSettings, table, "watch", source),
+        retry=_section(RetryPolicy, table, "retry", source),
+        pool=_pool(table.get("pool", {}), source),
+        prices=_per_id(table.get("prices", {}), PriceSettings, source, "prices"),
+    )
+    _check_values(settings, source)
+    if data_dir is not None:
+        settings = replace(settings, paths=replace(settings.paths, data_dir=data_dir.resolve()))
+    override = env.get("DD_COHORT")
+    if override is not None:
+        cohort = None if override.strip().lower() in UNSET_WORDS else override.strip()
+        settings = replace(settings, experiment=replace(settings.experiment, cohort=cohort))
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            "config file not found; pass --config PATH to an existing file", path=str(path)
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from exc
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"unknown key; expected one of {', '.join(sorted(known))}", path=source, key=prefix + key
+            )
+
+
+def _section(cls: type[Any], table: Mapping[str, Any], name: str, source: str) -> Any:
+    values = table.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError("must be a table", path=source, key=name)
+    return _build(cls, values, source, f"{name}.")
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], source: str, prefix: str, base: Any = None) -> Any:
+    """``base`` (or the class defaults) with ``values`` applied, each checked against its field's type."""
+    hints = get_type_hints(cls)
+    _reject_unknown(values, set(hints), source, prefix)
+    checked = {key: _coerce(hints[key], value, source, prefix + key) for key, value in values.items()}
+    return replace(base if base is not None else cls(), **checked)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    """Accept ``value`` when it fits the field's type: ints for floats, strings for paths."""
+    accepted = set(get_args(hint)) or {hint}
+    if Path in accepted and isinstance(value, str) and value:
+        return Path(value)
+    if float in accepted and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if int in accepted and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if str in accepted and isinstance(value, str):
+        return value
+    names = " or ".join(sorted(t.__name__ for t in accepted if t is not type(None)))
+    raise ConfigError(f"expected a {names}, got {value!r}", path=source, key=key)
+
+
+def _resolve_paths(paths: PathSettings, base: Path) -> PathSettings:
+    def resolve(path: Path | None) -> Path | None:
+        return None if path is None else (base / path.expanduser()).resolve()
+
+    return PathSettings(
+        data_dir=resolve(paths.data_dir),  # type: ignore[arg-type]
+        state_db=resolve(paths.state_db),  # type: ignore[arg-type]
+        socket=resolve(paths.socket),  # type: ignore[arg-type]
+        log_file=resolve(paths.log_file),
+    )
+
+
+def _stages(table: Any, source: str) -> tuple[tuple[Stage, StageSettings], ...]:
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table of [stages.<stage>] tables", path=source, key="stages")
+    _reject_unknown(table, {str(s) for s in STAGES}, source, "stages.")
+    return tuple(
+        (
+            stage,
+            _build(
+                StageSettings, table.get(str(stage), {}), source, f"stages.{stage}.", STAGE_DEFAULTS[stage]
+            ),
+        )
+        for stage in STAGES
+    )
+
+
+def _pool(table: Any, source: str) -> PoolSettings:
+    """``[pool]`` with its ``models`` and ``providers`` sub-tables of per-id limits."""
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=source, key="pool")
+    flat = {k: v for k, v in table.items() if k not in ("models", "providers")}
+    pool = _build(PoolSettings, flat, source, "pool.")
+    overrides = {
+        name: _per_id(table.get(name, {}), Limits, source, f"pool.{name}") for name in ("models", "providers")
+    }
+    return replace(pool, **overrides)
+
+
+def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[str, Any], ...]:
+    """A table of ``[<name>.<id>]`` sub-tables, each checked against ``cls``."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"must hold [{name}.<id>] tables", path=source, key=name)
+    return tuple((key, _build(cls, value, source, f"{name}.{key}.")) for key, value in sorted(table.items()))
+
+
+def _check_values(settings: Settings, source: str) -> None:
+    experiment = settings.experiment
+    if experiment.k_max < 1:
+        raise ConfigError("must be at least 1", path=source, key="experiment.k_max")
+    if experiment.description_level not in DESCRIPTION_LEVELS:
+        levels = ", ".join(DESCRIPTION_LEVELS)
+        raise ConfigError(f"must be one of {levels}", path=source, key="experiment.description_level")
+    for key, value in (
+        ("pool.concurrency", settings.pool.concurrency),
+        ("pool.model_concurrency", settings.pool.model_concurrency),
+        ("retry.rate_limit_tries", settings.retry.rate_limit_tries),
+        ("retry.transient_tries", settings.retry.transient_tries),
+    ):
+        if value < 1:
+            raise ConfigError("must be at least 1", path=source, key=key)
+    if settings.llm.provider not in PROVIDERS:
+        raise ConfigError(f"must be one of {', '.join(PROVIDERS)}", path=source, key="llm.provider")
+    for stage, stage_settings in settings.stages:
+        if stage_settings.max_tokens < 1:
+            raise ConfigError("must be at least 1", path=source, key=f"stages.{stage}.max_tokens")
+        if stage_settings.on_truncation not in TRUNCATION_POLICIES:
+            raise ConfigError("must be fail or accept", path=source, key=f"stages.{stage}.on_truncation")

@@ -1,0 +1,305 @@
+"""The seam between the control server and the service (pure: typing and validation, no I/O).
+
+The HTTP server (``server.py``) and the service internals (store, pool, watcher) meet only
+here: the server parses requests into these values and calls a :class:`Control`; the service
+implements it. Either side can then be built and tested without the other (the server's tests
+use a fake ``Control``).
+
+Shapes the server passes through unchanged (the service fills them in):
+
+``status()`` (the keys the CLI shows; the service may add more)::
+
+    {"cohort_id": "c_...",                                  # None while data/1_raw has errors
+     "stages": {"draft": {"pending": 0, "queued": 0, "running": 0, "done": 0, "failed": 0,
+                          "retired": 0}, "essay": {...}, "evaluation": {...}},
+     "in_flight": 3,                                        # LLM calls under way
+     "pool": {"concurrency": 8, "paused": False},
+     "models": {"<llm_model_id>": {"in_flight": 2, "concurrency": 4.0, "max_concurrency": 8,
+                                   "requests_per_minute": 60, "requests_last_minute": 12}},
+     "errors": [{"level": "error", "file": "1_raw/x.csv", "line": 3, "message": "..."}]}
+
+``generations()`` returns store rows (``gen_id, stage, state, template_id, llm_model_id, ...``);
+``generation()`` one row plus its ``attempt_log``; ``approve()`` at least ``approval_id`` and
+``matched``; ``revoke()`` at least ``revoked``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from daydreamd.core.errors import DaydreamError
+from daydreamd.core.retry import FailureKind
+
+STAGE_NAMES: tuple[str, ...] = ("draft", "essay", "evaluation")
+"""The stages a request may name (the values of :class:`daydreamd.core.stages.Stage`)."""
+STATE_NAMES: tuple[str, ...] = ("pending", "queued", "running", "done", "failed", "retired")
+"""The states a generation listing may filter on; ``retired`` selects rows no longer in the cohort."""
+
+
+class ControlError(DaydreamError):
+    """A control request that cannot be carried out, with the HTTP status and error type to answer.
+
+    Args:
+        status: the HTTP status code, e.g. 400, 404, 409, 503.
+        type: a short machine-readable kind: ``bad_request``, ``not_found``, ``conflict``, ``unavailable``.
+        message: what is wrong, for a person; names the field or parameter at fault.
+    """
+
+    def __init__(self, status: int, type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+
+
+def bad_request(message: str) -> ControlError:
+    """A 400 ``bad_request`` error."""
+    return ControlError(400, "bad_request", message)
+
+
+_REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
+FAILURE_KINDS: tuple[str, ...] = (*(kind.value for kind in FailureKind), "internal")
+"""Failure kinds a retry may select (``daydreamd.core.retry.FailureKind`` plus ``internal``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalRequest:
+    """Which pending generations to approve (or queued ones to revoke): one stage, optionally narrowed."""
+
+    stage: str
+    """``draft``, ``essay`` or ``evaluation``."""
+    template_id: str | None = None
+    """Only generations of this template (None: every template of the stage)."""
+    llm_model_id: str | None = None
+    """Only generations on this model (None: every model)."""
+    limit: int | None = None
+    """Approve at most this many (None: all that match)."""
+    requested_by: str = ""
+    """Who asked (the OS user name of the CLI), recorded with the approval."""
+    budget_usd: float | None = None
+    """Stop starting calls for this approval once its recorded spend would pass this many dollars."""
+    plan: str | None = None
+    """The hash of a ``plan``: refuse unless the approval would cover exactly what that plan showed."""
+
+    @classmethod
+    def from_json(cls, body: object) -> ApprovalRequest:
+        """Validate a decoded JSON body; unknown keys are refused, since a misspelt filter would widen it.
+
+        Raises:
+            ControlError: 400, with a message naming the field at fault.
+        """
+        if not isinstance(body, Mapping):
+            raise bad_request("the request body must be a JSON object")
+        unknown = sorted(str(key) for key in body if key not in _REQUEST_FIELDS)
+        if unknown:
+            raise bad_request(f"{unknown[0]}: unknown field; expected one of {', '.join(_REQUEST_FIELDS)}")
+        return cls(
+            stage=_stage(body.get("stage")),
+            template_id=_optional_text(body, "template_id"),
+            llm_model_id=_optional_text(body, "llm_model_id"),
+            limit=_limit(body.get("limit")),
+            requested_by=_requested_by(body.get("requested_by", "")),
+            budget_usd=_budget(body.get("budget_usd")),
+            plan=_optional_text(body, "plan"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body ``from_json`` accepts (None fields left out)."""
+        fields = {name: getattr(self, name) for name in _REQUEST_FIELDS}
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+def _budget(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise bad_request(f"budget_usd: must be a positive number of dollars or null, got {value!r}")
+    return float(value)
+
+
+def _object(body: object, allowed: tuple[str, ...]) -> Mapping[str, object]:
+    """A JSON object with only ``allowed`` keys (a misspelt key is refused, never ignored)."""
+    if not isinstance(body, Mapping):
+        raise bad_request("the request body must be a JSON object")
+    unknown = sorted(str(key) for key in body if key not in allowed)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: unknown field; expected one of {', '.join(allowed)}")
+    return body
+
+
+def _optional_choice(body: Mapping[str, object], name: str, choices: tuple[str, ...]) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if value not in choices:
+        raise bad_request(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _optional_count(body: Mapping[str, object], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(f"{name}: must be a whole number of at least 0 or null, got {value!r}")
+    return value
+
+
+_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequest:
+    """Which failed generations to send back to the queue."""
+
+    stage: str | None = None
+    kind: str | None = None
+    """Only failures of this kind, e.g. ``rate_limit`` or ``transient``."""
+    template_id: str | None = None
+    llm_model_id: str | None = None
+    fresh: bool = False
+    """Pay for a new reply even where one is saved (for empty, cut-off or filtered replies)."""
+    requested_by: str = ""
+
+    @classmethod
+    def from_json(cls, body: object) -> RetryRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, _RETRY_FIELDS)
+        fresh = fields.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise bad_request(f"fresh: must be true or false, got {fresh!r}")
+        return cls(
+            stage=_optional_choice(fields, "stage", STAGE_NAMES),
+            kind=_optional_choice(fields, "kind", FAILURE_KINDS),
+            template_id=_optional_text(fields, "template_id"),
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            fresh=fresh,
+            requested_by=_requested_by(fields.get("requested_by", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseRequest:
+    """Pause or resume claiming: for every model (``llm_model_id`` None) or one."""
+
+    llm_model_id: str | None = None
+    requested_by: str = ""
+
+    @classmethod
+    def from_json(cls, body: object) -> PauseRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, ("llm_model_id", "requested_by"))
+        return cls(
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            requested_by=_requested_by(fields.get("requested_by", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsRequest:
+    """Change limits live: the pool's concurrency, or one model's concurrency and requests per minute."""
+
+    llm_model_id: str | None = None
+    concurrency: int | None = None
+    requests_per_minute: int | None = None
+
+    @classmethod
+    def from_json(cls, body: object) -> LimitsRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, ("llm_model_id", "concurrency", "requests_per_minute"))
+        request = cls(
+            llm_model_id=_optional_text(fields, "llm_model_id"),
+            concurrency=_optional_count(fields, "concurrency"),
+            requests_per_minute=_optional_count(fields, "requests_per_minute"),
+        )
+        if request.concurrency == 0:
+            raise bad_request("concurrency: must be at least 1 (pause a model to stop it)")
+        if request.llm_model_id is None and request.requests_per_minute is not None:
+            raise bad_request("requests_per_minute: needs llm_model_id (budgets are per model)")
+        return request
+
+
+def _stage(value: object) -> str:
+    if value is None:
+        raise bad_request("stage: required; one of " + ", ".join(STAGE_NAMES))
+    if value not in STAGE_NAMES:
+        raise bad_request(f"stage: {value!r} is not one of {', '.join(STAGE_NAMES)}")
+    return str(value)
+
+
+def _optional_text(body: Mapping[str, object], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{name}: must be a non-empty string or null, got {value!r}")
+    return value.strip()
+
+
+def _limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request(f"limit: must be a positive integer or null, got {value!r}")
+    return value
+
+
+def _requested_by(value: object) -> str:
+    if not isinstance(value, str):
+        raise bad_request(f"requested_by: must be a string, got {value!r}")
+    return value
+
+
+class Control(Protocol):
+    """What the control server needs from the service. Every method may raise :class:`ControlError`."""
+
+    async def status(self) -> dict[str, Any]:
+        """The service's state: cohort, counts per stage and state, pool, raw-input errors."""
+        ...
+
+    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` generations, optionally of one stage and/or state, parents first."""
+        ...
+
+    async def generation(self, gen_id: str) -> dict[str, Any] | None:
+        """One generation with its attempts, or None when the id is unknown."""
+        ...
+
+    async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
+        """Queue matching pending generations; returns ``{"approval_id": n, "matched": n, ...}``."""
+        ...
+
+    async def revoke(self, request: ApprovalRequest) -> dict[str, Any]:
+        """Send matching queued (not started) generations back to pending; returns ``{"revoked": n}``."""
+        ...
+
+    async def retry(self, request: RetryRequest) -> dict[str, Any]:
+        """Send matching failed generations back to queued; returns ``{"retried": n}``."""
+        ...
+
+    async def pause(self, request: PauseRequest) -> dict[str, Any]:
+        """Stop claiming (all work or one model); in-flight calls are not touched."""
+        ...
+
+    async def resume(self, request: PauseRequest) -> dict[str, Any]:
+        """Start claiming again (all work or one model)."""
+        ...
+
+    async def limits(self, request: LimitsRequest | None) -> dict[str, Any]:
+        """The current limits, after applying ``request`` when one is given."""
+        ...
+
+    async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
+        """What approving ``request`` would start, with an estimate of tokens and dollars and a hash."""
+        ...
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """A subscription to the live event stream (state changes, rebuilds, limit changes)."""
+        ...
+
+    async def metrics(self) -> str:
+        """Prometheus text exposition of the service's counters and gauges."""
+        ...

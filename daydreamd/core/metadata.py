@@ -1,0 +1,78 @@
+"""``metadata.json``: the record of one generation, next to its files (pure).
+
+Schema (version 1; keys are stable, new keys may be added)::
+
+    schema                  1
+    stage, gen_id, parent_gen_id, combo_id, template_id, replicate
+    template_sha256         hash of the template text used ('' for copy templates)
+    llm_model_id            the model's id in llm_models.csv
+    model                   the provider's model string sent in the request (null for copy)
+    parameters              {"max_tokens", "temperature"} sent with the call (null for copy)
+    parser                  the parser's registered name
+    mode                    "llm" or "copy"
+    status                  "replied" (reply saved, not yet checked/parsed), "done" or "failed"
+    error                   null, or {"kind": <failure kind>, "message": ...}
+    started_at, finished_at ISO-8601 UTC timestamps of this run
+    durations_ms            {"render", "llm", "parse", "total"} of this run (null where skipped)
+    attempts                LLM attempts made for the saved reply (0 for copy)
+    reused_reply            true when this run re-parsed a saved reply instead of calling again
+    prompt_sha256           hash of prompt.txt
+    input_sha256            hash of (prompt, model, parameters): a saved reply with the same value
+                            is reused instead of paying for a new call
+    reply                   null, or {"finish_reason", "native_finish_reason", "truncated",
+                            "usage": {"prompt_tokens", "completion_tokens", "total_tokens",
+                            "reasoning_tokens", "cost"}, "provider", "generation_id",
+                            "served_model"}
+    files                   {"prompt", "raw", "parsed"}: paths relative to the data directory,
+                            null for files this generation does not have
+    daydreamd_version       the version that wrote the file
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from daydreamd.core.canonical import canonical_json, sha256_hex
+
+SCHEMA = 1
+
+
+def utc_now() -> str:
+    """Now, as an ISO-8601 UTC timestamp with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def input_sha256(prompt: str, model: str, parameters: dict[str, Any]) -> str:
+    """What a call's reply depends on; equal values mean a saved reply can be reused."""
+    return sha256_hex(
+        canonical_json({"prompt_sha256": sha256_hex(prompt), "model": model, "parameters": parameters})
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Durations:
+    """Milliseconds spent per step of one run (None for steps it skipped)."""
+
+    render: float | None = None
+    llm: float | None = None
+    parse: float | None = None
+    total: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """Rounded to 0.1 ms."""
+        return {k: None if v is None else round(v, 1) for k, v in self._items()}
+
+    def _items(self) -> list[tuple[str, float | None]]:
+        return [("render", self.render), ("llm", self.llm), ("parse", self.parse), ("total", self.total)]
+
+
+def can_reuse_reply(metadata: dict[str, Any] | None, expected_input: str, raw_exists: bool) -> bool:
+    """True when a saved reply answers exactly this input, so calling again would pay twice."""
+    return (
+        raw_exists
+        and metadata is not None
+        and metadata.get("input_sha256") == expected_input
+        and isinstance(metadata.get("reply"), dict)
+    )

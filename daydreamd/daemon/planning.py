@@ -1,0 +1,123 @@
+"""Gathering what a plan needs from the run state and the gens store (the shell around ``plan``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from daydreamd.core.control import ApprovalRequest
+from daydreamd.core.errors import TemplateError
+from daydreamd.core.plan import (
+    GroupEstimate,
+    GroupInputs,
+    Observed,
+    estimate_group,
+    observed_table,
+    plan_hash,
+    summarize,
+)
+from daydreamd.core.pricing import configured_prices, price_for
+from daydreamd.core.prompts import normalize_newlines, render_prompt
+from daydreamd.core.stages import PARENT_STAGE, Stage
+from daydreamd.core.templates import Renderer
+from daydreamd.storage.gens import GensStore
+from daydreamd.storage.store import row_generation
+
+if TYPE_CHECKING:
+    from daydreamd.daemon.service import Service
+
+SAMPLE = 20
+"""Prompts rendered per (stage, template, model) to estimate input size."""
+
+
+async def make_plan(service: Service, request: ApprovalRequest) -> dict[str, Any]:
+    """The plan of ``request`` against the current cohort and run state."""
+    store = service.store
+    ids = await store.pending_ids(
+        stage=request.stage,
+        template_id=request.template_id,
+        llm_model_id=request.llm_model_id,
+        limit=request.limit,
+    )
+    rows = await store.rows(ids)
+    parents = sorted({row["parent_gen_id"] for row in rows if row["parent_gen_id"]})
+    parent_states = await store.states(parents)
+    observed = observed_table(await store.usage_by_template_model())
+    lines = await anyio.to_thread.run_sync(_estimate, service, rows, parent_states, observed)
+    result = summarize(
+        lines, cohort_id=service.current.cohort_id, hash_=plan_hash(service.current.cohort_id, ids)
+    )
+    return {**result, "scope": request.to_dict()}
+
+
+def _estimate(
+    service: Service,
+    rows: Sequence[Mapping[str, Any]],
+    parent_states: Mapping[str, str],
+    observed: Mapping[tuple[str, str, str], Observed],
+) -> list[GroupEstimate]:
+    groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["stage"], row["template_id"], row["llm_model_id"], row["mode"])].append(row)
+    gens = GensStore(service.settings.paths.data_dir)
+    renderer = Renderer()
+    prices = configured_prices(service.settings.prices)
+    jobs = service.current.jobs
+    lines = []
+    for (stage, template_id, model_id, mode), members in sorted(groups.items()):
+        parent_done = [
+            r for r in members if not r["parent_gen_id"] or parent_states.get(r["parent_gen_id"]) == "done"
+        ]
+        template = jobs.template(Stage(stage), template_id) if jobs else None
+        inputs = GroupInputs(
+            stage=stage,
+            template_id=template_id,
+            llm_model_id=model_id,
+            mode=mode,
+            count=len(members),
+            blocked=len(members) - len(parent_done),
+            rendered_tokens=_rendered(service, gens, renderer, parent_done[:SAMPLE]) if mode == "llm" else (),
+            template_tokens=len(template.text or "") // 4 if template else 0,
+            parent_tokens=_typical_parent(Stage(stage), observed),
+            observed=observed.get((stage, template_id, model_id), Observed()),
+            max_tokens=service.settings.stage(Stage(stage)).max_tokens,
+            price=price_for(jobs.model(model_id) if jobs else None, prices),
+        )
+        lines.append(estimate_group(inputs))
+    return lines
+
+
+def _rendered(
+    service: Service, gens: GensStore, renderer: Renderer, rows: Sequence[Mapping[str, Any]]
+) -> list[int]:
+    jobs = service.current.jobs
+    sizes = []
+    for row in rows:
+        generation = row_generation(row)
+        job = jobs.job(generation) if jobs else None
+        if job is None:
+            continue
+        parent_stage = PARENT_STAGE[job.stage]
+        parent = gens.read_parsed(parent_stage, generation.parent_gen_id) if parent_stage else None
+        if parent_stage is not None and parent is None:
+            continue
+        try:
+            prompt = render_prompt(renderer, job, normalize_newlines(parent) if parent is not None else None)
+        except TemplateError:
+            continue
+        sizes.append(max(1, len(prompt) // 4))
+    return sizes
+
+
+def _typical_parent(stage: Stage, observed: Mapping[tuple[str, str, str], Observed]) -> float | None:
+    """The average observed reply size of the parent stage, for prompts not renderable yet."""
+    parent = PARENT_STAGE[stage]
+    if parent is None:
+        return None
+    sizes = [
+        o.completion_tokens for (s, _, _), o in observed.items() if s == str(parent) and o.completion_tokens
+    ]
+    return sum(sizes) / len(sizes) if sizes else None

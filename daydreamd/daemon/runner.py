@@ -1,0 +1,379 @@
+"""The stage runner: one code path from a membership row to the files of a finished generation.
+
+For every stage and both modes the steps are the same::
+
+    inputs (concepts, or the parent's parsed.txt)
+      -> copy:  parsed.txt = the parent's parsed text                       (no call, no raw.txt)
+      -> llm:   render prompt.txt -> call (retries per failure kind) -> raw.txt
+                -> check (empty, truncated, too short) -> parse -> parsed.txt
+
+``parsed.txt`` is written last and only on success; it is removed before any new attempt, so
+a failure never leaves a stale one. ``raw.txt`` is saved the moment a reply arrives, before it
+is checked or parsed, and a saved reply for the same input (prompt, model, parameters) is
+re-checked and re-parsed instead of paying for a new call: a crash between the call and the
+parse costs nothing. File work runs in a worker thread, one batch per step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from daydreamd import __version__
+from daydreamd.core.canonical import sha256_hex
+from daydreamd.core.config import StageSettings
+from daydreamd.core.errors import ParseError, TemplateError
+from daydreamd.core.experiment import Generator
+from daydreamd.core.jobs import Job
+from daydreamd.core.metadata import SCHEMA, Durations, can_reuse_reply, input_sha256, utc_now
+from daydreamd.core.parsers import parse_reply
+from daydreamd.core.prompts import normalize_newlines, render_prompt
+from daydreamd.core.retry import FailureKind, RetryPolicy
+from daydreamd.core.stages import PARENT_STAGE, Stage
+from daydreamd.core.templates import Renderer
+from daydreamd.llm.client import (
+    AttemptHook,
+    CallFailure,
+    LlmRequest,
+    Provider,
+    Reply,
+    Usage,
+    call_with_retries,
+)
+from daydreamd.storage.gens import METADATA, PARSED, PROMPT, RAW, GensStore
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How a run ended. ``kind`` is None on success."""
+
+    gen_id: str
+    stage: Stage
+    ok: bool
+    kind: FailureKind | None = None
+    message: str = ""
+    attempts: int = 0
+    reused_reply: bool = False
+    usage: Usage | None = None
+    score: float | None = None
+    """An evaluation's score (its parsed.txt), for the run state."""
+
+
+def score_of(stage: Stage, parsed: str | None) -> float | None:
+    """The score an evaluation's parsed text holds (None for other stages or unreadable text)."""
+    if stage is not Stage.EVALUATION or parsed is None:
+        return None
+    try:
+        return float(parsed.strip())
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _Run:
+    """The record being built for one run (becomes metadata.json)."""
+
+    job: Job
+    fresh: bool = False
+    started_at: str = field(default_factory=utc_now)
+    t0: float = field(default_factory=time.monotonic)
+    render_ms: float | None = None
+    llm_ms: float | None = None
+    parse_ms: float | None = None
+    prompt: str | None = None
+    input_sha256: str | None = None
+    reply: dict[str, Any] | None = None
+    attempts: int = 0
+    reused: bool = False
+    files: dict[str, str | None] = field(
+        default_factory=lambda: {"prompt": None, "raw": None, "parsed": None}
+    )
+
+
+Checkpoint = Callable[[str, str], None]
+"""Called as ``checkpoint(step, gen_id)`` after a step's files are durable (``reply_saved``)."""
+
+
+class Runner:
+    """Runs jobs against one provider and one gens store."""
+
+    def __init__(
+        self,
+        *,
+        store: GensStore,
+        provider: Provider,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Any] = anyio.sleep,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.policy = policy or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.checkpoint = checkpoint
+        self.renderer = Renderer()
+        # Separate thread budgets: rendering a prompt must never queue behind replies being
+        # fsynced to a busy disk, or the provider's concurrency would sit idle.
+        self._prepare_threads = anyio.CapacityLimiter(8)
+        self._save_threads = anyio.CapacityLimiter(32)
+
+    async def run(
+        self,
+        job: Job,
+        *,
+        on_attempt: AttemptHook | None = None,
+        provider: Provider | None = None,
+        fresh: bool = False,
+    ) -> Outcome:
+        """Take ``job`` as far as it goes; never raises for a failed call, render or parse.
+
+        Args:
+            job: the generation to run.
+            on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
+            provider: answers this run instead of the runner's provider (the pool passes one
+                that waits for the model's rate limits before each attempt).
+            fresh: call the model even if a reply for this input is saved (the old one is
+                archived); for retrying a reply that was empty or cut off.
+        """
+        run = _Run(job, fresh=fresh)
+        early = await anyio.to_thread.run_sync(self._prepare, run, limiter=self._prepare_threads)
+        if early is not None:
+            return early
+        if run.reply is None:
+            assert run.prompt is not None and job.model is not None
+            request = LlmRequest(
+                model=job.model.model,
+                prompt=run.prompt,
+                max_tokens=job.settings.max_tokens,
+                temperature=job.settings.temperature,
+                stage=str(job.stage),
+            )
+            t = time.monotonic()
+            try:
+                reply, run.attempts = await call_with_retries(
+                    provider or self.provider,
+                    request,
+                    self.policy,
+                    rng=self.rng,
+                    sleep=self.sleep,
+                    on_attempt=on_attempt,
+                )
+            except CallFailure as failure:
+                run.llm_ms = _ms(t)
+                run.attempts = failure.attempts
+                return await anyio.to_thread.run_sync(
+                    self._fail_call, run, failure, limiter=self._save_threads
+                )
+            run.llm_ms = _ms(t)
+            return await anyio.to_thread.run_sync(self._finish, run, reply, limiter=self._save_threads)
+        return await anyio.to_thread.run_sync(self._finish, run, None, limiter=self._save_threads)
+
+    # -- steps (run in a worker thread) ----------------------------------------------------------
+
+    def _prepare(self, run: _Run) -> Outcome | None:
+        """Inputs, copy mode, rendering, and the never-pay-twice check. An Outcome ends the run."""
+        job, store = run.job, self.store
+        parent_text = None
+        parent_stage = PARENT_STAGE[job.stage]
+        if parent_stage is not None:
+            parent_text = store.read_parsed(parent_stage, job.generation.parent_gen_id)
+            if parent_text is None:
+                store.remove_parsed(job.stage, job.gen_id)
+                message = (
+                    f"parent {parent_stage} {job.generation.parent_gen_id} has no parsed.txt (not done yet)"
+                )
+                return self._fail(run, FailureKind.RENDER_ERROR, message)
+            parent_text = normalize_newlines(parent_text)
+        if job.template.generator is Generator.COPY:
+            assert parent_text is not None
+            return self._succeed(run, parent_text)
+        t = time.monotonic()
+        try:
+            run.prompt = render_prompt(self.renderer, job, parent_text)
+        except TemplateError as exc:
+            store.remove_parsed(job.stage, job.gen_id)
+            return self._fail(run, FailureKind.RENDER_ERROR, str(exc))
+        run.render_ms = _ms(t)
+        assert job.model is not None
+        run.input_sha256 = input_sha256(run.prompt, job.model.model, job.settings.call_parameters())
+        previous = store.read_metadata(job.stage, job.gen_id)
+        directory = store.directory(job.stage, job.gen_id)
+        raw_exists = (directory / RAW).exists()
+        if (
+            not run.fresh
+            and previous is not None
+            and previous.get("status") == "done"
+            and previous.get("input_sha256") == run.input_sha256
+            and (directory / PARSED).exists()
+        ):
+            attempts = int(previous.get("attempts") or 0)
+            score = score_of(job.stage, store.read_parsed(job.stage, job.gen_id))
+            return Outcome(
+                gen_id=job.gen_id, stage=job.stage, ok=True, reused_reply=True, attempts=attempts, score=score
+            )
+        store.remove_parsed(job.stage, job.gen_id)
+        if not run.fresh and can_reuse_reply(previous, run.input_sha256, raw_exists):
+            assert previous is not None
+            run.reply = previous["reply"]
+            run.attempts = int(previous.get("attempts") or 0)
+            run.reused = True
+            run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
+            run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
+        elif raw_exists:
+            store.archive_raw(job.stage, job.gen_id)  # a stale reply must never answer this prompt
+        return None
+
+    def _fail_call(self, run: _Run, failure: CallFailure) -> Outcome:
+        """A call that failed for good; a reply that came with the failure is still saved."""
+        if failure.reply is not None:
+            self._save_reply(run, failure.reply)
+            return self._fail(run, failure.kind, failure.message)
+        return self._fail(run, failure.kind, failure.message, with_prompt=True)
+
+    def _finish(self, run: _Run, reply: Reply | None) -> Outcome:
+        """Save a new reply, then check and parse the saved reply."""
+        job = run.job
+        if reply is not None:
+            self._save_reply(run, reply)
+            if self.checkpoint is not None:
+                self.checkpoint("reply_saved", job.gen_id)
+            text = reply.text
+        else:
+            saved = self.store.read_text(job.stage, job.gen_id, RAW)
+            assert saved is not None
+            text = saved
+        assert run.reply is not None
+        t = time.monotonic()
+        problem = check_reply(job.settings, text, run.reply)
+        if problem is not None:
+            run.parse_ms = _ms(t)
+            return self._fail(run, *problem)
+        try:
+            parsed = parse_reply(str(job.stage), job.template.parser, normalize_newlines(text))
+        except ParseError as exc:
+            run.parse_ms = _ms(t)
+            return self._fail(run, FailureKind.PARSE_ERROR, str(exc))
+        run.parse_ms = _ms(t)
+        return self._succeed(run, parsed)
+
+    def _save_reply(self, run: _Run, reply: Reply) -> None:
+        """prompt.txt, then metadata (status ``replied``), then raw.txt.
+
+        In this order a saved ``raw.txt`` always has metadata recording its input beside it, so
+        a crash right after it costs no second call; a crash before it loses only the reply
+        that was still in memory.
+        """
+        job, store = run.job, self.store
+        assert run.prompt is not None
+        run.reply = reply.to_dict()
+        run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
+        run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
+        metadata = self._metadata(run, "replied", None)
+        store.save(job.stage, job.gen_id, [(PROMPT, run.prompt), (METADATA, metadata), (RAW, reply.text)])
+
+    def _succeed(self, run: _Run, parsed: str) -> Outcome:
+        job, store = run.job, self.store
+        run.files["parsed"] = store.relative_file(job.stage, job.gen_id, PARSED)
+        store.save(job.stage, job.gen_id, [(PARSED, parsed), (METADATA, self._metadata(run, "done", None))])
+        return Outcome(
+            gen_id=job.gen_id,
+            stage=job.stage,
+            ok=True,
+            attempts=run.attempts,
+            reused_reply=run.reused,
+            usage=_usage(run.reply),
+            score=score_of(job.stage, parsed),
+        )
+
+    def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:
+        """Record a failure; ``with_prompt`` also saves the prompt that was sent (no reply came)."""
+        job, store = run.job, self.store
+        files: list[tuple[str, str | dict[str, Any]]] = []
+        if with_prompt and run.prompt is not None:
+            files.append((PROMPT, run.prompt))
+            run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
+        error = {"kind": str(kind), "message": message}
+        files.append((METADATA, self._metadata(run, "failed", error)))
+        store.save(job.stage, job.gen_id, files)
+        return Outcome(
+            gen_id=job.gen_id,
+            stage=job.stage,
+            ok=False,
+            kind=kind,
+            message=message,
+            attempts=run.attempts,
+            reused_reply=run.reused,
+            usage=_usage(run.reply),
+        )
+
+    def _metadata(self, run: _Run, status: str, error: dict[str, str] | None) -> dict[str, Any]:
+        job, g = run.job, run.job.generation
+        llm = job.template.generator is Generator.LLM
+        return {
+            "schema": SCHEMA,
+            "stage": str(g.stage),
+            "gen_id": g.gen_id,
+            "parent_gen_id": g.parent_gen_id,
+            "combo_id": g.combo_id,
+            "template_id": g.template_id,
+            "template_sha256": job.template.text_sha256,
+            "llm_model_id": g.llm_model_id,
+            "model": job.model.model if job.model is not None else None,
+            "parameters": job.settings.call_parameters() if llm else None,
+            "parser": job.template.parser,
+            "mode": str(job.template.generator),
+            "replicate": g.replicate,
+            "status": status,
+            "error": error,
+            "started_at": run.started_at,
+            "finished_at": utc_now(),
+            "durations_ms": Durations(
+                render=run.render_ms, llm=run.llm_ms, parse=run.parse_ms, total=_ms(run.t0)
+            ).to_dict(),
+            "attempts": run.attempts,
+            "reused_reply": run.reused,
+            "prompt_sha256": sha256_hex(run.prompt) if run.prompt is not None else None,
+            "input_sha256": run.input_sha256,
+            "reply": run.reply,
+            "files": dict(run.files),
+            "daydreamd_version": __version__,
+        }
+
+
+def check_reply(settings: StageSettings, text: str, reply: dict[str, Any]) -> tuple[FailureKind, str] | None:
+    """Stage rules a reply must meet before it is parsed: not filtered, not empty, not cut off, long enough.
+
+    ``reply`` is the reply's metadata (``Reply.to_dict``): a saved reply is checked again when
+    it is reused, so the verdict must come from what was saved, not from the live call.
+    """
+    if reply.get("finish_reason") == "content_filter":
+        return FailureKind.CONTENT_FILTER, "the reply was stopped by a content filter"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return FailureKind.EMPTY, "the reply is empty"
+    if reply.get("truncated") and settings.on_truncation == "fail":
+        return FailureKind.TRUNCATED, f"the reply was cut off at max_tokens={settings.max_tokens}"
+    if len(lines) < settings.min_lines:
+        return (
+            FailureKind.TOO_SHORT,
+            f"the reply has {len(lines)} non-empty lines; min_lines is {settings.min_lines}",
+        )
+    return None
+
+
+def _ms(t0: float) -> float:
+    return (time.monotonic() - t0) * 1000
+
+
+def _usage(reply: dict[str, Any] | None) -> Usage | None:
+    if not reply or not isinstance(reply.get("usage"), dict):
+        return None
+    return Usage(**{k: v for k, v in reply["usage"].items() if k in Usage.__slots__})

@@ -1,0 +1,338 @@
+"""The control server: HTTP/1.1 + JSON on a Unix socket, versioned under ``/v1/`` (async shell).
+
+Any HTTP client is a client (``curl --unix-socket run/daydreamd.sock http://daydreamd/v1/status``),
+and ``daydreamctl`` talks to it with the standard library. Handlers only parse, call the
+:class:`~daydreamd.core.control.Control` and serialize; every failure, including unknown paths and
+wrong methods, is answered as ``{"error": {"type": ..., "message": ...}}`` by one middleware.
+
+The socket is the only listener (no TCP: approvals spend money, so only local users in the
+socket's group may send them). It is born mode 0660, and a socket file left behind by a crash
+is removed only once a connection attempt proves nothing is listening on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from daydreamd.core.control import (
+    STAGE_NAMES,
+    STATE_NAMES,
+    ApprovalRequest,
+    Control,
+    ControlError,
+    LimitsRequest,
+    PauseRequest,
+    RetryRequest,
+    bad_request,
+)
+from daydreamd.core.errors import DaydreamError
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+SOCKET_MODE = 0o660
+MAX_SOCKET_PATH = 107
+"""Bytes in an AF_UNIX path on Linux (108 with the terminating NUL)."""
+
+CONTROL: web.AppKey[Control] = web.AppKey("control")
+_QUERY_PARAMETERS = ("limit", "stage", "state")
+_ERROR_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(control: Control, *, on_error: Callable[[BaseException], None] | None = None) -> web.Application:
+    """The ``/v1/`` application over ``control``.
+
+    Args:
+        control: what the handlers call.
+        on_error: called with any unexpected exception before the 500 answer (the service logs it).
+    """
+    app = web.Application(middlewares=[_json_errors(on_error)])
+    app[CONTROL] = control
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/generations", _generations)
+    app.router.add_get("/v1/generations/{gen_id}", _generation)
+    app.router.add_post("/v1/approvals", _approvals)
+    app.router.add_post("/v1/revocations", _revocations)
+    app.router.add_post("/v1/plans", _plans)
+    app.router.add_post("/v1/retries", _retries)
+    app.router.add_post("/v1/pause", _pause)
+    app.router.add_post("/v1/resume", _resume)
+    app.router.add_get("/v1/limits", _get_limits)
+    app.router.add_post("/v1/limits", _set_limits)
+    app.router.add_get("/v1/events", _events)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].status())
+
+
+async def _generations(request: web.Request) -> web.Response:
+    query = request.rel_url.query
+    _reject_unknown_parameters(query)
+    rows = await request.app[CONTROL].generations(
+        stage=_choice(query, "stage", STAGE_NAMES),
+        state=_choice(query, "state", STATE_NAMES),
+        limit=_limit(query),
+    )
+    return _json({"generations": rows})
+
+
+async def _generation(request: web.Request) -> web.Response:
+    gen_id = request.match_info["gen_id"]
+    row = await request.app[CONTROL].generation(gen_id)
+    if row is None:
+        raise ControlError(404, "not_found", f"no generation {gen_id}")
+    return _json(row)
+
+
+async def _approvals(request: web.Request) -> web.Response:
+    approval = ApprovalRequest.from_json(await _body(request))
+    return _json(await request.app[CONTROL].approve(approval))
+
+
+async def _revocations(request: web.Request) -> web.Response:
+    revocation = ApprovalRequest.from_json(await _body(request))
+    if revocation.limit is not None:
+        raise bad_request("limit: not accepted by revocations (every matching queued generation is revoked)")
+    return _json(await request.app[CONTROL].revoke(revocation))
+
+
+async def _plans(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].plan(ApprovalRequest.from_json(await _body(request))))
+
+
+async def _retries(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].retry(RetryRequest.from_json(await _body(request))))
+
+
+async def _pause(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].pause(PauseRequest.from_json(await _body(request))))
+
+
+async def _resume(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].resume(PauseRequest.from_json(await _body(request))))
+
+
+async def _get_limits(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].limits(None))
+
+
+async def _set_limits(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].limits(LimitsRequest.from_json(await _body(request))))
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON events until the client goes away (a heartbeat keeps idle links alive)."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    async with request.app[CONTROL].events() as events:
+        async for event in events:
+            await response.write(json.dumps(event, ensure_ascii=False, default=str).encode() + b"\n")
+    return response
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = await request.app[CONTROL].metrics()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+
+def _reject_unknown_parameters(query: Mapping[str, str]) -> None:
+    for name in query:
+        if name not in _QUERY_PARAMETERS:
+            raise bad_request(f"{name}: unknown parameter; expected one of {', '.join(_QUERY_PARAMETERS)}")
+
+
+def _choice(query: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    """The parameter's value when it is one of ``choices``; None when absent or empty."""
+    value = query.get(name, "")
+    if value and value not in choices:
+        raise bad_request(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value or None
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    text = query.get("limit", "")
+    if not text:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_request(f"limit: must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
+    return int(text)
+
+
+async def _body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return web.json_response(text=text, status=status, headers=headers)
+
+
+def _error(status: int, type_: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json({"error": {"type": type_, "message": message}}, status, headers)
+
+
+def _json_errors(on_error: Callable[[BaseException], None] | None) -> Any:
+    """Middleware: every error answer is JSON with a matching status, whatever raised it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ControlError as exc:
+            return _error(exc.status, exc.type, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_error(request, exc)
+        except Exception as exc:  # the per-request boundary: answer 500, let the service log it
+            if on_error is not None:
+                on_error(exc)
+            return _error(500, "internal", f"internal error ({type(exc).__name__}); see the daydreamd log")
+
+    return middleware
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (no route, wrong method, body too large) as JSON."""
+    allow = exc.headers.get("Allow")
+    if exc.status == 404:
+        message = f"no such endpoint: {request.method} {request.path}"
+    elif exc.status == 405 and allow:
+        message = f"{request.method} is not allowed on {request.path}; use {allow}"
+    else:
+        message = exc.reason
+    return _error(
+        exc.status, _ERROR_TYPES.get(exc.status, "http_error"), message, {"Allow": allow} if allow else None
+    )
+
+
+# -- the socket --------------------------------------------------------------------------------
+
+
+class SocketRunner(web.AppRunner):
+    """An :class:`aiohttp.web.AppRunner` that owns one Unix socket file, removed again by :func:`stop`."""
+
+    __slots__ = ("socket_inode", "socket_path")
+
+    def __init__(self, app: web.Application, socket_path: Path, socket_inode: int) -> None:
+        super().__init__(app, access_log=None, shutdown_timeout=5.0)
+        self.socket_path = socket_path
+        self.socket_inode = socket_inode
+
+
+async def start_unix_site(app: web.Application, path: Path) -> SocketRunner:
+    """Serve ``app`` on the Unix socket ``path`` (mode 0660), and on nothing else.
+
+    A leftover socket file is removed when nothing accepts connections on it.
+
+    Raises:
+        DaydreamError: the path is too long or not a socket, or another instance is listening there.
+    """
+    if _prepare_socket_path(path):
+        if await _is_listening(path):
+            raise DaydreamError(
+                f"another daydreamd is already listening on {path}; stop it first or set another paths.socket"
+            )
+        _unlink(path)
+    sock, inode = _bind_unix(path)
+    runner = SocketRunner(app, path, inode)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        await stop(runner)
+        raise
+    return runner
+
+
+async def stop(runner: SocketRunner) -> None:
+    """Stop serving and remove the socket file (unless another instance has replaced it since)."""
+    try:
+        await runner.cleanup()
+    finally:
+        _unlink(runner.socket_path, inode=runner.socket_inode)
+
+
+def _prepare_socket_path(path: Path) -> bool:
+    """Check ``path`` can hold a socket and create its folder; True when a socket file is already there."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise DaydreamError(
+            f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}; set a shorter paths.socket"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(mode):
+        raise DaydreamError(f"{path} exists and is not a socket; move it away or set another paths.socket")
+    return True
+
+
+async def _is_listening(path: Path) -> bool:
+    """Whether something accepts connections on the socket file ``path`` (refused: a stale file)."""
+    try:
+        _, writer = await asyncio.open_unix_connection(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        raise DaydreamError(f"cannot check whether {path} is in use: {exc.strerror or exc}") from exc
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+def _bind_unix(path: Path) -> tuple[socket.socket, int]:
+    """A socket bound to ``path`` under umask 0o117, so the file is born 0660 with no window of wider access.
+
+    Returns the socket and the file's inode (to recognise it at :func:`stop`). The umask is
+    process-wide: bind before worker threads start creating files.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o777 & ~SOCKET_MODE)
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise DaydreamError(f"cannot bind the control socket {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.umask(previous)
+    sock.setblocking(False)
+    return sock, path.lstat().st_ino
+
+
+def _unlink(path: Path, *, inode: int | None = None) -> None:
+    """Remove ``path``; with ``inode``, only if it is still that file."""
+    try:
+        if inode is None or path.lstat().st_ino == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,540 @@
+"""``daydreamd``: the service's composition root, its lifecycle and its control surface.
+
+Startup: settings -> logging -> the instance lock -> the run state (migrated; dead claims
+recovered) -> one check of ``1_raw`` (changes made while the service was down are applied)
+-> the control socket -> the watcher, the rebuild loop and the pool in one task group.
+SIGTERM/SIGINT stop claiming, let in-flight calls finish within ``pool.grace_s``, release the
+rest and exit 0. SIGHUP reloads limits and stage settings without dropping in-flight calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+
+from daydreamd import __version__
+from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.control import ApprovalRequest, ControlError, LimitsRequest, PauseRequest, RetryRequest
+from daydreamd.core.errors import DaydreamError
+from daydreamd.core.plan import plan_hash
+from daydreamd.daemon.events import EventBus
+from daydreamd.daemon.logconfig import configure_logging
+from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
+from daydreamd.daemon.planning import make_plan
+from daydreamd.daemon.pool import Pool
+from daydreamd.daemon.rebuild import Current, Rebuilder
+from daydreamd.daemon.runner import Runner
+from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchdog_loop
+from daydreamd.daemon.server import make_app, start_unix_site, stop
+from daydreamd.daemon.watcher import Trigger, rebuild_loop, watch_tree
+from daydreamd.llm.providers import make_provider, needs_session
+from daydreamd.storage.gens import GensStore
+from daydreamd.storage.store import Store, now_iso
+
+log = structlog.get_logger("daydreamd")
+
+
+class AlreadyRunningError(DaydreamError):
+    """Another daydreamd holds the lock on this run state."""
+
+
+@contextmanager
+def instance_lock(state_db: Path) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``<state_db>.lock`` for the life of the service.
+
+    Taken before the socket is bound: binding silently replaces an existing socket file, so
+    without the lock a second instance would steal the socket from a live one.
+    """
+    path = state_db.with_name(state_db.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise AlreadyRunningError(
+                f"another daydreamd (pid {holder}) is already running on {state_db}; stop it first "
+                f"(lock file {path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts from the run state, refreshed in the background so ``/v1/status`` never waits on SQLite."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    recent_errors: dict[str, int] = field(default_factory=dict)
+
+
+class Service:
+    """The running service: owns the components and answers the control socket."""
+
+    SUMMARY_INTERVAL_S = 0.2
+    """How stale the counts in ``/v1/status`` may be (actions refresh them at once)."""
+
+    def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
+        self.settings = settings
+        self.store = store
+        self.current = Current()
+        self.rebuilder = Rebuilder(settings, store, self.current)
+        self.bus = EventBus()
+        self.pool = Pool(settings=settings, store=store, runner=runner, current=self.current, bus=self.bus)
+        self.trigger = Trigger()
+        self.stop_watching = anyio.Event()
+        self.started = time.monotonic()
+        self.started_at = now_iso()
+        self.summary = Summary()
+
+    async def refresh_summary(self) -> None:
+        """Re-read the counts (after an action, and every SUMMARY_INTERVAL_S in the background)."""
+        self.summary = Summary(
+            counts=await self.store.counts(),
+            failures=await self.store.failures_by_kind(),
+            recent_errors=await self.store.recent_errors(),
+        )
+
+    async def keep_summary_fresh(self) -> None:
+        """The background refresher (failures are logged and retried, never fatal)."""
+        while True:
+            try:
+                await self.refresh_summary()
+            except Exception:  # a failed read must not stop the service; the next one retries
+                log.exception("summary_refresh_failed")
+            await anyio.sleep(self.SUMMARY_INTERVAL_S)
+
+    async def rebuild(self, reason: str) -> None:
+        """Apply the files if they changed, then let the pool look for work."""
+        before = self.current.last.get("at")
+        await self.rebuilder.check(reason=reason)
+        await self.refresh_summary()
+        last = self.current.last
+        if last.get("at") != before:
+            event = "cohort_rebuilt" if last.get("ok") else "experiment_invalid"
+            errors = [e for e in self.current.errors() if e["level"] == "error"]
+            self.bus.publish(
+                event,
+                cohort_id=self.current.cohort_id,
+                reason=reason,
+                errors=len(errors),
+                added=last.get("added"),
+                retired=last.get("retired"),
+            )
+        self.pool.wake()
+
+    # -- the Control protocol ------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` answers."""
+        pool = self.pool.snapshot()
+        return {
+            "version": __version__,
+            "started_at": self.started_at,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "cohort_id": self.current.cohort_id,
+            "stages": self.summary.counts,
+            "in_flight": pool["in_flight"],
+            "models": pool["models"],
+            "pool": {
+                k: pool[k]
+                for k in ("concurrency", "paused", "paused_models", "parked", "outcomes", "budgets")
+            },
+            "spent_usd": pool["spent_usd"],
+            "rates_per_minute": pool["rates_per_minute"],
+            "failures": self.summary.failures,
+            "recent_errors": self.summary.recent_errors,
+            "errors": self.current.errors(),
+            "last_rebuild": self.current.last,
+            "rebuilds": self.current.rebuilds,
+        }
+
+    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """What ``GET /v1/generations`` answers."""
+        return await self.store.generations(stage=stage, state=state, limit=limit)
+
+    async def generation(self, gen_id: str) -> dict[str, Any] | None:
+        """One generation with its attempts, files, parent chain, and the reply's tail if it failed."""
+        row = await self.store.generation(gen_id)
+        if row is None:
+            return None
+        parents = []
+        parent_id = row["parent_gen_id"]
+        while parent_id:
+            parent = await self.store.generation(parent_id)
+            if parent is None:
+                break
+            parents.append(
+                {k: parent[k] for k in ("gen_id", "stage", "state", "template_id", "llm_model_id")}
+            )
+            parent_id = parent["parent_gen_id"]
+        gens = GensStore(self.settings.paths.data_dir)
+        files, tail = await anyio.to_thread.run_sync(_files_and_tail, gens, row)
+        return {**row, "parents": parents, "files": files, "reply_tail": tail}
+
+    async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
+        """Queue matching pending generations of the current cohort."""
+        self._check_known(request)
+        if request.plan is not None:
+            await self._check_plan(request)
+        approval_id, matched = await self.store.approve(
+            stage=request.stage,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            limit=request.limit,
+            requested_by=request.requested_by,
+            cohort_id=self.current.cohort_id,
+            budget_usd=request.budget_usd,
+            plan=request.plan,
+        )
+        log.info(
+            "approved",
+            approval_id=approval_id,
+            matched=matched,
+            budget_usd=request.budget_usd,
+            **_scope(request),
+        )
+        self.bus.publish("approved", approval_id=approval_id, matched=matched, **_scope(request))
+        if request.budget_usd is not None:
+            await self.pool.refresh_budgets()
+        self.pool.wake()
+        await self.refresh_summary()
+        return {
+            "approval_id": approval_id,
+            "matched": matched,
+            "cohort_id": self.current.cohort_id,
+            "budget_usd": request.budget_usd,
+        }
+
+    async def _check_plan(self, request: ApprovalRequest) -> None:
+        """Refuse an approval that would not cover exactly what the plan showed."""
+        ids = await self.store.pending_ids(
+            stage=request.stage,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            limit=request.limit,
+        )
+        now = plan_hash(self.current.cohort_id, ids)
+        if now != request.plan:
+            raise ControlError(
+                409,
+                "conflict",
+                f"plan {request.plan} no longer matches: the cohort or the pending work changed since it was "
+                f"made (now {len(ids)} generations, plan {now}); run daydreamctl plan again and approve that",
+            )
+
+    async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
+        """What approving ``request`` would start, with estimates and the plan's hash."""
+        self._check_known(request)
+        return await make_plan(self, request)
+
+    async def retry(self, request: RetryRequest) -> dict[str, Any]:
+        """Send failed generations back to the queue."""
+        retried = await self.store.retry(
+            stage=request.stage,
+            kind=request.kind,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            fresh=request.fresh,
+            requested_by=request.requested_by,
+        )
+        log.info(
+            "retried",
+            retried=retried,
+            kind=request.kind,
+            stage=request.stage,
+            model=request.llm_model_id,
+            fresh=request.fresh,
+        )
+        self.bus.publish(
+            "retried", retried=retried, kind=request.kind, stage=request.stage, model=request.llm_model_id
+        )
+        self.pool.wake()
+        await self.refresh_summary()
+        return {"retried": retried}
+
+    async def pause(self, request: PauseRequest) -> dict[str, Any]:
+        """Stop claiming new work (all, or one model); in-flight calls go on."""
+        self._check_model(request.llm_model_id)
+        self.pool.set_paused(request.llm_model_id, True)
+        log.info("paused", model=request.llm_model_id or "*", requested_by=request.requested_by)
+        self.bus.publish("paused", model=request.llm_model_id)
+        return self._pause_state()
+
+    async def resume(self, request: PauseRequest) -> dict[str, Any]:
+        """Start claiming again (all, or one model)."""
+        self._check_model(request.llm_model_id)
+        self.pool.set_paused(request.llm_model_id, False)
+        log.info("resumed", model=request.llm_model_id or "*", requested_by=request.requested_by)
+        self.bus.publish("resumed", model=request.llm_model_id)
+        return self._pause_state()
+
+    def _check_model(self, model_id: str | None) -> None:
+        """A model id that is not in llm_models.csv is a typo; acting on it would do nothing."""
+        jobs = self.current.jobs
+        if model_id and jobs is not None and jobs.model(model_id) is None:
+            raise ControlError(404, "not_found", f"no model {model_id!r} in llm_models.csv")
+
+    def _pause_state(self) -> dict[str, Any]:
+        return {"paused": self.pool.paused, "paused_models": sorted(self.pool.paused_models)}
+
+    async def limits(self, request: LimitsRequest | None) -> dict[str, Any]:
+        """The live limits, changed first when ``request`` says so (until the next reload)."""
+        if request is not None:
+            if (
+                request.llm_model_id
+                and self.current.jobs
+                and self.current.jobs.model(request.llm_model_id) is None
+            ):
+                raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
+            self.pool.set_limits(request.llm_model_id, request.concurrency, request.requests_per_minute)
+            log.info(
+                "limits_changed",
+                model=request.llm_model_id or "*",
+                concurrency=request.concurrency,
+                requests_per_minute=request.requests_per_minute,
+            )
+            self.bus.publish(
+                "limits_changed",
+                model=request.llm_model_id,
+                concurrency=request.concurrency,
+                requests_per_minute=request.requests_per_minute,
+            )
+        snapshot = self.pool.snapshot()
+        return {"concurrency": snapshot["concurrency"], "models": snapshot["models"]}
+
+    def events(self) -> Any:
+        """A subscription to the event stream."""
+        return self.bus.subscribe()
+
+    async def metrics(self) -> str:
+        """Prometheus text."""
+        pool = self.pool
+        snapshot = MetricsSnapshot(
+            generations=self.summary.counts,
+            calls=dict(pool.calls),
+            tokens=dict(pool.tokens),
+            cost_usd=dict(pool.cost),
+            limits={
+                m: {k: v for k, v in d.items() if isinstance(v, int | float)}
+                for m, d in pool.snapshot()["models"].items()
+            },
+            in_flight=len(pool.in_flight),
+            rebuilds=self.current.rebuilds,
+            rebuild_seconds_sum=self.current.rebuild_seconds,
+            last_rebuild_seconds=(self.current.last.get("duration_ms") or 0) / 1000,
+            raw_errors=sum(1 for e in self.current.errors() if e["level"] == "error"),
+            uptime_s=time.monotonic() - self.started,
+        )
+        return render_metrics(snapshot)
+
+    async def revoke(self, request: ApprovalRequest) -> dict[str, Any]:
+        """Send queued, not yet started generations back to pending."""
+        self._check_known(request)
+        revoked = await self.store.revoke(
+            stage=request.stage,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            requested_by=request.requested_by,
+        )
+        log.info("revoked", revoked=revoked, **_scope(request))
+        await self.refresh_summary()
+        return {"revoked": revoked}
+
+    def _check_known(self, request: ApprovalRequest) -> None:
+        """A filter naming an unknown template or model is a mistake, not an empty match."""
+        build = self.current.build
+        if build is None:
+            raise ControlError(409, "conflict", "there is no cohort yet: fix the errors in data/1_raw first")
+        experiment = build.experiment
+        if request.template_id and not any(
+            t.template_id == request.template_id and str(t.stage) == request.stage
+            for t in experiment.templates
+        ):
+            raise ControlError(404, "not_found", f"no {request.stage} template {request.template_id!r}")
+        if request.llm_model_id and experiment.model(request.llm_model_id) is None:
+            raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
+
+
+def _files_and_tail(
+    gens: GensStore, row: dict[str, Any], lines: int = 15
+) -> tuple[dict[str, int], str | None]:
+    """The generation's files with their sizes, and the end of its reply when it failed."""
+    directory = gens.directory(row["stage"], row["gen_id"])
+    files = (
+        {
+            gens.relative_file(row["stage"], row["gen_id"], p.name): p.stat().st_size
+            for p in sorted(directory.glob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+        if directory.is_dir()
+        else {}
+    )
+    tail = None
+    if row["state"] == "failed":
+        raw = gens.read_text(row["stage"], row["gen_id"], "raw.txt")
+        if raw is not None:
+            tail = "\n".join(raw.rstrip("\n").splitlines()[-lines:])[-2000:]
+    return files, tail
+
+
+def _scope(request: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "stage": request.stage,
+        "template_id": request.template_id,
+        "model": request.llm_model_id,
+        "limit": request.limit,
+        "requested_by": request.requested_by,
+    }
+
+
+@asynccontextmanager
+async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession | None]:
+    if not needs_session(settings.llm):
+        yield None
+        return
+    connector = aiohttp.TCPConnector(limit=max(settings.pool.concurrency, 1), enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+async def serve(settings: Settings, env: Mapping[str, str]) -> int:
+    """Run the service until SIGTERM/SIGINT; return the exit code."""
+    config_dir = settings.config_path.parent if settings.config_path else None
+    notifier = Notifier.from_env(env)
+    with instance_lock(settings.paths.state_db):
+        async with Store.open(settings.paths.state_db) as store, _http_session(settings) as session:
+            recovered = await store.recover()
+            provider = make_provider(settings.llm, env=env, config_dir=config_dir, session=session)
+            runner = Runner(
+                store=GensStore(settings.paths.data_dir),
+                provider=provider,
+                policy=settings.retry,
+                rng=random.Random(),
+            )
+            service = Service(settings, store, runner)
+            await service.pool.restore_limits()
+            log.info(
+                "service_starting",
+                version=__version__,
+                recovered=recovered,
+                pid=os.getpid(),
+                data_dir=str(settings.paths.data_dir),
+                provider=settings.llm.provider,
+            )
+            await service.rebuild("startup")
+            site = await start_unix_site(
+                make_app(service, on_error=_log_handler_error), settings.paths.socket
+            )
+            log.info("service_ready", socket=str(settings.paths.socket), cohort_id=service.current.cohort_id)
+            notifier.ready(status_line(await service.status()))
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_signals, service, env, notifier)
+                    tg.start_soon(watchdog_loop, notifier, notifier.watchdog_interval())
+                    tg.start_soon(status_loop, notifier, service.status)
+                    watch = partial(
+                        watch_tree, debounce_ms=settings.watch.debounce_ms, stop=service.stop_watching
+                    )
+                    tg.start_soon(watch, settings.raw_dir, service.trigger)
+                    tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
+                    tg.start_soon(service.keep_summary_fresh)
+                    await service.pool.run()
+                    tg.cancel_scope.cancel()
+            finally:
+                service.bus.close()  # streaming clients end now, not at the server's timeout
+                with anyio.CancelScope(shield=True):
+                    await stop(site)
+            log.info("service_stopped")
+    return 0
+
+
+async def _signals(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload(service, env, notifier)
+                continue
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            notifier.stopping("stopping: finishing in-flight calls")
+            service.stop_watching.set()
+            service.pool.stop()
+            return
+
+
+def _reload(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
+    """SIGHUP: new limits and stage settings; paths and the provider stay as they are."""
+    notifier.reloading()
+    try:
+        fresh = load_settings(service.settings.config_path, env)
+    except DaydreamError as exc:
+        log.error("reload_failed", error=str(exc))
+        notifier.ready(f"reload failed, previous settings kept: {exc}")
+        return
+    settings = replace(
+        service.settings,
+        experiment=fresh.experiment,
+        stages=fresh.stages,
+        watch=fresh.watch,
+        retry=fresh.retry,
+        pool=fresh.pool,
+    )
+    service.settings = settings
+    service.rebuilder.settings = settings
+    service.pool.update_settings(settings)
+    service.pool.runner.policy = settings.retry
+    service.current.build = None  # stage settings are part of gen_ids: rebuild under the new ones
+    service.trigger.fire("reload")
+    log.info("config_reloaded", concurrency=settings.pool.concurrency)
+    notifier.ready()
+
+
+def _log_handler_error(exc: BaseException) -> None:
+    log.error("control_request_failed", error=repr(exc), exc_info=exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``daydreamd --config PATH``."""
+    parser = argparse.ArgumentParser(
+        prog="daydreamd",
+        description="Run the daydreamd service in the foreground: watch data/1_raw, keep the cohort current, "
+        "and run approved generations. Control it with daydreamctl.",
+    )
+    parser.add_argument("--config", "-c", type=Path, help="config file (default: ./config.toml if present)")
+    parser.add_argument("--data", type=Path, help="directory containing 1_raw/ (overrides paths.data_dir)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"daydreamd {__version__}")
+    args = parser.parse_args(argv)
+    config = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
+    try:
+        settings = load_settings(config.resolve() if config else None, os.environ, data_dir=args.data)
+        configure_logging(log_file=settings.paths.log_file, level=args.log_level)
+        code = anyio.run(serve, settings, dict(os.environ))
+    except DaydreamError as exc:
+        print(f"daydreamd: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,640 @@
+"""The run state in SQLite (aiosqlite): what exists, what is approved, running, done or failed.
+
+One service owns the database (a lock file guarantees it), but every state change still goes
+through a short ``BEGIN IMMEDIATE`` transaction, and claims carry a fencing token: a worker
+whose lease was taken back (restart, revoke) can never commit over a newer claim. Nothing is
+ever deleted: generations that leave the cohort are marked retired and keep their state, so a
+generation that comes back is still done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from daydreamd.core.cohort import Cohort, Generation
+from daydreamd.core.stages import STAGES, Stage
+from daydreamd.storage.migrations import migrate
+
+STATES = ("pending", "queued", "running", "done", "failed")
+STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
+GENERATION_COLUMNS = (
+    "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
+    "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
+    "score, fresh"
+)
+
+
+def now_iso() -> str:
+    """Wall-clock now as ISO-8601 UTC with milliseconds (what the tables record)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What a membership sync changed."""
+
+    added: int
+    retired: int
+    revived: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A generation handed to a worker, with the fencing token its commit must present."""
+
+    generation: Generation
+    token: int
+    mode: str
+    attempts: int
+    approval_id: int | None = None
+    fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRow:
+    """One LLM attempt, as recorded in ``attempts``."""
+
+    attempt: int
+    started_at: float
+    finished_at: float
+    outcome: str
+    status: int | None = None
+    message: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """How a claimed generation ended, to be committed under its token."""
+
+    gen_id: str
+    token: int
+    llm_model_id: str
+    ok: bool
+    error_kind: str | None = None
+    error_message: str | None = None
+    attempts: tuple[AttemptRow, ...] = ()
+    score: float | None = None
+    """An evaluation's score, recorded so results come from SQLite without reading files."""
+
+
+class Store:
+    """The SQLite run state. Open it with ``async with Store.open(path) as store``."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+        self._write_lock = anyio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Store]:
+        """Open (creating and migrating as needed) and close the database at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = aiosqlite.Row
+            await migrate(db)
+            yield cls(db)
+        finally:
+            await db.close()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` (take the write lock first), commit or roll back.
+
+        Tasks share one connection, so transactions are serialised here: two interleaved
+        ``BEGIN``s on one connection would fail, and one task's rollback would undo another's work.
+        """
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):  # a BEGIN that ran must always meet its rollback
+                await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.db.rollback()
+                raise
+            with anyio.CancelScope(shield=True):
+                await self.db.commit()
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    async def get_fact(self, key: str) -> str | None:
+        """A recorded fact (e.g. ``fingerprint.applied``), or None."""
+        async with self.db.execute("SELECT value FROM facts WHERE key = ?", (key,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_fact(self, key: str, value: str) -> None:
+        """Record a fact durably."""
+        async with self._write() as db:
+            await db.execute("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)", (key, value))
+
+    # -- membership ----------------------------------------------------------------------------
+
+    async def sync_membership(
+        self, cohort: Cohort, modes: dict[tuple[Stage, str], str], fingerprint: str
+    ) -> SyncResult:
+        """Make the table match the cohort: new generations pending, vanished retired, returned revived."""
+        now = now_iso()
+        rows = (
+            (
+                g.gen_id,
+                g.stage.value,
+                STAGE_RANK[g.stage],
+                g.parent_gen_id,
+                g.combo_id,
+                g.template_id,
+                g.llm_model_id,
+                g.replicate,
+                modes.get((g.stage, g.template_id), "llm"),
+            )
+            for g in cohort.generations
+        )
+        async with self._write() as db:
+            await db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming (gen_id TEXT PRIMARY KEY, stage TEXT, stage_rank INTEGER, "
+                "parent_gen_id TEXT, combo_id TEXT, template_id TEXT, llm_model_id TEXT, replicate INTEGER, mode TEXT)"
+            )
+            await db.execute("DELETE FROM incoming")
+            await db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            added = await _changes(
+                db,
+                "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, template_id, "
+                "llm_model_id, replicate, mode, state, created_at, updated_at) SELECT gen_id, stage, stage_rank, "
+                "parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, 'pending', ?, ? FROM incoming",
+                (now, now),
+            )
+            retired = await _changes(
+                db,
+                "UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 "
+                "AND gen_id NOT IN (SELECT gen_id FROM incoming)",
+                (now,),
+            )
+            revived = await _changes(
+                db,
+                "UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 "
+                "AND gen_id IN (SELECT gen_id FROM incoming)",
+                (now,),
+            )
+            counts = json.dumps(cohort.counts(), sort_keys=True)
+            await db.execute(
+                "INSERT INTO cohorts (cohort_id, first_seen, last_applied, fingerprint, counts) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (cohort_id) DO UPDATE SET last_applied = excluded.last_applied, "
+                "fingerprint = excluded.fingerprint, counts = excluded.counts",
+                (cohort.cohort_id, now, now, fingerprint, counts),
+            )
+            await db.execute("DELETE FROM incoming")
+        return SyncResult(added, retired, revived, len(cohort.generations))
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    async def approve(
+        self,
+        *,
+        stage: str,
+        template_id: str | None,
+        llm_model_id: str | None,
+        limit: int | None,
+        requested_by: str,
+        cohort_id: str | None,
+        budget_usd: float | None = None,
+        plan: str | None = None,
+    ) -> tuple[int, int]:
+        """Queue the matching pending generations of the current cohort; returns (approval id, matched)."""
+        where, params = _scope(stage, template_id, llm_model_id)
+        async with self._write() as db:
+            approval_id = await self._record_approval(
+                db, "approve", stage, template_id, llm_model_id, limit, requested_by, cohort_id
+            )
+            await db.execute(
+                "UPDATE approvals SET budget_usd = ?, plan = ? WHERE id = ?", (budget_usd, plan, approval_id)
+            )
+            matched = await _changes(
+                db,
+                f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE gen_id IN ("
+                f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
+                f"ORDER BY stage_rank, rowid LIMIT ?)",
+                (approval_id, now_iso(), *params, -1 if limit is None else limit),
+            )
+            await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (matched, approval_id))
+        return approval_id, matched
+
+    async def revoke(
+        self, *, stage: str, template_id: str | None, llm_model_id: str | None, requested_by: str
+    ) -> int:
+        """Send queued (not started) generations back to pending; returns how many."""
+        where, params = _scope(stage, template_id, llm_model_id)
+        async with self._write() as db:
+            approval_id = await self._record_approval(
+                db, "revoke", stage, template_id, llm_model_id, None, requested_by, None
+            )
+            revoked = await _changes(
+                db,
+                f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? "
+                f"WHERE state = 'queued' AND {where}",
+                (now_iso(), *params),
+            )
+            await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (revoked, approval_id))
+        return revoked
+
+    async def pending_ids(
+        self, *, stage: str, template_id: str | None, llm_model_id: str | None, limit: int | None
+    ) -> list[str]:
+        """The gen_ids an approval with this scope would queue now, in the order it would take them."""
+        where, params = _scope(stage, template_id, llm_model_id)
+        async with self.db.execute(
+            f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
+            "ORDER BY stage_rank, rowid LIMIT ?",
+            (*params, -1 if limit is None else limit),
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def retry(
+        self,
+        *,
+        stage: str | None,
+        kind: str | None,
+        template_id: str | None,
+        llm_model_id: str | None,
+        fresh: bool,
+        requested_by: str,
+    ) -> int:
+        """Send failed generations of the current cohort back to queued; returns how many."""
+        clauses, params = ["state = 'failed'", "retired = 0"], []
+        for column, value in (
+            ("stage", stage),
+            ("error_kind", kind),
+            ("template_id", template_id),
+            ("llm_model_id", llm_model_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        async with self._write() as db:
+            approval_id = await self._record_approval(
+                db, "retry", stage or "*", template_id, llm_model_id, None, requested_by, None
+            )
+            retried = await _changes(
+                db,
+                "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
+                f"updated_at = ? WHERE {' AND '.join(clauses)}",
+                (int(fresh), now_iso(), *params),
+            )
+            await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
+        return retried
+
+    async def budgets(self) -> dict[int, float]:
+        """Approvals that carry a budget: id -> dollars."""
+        async with self.db.execute(
+            "SELECT id, budget_usd FROM approvals WHERE budget_usd IS NOT NULL AND action = 'approve'"
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def usage_by_approval(self, approval_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Attempts' cost and tokens per (approval, model), for the approvals given."""
+        if not approval_ids:
+            return []
+        marks = ", ".join("?" * len(approval_ids))
+        async with self.db.execute(
+            "SELECT g.approval_id AS approval_id, a.llm_model_id AS model, count(*) AS calls, "
+            "sum(a.cost) AS cost, sum(CASE WHEN a.cost IS NULL THEN a.prompt_tokens END) AS unpriced_prompt, "
+            "sum(CASE WHEN a.cost IS NULL THEN a.completion_tokens END) AS unpriced_completion "
+            f"FROM attempts a JOIN generations g ON g.gen_id = a.gen_id WHERE g.approval_id IN ({marks}) "
+            "GROUP BY g.approval_id, a.llm_model_id",
+            tuple(approval_ids),
+        ) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def usage_by_template_model(self) -> list[dict[str, Any]]:
+        """Average tokens of successful attempts per (stage, template, model): what a plan expects."""
+        async with self.db.execute(
+            "SELECT g.stage AS stage, g.template_id AS template_id, a.llm_model_id AS model, count(*) AS calls, "
+            "avg(a.prompt_tokens) AS prompt_tokens, avg(a.completion_tokens) AS completion_tokens, "
+            "avg(a.cost) AS cost FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
+            "WHERE a.outcome = 'ok' GROUP BY g.stage, g.template_id, a.llm_model_id"
+        ) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def rows(self, gen_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of these generations (in chunks, for big plans)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(gen_ids), 500):
+            chunk = gen_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT {GENERATION_COLUMNS} FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
+            ) as cursor:
+                found.extend(dict(row) for row in await cursor.fetchall())
+        return found
+
+    async def states(self, gen_ids: Sequence[str]) -> dict[str, str]:
+        """gen_id -> state for the ids given (missing ids are left out)."""
+        result: dict[str, str] = {}
+        for start in range(0, len(gen_ids), 500):
+            chunk = gen_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT gen_id, state FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
+            ) as cursor:
+                result.update({row[0]: row[1] for row in await cursor.fetchall()})
+        return result
+
+    @staticmethod
+    async def _record_approval(
+        db: aiosqlite.Connection,
+        action: str,
+        stage: str,
+        template_id: str | None,
+        llm_model_id: str | None,
+        limit: int | None,
+        requested_by: str,
+        cohort_id: str | None,
+    ) -> int:
+        cursor = await db.execute(
+            "INSERT INTO approvals (created_at, requested_by, action, cohort_id, stage, template_id, llm_model_id, "
+            "limit_n, matched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (now_iso(), requested_by, action, cohort_id, stage, template_id, llm_model_id, limit),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    # -- the pool ------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``."""
+        async with self._write() as db:
+            return await _changes(
+                db,
+                "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE state = 'running'",
+                (now_iso(),),
+            )
+
+    async def ready_counts(self) -> dict[tuple[str, str], int]:
+        """Queued generations whose parent is done, by (mode, model): where claiming can find work."""
+        async with self.db.execute(
+            "SELECT mode, llm_model_id, count(*) FROM generations g WHERE state = 'queued' AND retired = 0 "
+            "AND (parent_gen_id = '' OR EXISTS (SELECT 1 FROM generations p WHERE p.gen_id = g.parent_gen_id "
+            "AND p.state = 'done')) GROUP BY mode, llm_model_id"
+        ) as cursor:
+            return {(row[0], row[1]): row[2] for row in await cursor.fetchall()}
+
+    async def claim(
+        self,
+        *,
+        mode: str,
+        llm_model_id: str | None,
+        limit: int,
+        lease_s: float,
+        exclude_approvals: Sequence[int] = (),
+    ) -> list[Claim]:
+        """Atomically move up to ``limit`` ready queued generations to running, parents first.
+
+        ``exclude_approvals`` holds approvals whose budget is spent: their work stays queued.
+        """
+        if limit <= 0:
+            return []
+        model_filter = "" if llm_model_id is None else "AND g.llm_model_id = ?"
+        params: list[Any] = [time.time() + lease_s, now_iso(), now_iso(), mode]
+        if llm_model_id is not None:
+            params.append(llm_model_id)
+        if exclude_approvals:
+            marks = ", ".join("?" * len(exclude_approvals))
+            model_filter += f" AND (g.approval_id IS NULL OR g.approval_id NOT IN ({marks}))"
+            params.extend(exclude_approvals)
+        params.append(limit)
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE generations SET state = 'running', lease_token = lease_token + 1, lease_expires = ?, "
+                "started_at = ?, updated_at = ? WHERE gen_id IN (SELECT g.gen_id FROM generations g "
+                "WHERE g.state = 'queued' AND g.retired = 0 AND g.mode = ? "
+                f"{model_filter} AND (g.parent_gen_id = '' OR EXISTS (SELECT 1 FROM generations p "
+                "WHERE p.gen_id = g.parent_gen_id AND p.state = 'done')) ORDER BY g.stage_rank, g.rowid LIMIT ?) "
+                "RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
+                "lease_token, mode, attempts, approval_id, fresh",
+                params,
+            )
+            rows = await cursor.fetchall()
+        return sorted((_claim(row) for row in rows), key=lambda c: STAGE_RANK[c.generation.stage])
+
+    async def complete(self, completions: Sequence[Completion]) -> int:
+        """Commit outcomes (one transaction); a stale token changes nothing. Returns rows committed."""
+        return sum(await self.complete_each(completions))
+
+    async def complete_each(self, completions: Sequence[Completion]) -> list[bool]:
+        """Commit outcomes in one transaction; for each, whether it was committed (False: stale token).
+
+        Three statements for the whole batch, whatever its size: which tokens still hold, the
+        updates, the attempts. The pool batches completions, so this is on its hot path.
+        """
+        if not completions:
+            return []
+        now = now_iso()
+        async with self._write() as db:
+            holding: set[tuple[str, int]] = set()
+            for start in range(0, len(completions), 500):
+                chunk = completions[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                async with db.execute(
+                    f"SELECT gen_id, lease_token FROM generations WHERE state = 'running' AND gen_id IN ({marks})",
+                    [c.gen_id for c in chunk],
+                ) as cursor:
+                    holding.update((row[0], row[1]) for row in await cursor.fetchall())
+            committed = [(c.gen_id, c.token) in holding for c in completions]
+            fresh = [c for c, ok in zip(completions, committed, strict=True) if ok]
+            await db.executemany(
+                "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
+                "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
+                "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
+                [
+                    (
+                        "done" if c.ok else "failed",
+                        len(c.attempts),
+                        c.error_kind,
+                        c.error_message,
+                        c.score if c.ok else None,
+                        now,
+                        now,
+                        c.gen_id,
+                        c.token,
+                    )
+                    for c in fresh
+                ],
+            )
+            await db.executemany(
+                "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
+                "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_attempt_params(c, a) for c in fresh for a in c.attempts],
+            )
+        return committed
+
+    async def release(self, claims: Iterable[Claim]) -> int:
+        """Give unfinished claims back (shutdown): running -> queued under the same token check."""
+        params = [(now_iso(), c.generation.gen_id, c.token) for c in claims]
+        if not params:
+            return 0
+        async with self._write() as db:
+            before = self.db.total_changes
+            await db.executemany(
+                "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? "
+                "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
+                params,
+            )
+            return self.db.total_changes - before
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Generations per stage and state; retired ones counted apart under ``retired``."""
+        result = {str(s): {state: 0 for state in (*STATES, "retired")} for s in STAGES}
+        async with self.db.execute(
+            "SELECT stage, state, retired, count(*) FROM generations GROUP BY stage, state, retired"
+        ) as cursor:
+            for stage, state, retired, n in await cursor.fetchall():
+                result.setdefault(stage, {})
+                key = "retired" if retired else state
+                result[stage][key] = result[stage].get(key, 0) + n
+        return result
+
+    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """Rows as dicts, filtered by stage and state (``retired`` selects retired rows)."""
+        clauses, params = [], []
+        if stage:
+            clauses.append("stage = ?")
+            params.append(stage)
+        if state == "retired":
+            clauses.append("retired = 1")
+        elif state:
+            clauses.extend(["state = ?", "retired = 0"])
+            params.append(state)
+        where = " AND ".join(clauses) or "1"
+        async with self.db.execute(
+            f"SELECT {GENERATION_COLUMNS} FROM generations WHERE {where} ORDER BY stage_rank, rowid LIMIT ?",
+            (*params, limit),
+        ) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def generation(self, gen_id: str) -> dict[str, Any] | None:
+        """One row with its attempts, or None."""
+        async with self.db.execute(
+            f"SELECT {GENERATION_COLUMNS} FROM generations WHERE gen_id = ?", (gen_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        async with self.db.execute(
+            "SELECT attempt, started_at, finished_at, outcome, status, message, prompt_tokens, completion_tokens, "
+            "total_tokens, reasoning_tokens, cost FROM attempts WHERE gen_id = ? ORDER BY id",
+            (gen_id,),
+        ) as cur:
+            attempts = [dict(a) for a in await cur.fetchall()]
+        return {**dict(row), "attempt_log": attempts}
+
+    async def failures_by_kind(self) -> dict[str, dict[str, int]]:
+        """Failed generations of the current cohort by stage and failure kind."""
+        async with self.db.execute(
+            "SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM generations "
+            "WHERE state = 'failed' AND retired = 0 GROUP BY stage, error_kind"
+        ) as cursor:
+            result: dict[str, dict[str, int]] = {}
+            for stage, kind, n in await cursor.fetchall():
+                result.setdefault(stage, {})[kind] = n
+            return result
+
+    async def recent_errors(self, since_s: float = 3600.0) -> dict[str, int]:
+        """Failed attempts by outcome in the last ``since_s`` seconds."""
+        async with self.db.execute(
+            "SELECT outcome, count(*) FROM attempts WHERE outcome != 'ok' AND finished_at > ? GROUP BY outcome",
+            (time.time() - since_s,),
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    # -- learned limits ------------------------------------------------------------------------
+
+    async def load_limits(self) -> dict[str, float]:
+        """Learned per-model concurrency, so a restart resumes at the known-good level."""
+        async with self.db.execute("SELECT llm_model_id, concurrency FROM model_limits") as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def save_limits(self, limits: dict[str, float]) -> None:
+        """Record learned per-model concurrency."""
+        now = now_iso()
+        async with self._write() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO model_limits (llm_model_id, concurrency, updated_at) VALUES (?, ?, ?)",
+                [(model, value, now) for model, value in limits.items()],
+            )
+
+
+def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tuple[str, list[str]]:
+    clauses, params = ["stage = ?"], [stage]
+    if template_id:
+        clauses.append("template_id = ?")
+        params.append(template_id)
+    if llm_model_id:
+        clauses.append("llm_model_id = ?")
+        params.append(llm_model_id)
+    return " AND ".join(clauses), params
+
+
+async def _changes(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
+    cursor = await db.execute(sql, params)
+    return cursor.rowcount
+
+
+def row_generation(row: Any) -> Generation:
+    """The cohort ``Generation`` of a ``generations`` row (any mapping with its columns)."""
+    return Generation(
+        Stage(row["stage"]),
+        row["gen_id"],
+        row["parent_gen_id"],
+        row["combo_id"],
+        row["template_id"],
+        row["llm_model_id"],
+        row["replicate"],
+    )
+
+
+def _claim(row: aiosqlite.Row) -> Claim:
+    generation = row_generation(row)
+    return Claim(
+        generation, row["lease_token"], row["mode"], row["attempts"], row["approval_id"], bool(row["fresh"])
+    )
+
+
+def _attempt_params(c: Completion, a: AttemptRow) -> tuple[Any, ...]:
+    return (
+        c.gen_id,
+        c.llm_model_id,
+        a.attempt,
+        a.started_at,
+        a.finished_at,
+        a.outcome,
+        a.status,
+        a.message,
+        a.prompt_tokens,
+        a.completion_tokens,
+        a.total_tokens,
+        a.reasoning_tokens,
+        a.cost,
+    )
