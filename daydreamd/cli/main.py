@@ -240,7 +240,7 @@ def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, li
     """
     from daydreamd.core.build import read_and_build
     from daydreamd.core.jobs import Jobs
-    from daydreamd.core.prompts import render_to_files
+    from daydreamd.cli.dryrun import render_to_files
     from daydreamd.storage.gens import GensStore
 
     obj.data = data
