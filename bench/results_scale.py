@@ -274,8 +274,11 @@ def _peak_rss_mb() -> float:
 def measure_once(source: str, data: Path, db: Path, out: Path, scope: str) -> dict[str, Any]:
     """Read, index, build and write once in this process; timings, counts and memory."""
     t_import = time.perf_counter()
-    from daydreamd.core.results import Scores, build_tables
-    from daydreamd.storage.scores import paused_gc, read_rows_from_db, read_rows_from_files, write_tables
+    from daydreamd.core.results import build_tables
+    from daydreamd.core.scores import Scores
+    from daydreamd.storage.score_db import read_rows_from_db
+    from daydreamd.storage.score_files import read_rows_from_files
+    from daydreamd.storage.scores import paused_gc, write_tables
 
     import_s = time.perf_counter() - t_import
     cohort = None if scope == "all" else COHORT

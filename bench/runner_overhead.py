@@ -42,7 +42,7 @@ from daydreamd.core.config import Settings, load_settings
 from daydreamd.core.jobs import Job, Jobs
 from daydreamd.core.stages import Stage
 from daydreamd.daemon.runner import Runner
-from daydreamd.llm.client import OpenAiCompatibleClient
+from daydreamd.llm.openai_compat import OpenAiCompatibleClient
 from daydreamd.storage.gens import GensStore
 
 

@@ -1,60 +1,36 @@
-"""``daydreamctl``'s live verbs: status, approve, revoke, show, each one request to the socket (sync shell).
+"""``daydreamctl``'s live verbs: ``status``, ``approve``, ``revoke``, ``show`` (sync shell).
 
-These verbs only talk to the running service through :mod:`daydreamd.cli.client`; the service
-decides, the CLI sends and prints. ``daydreamd.cli.main`` adds them to its group with
-:func:`register`. Exit codes: 0 ok, 1 the service refused (the reason is printed), 3 the
-service is unreachable (the message names the socket tried).
+Each is one request to the running service's socket (``status --watch`` repeats it); the service
+decides, the CLI sends and prints. The operating verbs (``plan``, ``pause``, ``retry``...) are in
+:mod:`daydreamd.cli.ops`. ``daydreamd.cli.main`` imports this module when one of its verbs is run
+and adds them to its group with :func:`register`. Exit codes: 0 ok, 1 the service refused (the
+reason is printed), 3 the service is unreachable (the message names the socket tried).
 
-This module does not import :mod:`daydreamd.cli.main` at run time (``ctl`` imports this one), and the
-client is imported inside the verbs, so offline verbs pay nothing for it.
+The connection and its errors are :func:`daydreamd.cli.common.service`; the client and rich are
+imported inside the verbs, so loading this module stays cheap.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from daydreamd.cli.common import print_json, scope_body, service
+from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option, model_option, template_option
+from daydreamd.core.stages import State
+from daydreamd.core.status import ModelStatus, PoolStatus, ProblemStatus, ServiceStatus, StageCounts
+
 if TYPE_CHECKING:
-    from daydreamd.cli.client import ServiceClient
-    from daydreamd.cli.main import Context
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-"""The same as ``daydreamd.cli.main.CONTEXT`` (not imported: that module imports this one)."""
-STAGE_CHOICE = click.Choice(["draft", "essay", "evaluation"])
-STATE_COLUMNS = ("pending", "queued", "running", "done", "failed", "retired")
-EXIT_UNREACHABLE = 3
-
-
-class UnreachableError(click.ClickException):
-    """The service cannot be reached: printed like any CLI error, but exits 3 so scripts can tell."""
-
-    exit_code = EXIT_UNREACHABLE
+    from daydreamd.cli.common import Context
 
 
 def register(cli: click.Group) -> None:
     """Add the live verbs to ``cli`` (the ``daydreamctl`` group); calling it twice changes nothing."""
     for command in (status, approve, revoke, show):
         cli.add_command(command)
-
-
-def json_option(func: Any) -> Any:
-    """``--json``: machine-readable output."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
-
-
-def template_option(func: Any) -> Any:
-    """``--template T``: narrow to one template."""
-    return click.option("--template", "template_id", help="Only generations of this template id.")(func)
-
-
-def model_option(func: Any) -> Any:
-    """``--model M``: narrow to one model."""
-    return click.option("--model", "llm_model_id", help="Only generations on this model id.")(func)
 
 
 # -- verbs -------------------------------------------------------------------------------------
@@ -88,14 +64,14 @@ def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: boo
       daydreamctl status --watch
       daydreamctl status --json | jq .stages.essay
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         result = client.get("/v1/status")
         if as_json:
-            _print_json(result)
+            print_json(result)
             return
         use_rich = not plain if plain is not None else (watch or sys.stdout.isatty())
         if not use_rich:
-            _print_status(result)
+            _print_status(ServiceStatus.from_json(result))
             return
         from rich.console import Console
         from rich.live import Live
@@ -154,12 +130,12 @@ def approve(
       daydreamctl approve essay --template polished-essay --model gemini_25_flash --limit 10
       daydreamctl approve evaluation --json
     """
-    body = _request_body(stage, template_id, llm_model_id, limit)
+    body = scope_body(stage, template_id, llm_model_id, limit)
     body.update({k: v for k, v in (("budget_usd", budget_usd), ("plan", plan_hash)) if v is not None})
-    with _service(obj) as client:
+    with service(obj) as client:
         result = client.post("/v1/approvals", body)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     scope = _scope(stage, template_id, llm_model_id)
     budget = f", budget ${result['budget_usd']:g}" if result.get("budget_usd") else ""
@@ -185,11 +161,11 @@ def revoke(
       daydreamctl revoke essay
       daydreamctl revoke evaluation --model anthropic/claude-3.5-haiku --json
     """
-    body = _request_body(stage, template_id, llm_model_id, None)
-    with _service(obj) as client:
+    body = scope_body(stage, template_id, llm_model_id, None)
+    with service(obj) as client:
         result = client.post("/v1/revocations", body)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     scope = _scope(stage, template_id, llm_model_id)
     click.echo(f"revoked {result.get('revoked', 0):,} queued {scope}; they are pending again")
@@ -209,58 +185,15 @@ def show(obj: Context, gen_id: str, as_json: bool) -> None:
       daydreamctl show e_3f2a9c1d0b7e4a55
       daydreamctl show v_0c1d2e3f4a5b6c7d --json
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         result = client.get(f"/v1/generations/{gen_id}")
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         _print_generation(result)
 
 
-# -- talking to the service --------------------------------------------------------------------
-
-
-@contextmanager
-def _service(obj: Context) -> Iterator[ServiceClient]:
-    """A client for the configured socket; its errors become CLI errors (exit 1, or 3 if unreachable)."""
-    from daydreamd.cli.client import ServiceClient, ServiceError, ServiceUnavailable
-
-    settings = obj.settings()
-    try:
-        yield ServiceClient(settings.paths.socket, config=settings.config_path)
-    except ServiceUnavailable as exc:
-        raise UnreachableError(str(exc)) from exc
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _request_body(
-    stage: str, template_id: str | None, llm_model_id: str | None, limit: int | None
-) -> dict[str, Any]:
-    from daydreamd.core.control import ApprovalRequest
-
-    request = ApprovalRequest(
-        stage=stage, template_id=template_id, llm_model_id=llm_model_id, limit=limit, requested_by=_user()
-    )
-    return request.to_dict()
-
-
-def _user() -> str:
-    """The OS user name, recorded with approvals (the uid when the system has no name for it)."""
-    import getpass
-    import os
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return f"uid:{os.getuid()}"
-
-
 # -- text output -------------------------------------------------------------------------------
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> str:
@@ -272,61 +205,61 @@ def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> str
     return f"{stage} generation(s)" + (f" ({', '.join(narrowed)})" if narrowed else "")
 
 
-def _print_status(result: Mapping[str, Any]) -> None:
-    click.echo(f"cohort {result.get('cohort_id') or '(none yet: see the errors below)'}")
-    _print_stage_table(result.get("stages") or {})
-    if "in_flight" in result:
-        click.echo(f"in flight: {result['in_flight']}{_pool_note(result.get('pool') or {})}")
-    _print_models(result.get("models") or {})
-    errors = result.get("errors") or []
-    if errors:
-        click.echo(f"problems in data/1_raw ({len(errors)}):")
-        for error in errors:
+def _print_status(result: ServiceStatus) -> None:
+    click.echo(f"cohort {result.cohort_id or '(none yet: see the errors below)'}")
+    _print_stage_table(result.stages)
+    if result.in_flight is not None:
+        click.echo(f"in flight: {result.in_flight}{_pool_note(result.pool)}")
+    _print_models(result.models)
+    if result.errors:
+        click.echo(f"problems in data/1_raw ({len(result.errors)}):")
+        for error in result.errors:
             click.echo(f"  {_located(error)}")
 
 
-def _print_stage_table(stages: Mapping[str, Mapping[str, int]]) -> None:
-    click.echo(f"{'stage':<11}" + "".join(f"{state:>9}" for state in STATE_COLUMNS))
+def _print_stage_table(stages: Mapping[str, StageCounts]) -> None:
+    click.echo(f"{'stage':<11}" + "".join(f"{state.value:>9}" for state in State))
     for stage, counts in stages.items():
-        click.echo(f"{stage:<11}" + "".join(f"{counts.get(state, 0):>9,}" for state in STATE_COLUMNS))
+        click.echo(f"{stage:<11}" + "".join(f"{counts.count(state):>9,}" for state in State))
 
 
-def _pool_note(pool: Mapping[str, Any]) -> str:
-    notes = [f"of {pool['concurrency']}"] if "concurrency" in pool else []
-    if pool.get("paused"):
+def _pool_note(pool: PoolStatus) -> str:
+    notes = [f"of {pool.concurrency}"] if pool.concurrency is not None else []
+    if pool.paused:
         notes.append("PAUSED")
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def _print_models(models: Mapping[str, Any]) -> None:
+def _print_models(models: Mapping[str, ModelStatus]) -> None:
     if not models:
         return
     click.echo("models:")
     width = max(len(model) for model in models)
     for model, info in models.items():
-        click.echo(f"  {model:<{width}}  {_model_line(info) if isinstance(info, Mapping) else info}")
+        click.echo(f"  {model:<{width}}  {_model_line(info)}")
 
 
-def _model_line(info: Mapping[str, Any]) -> str:
+def _model_line(info: ModelStatus) -> str:
     """``in flight 2 of limit 4 (max 8), 12/60 rpm, openrouter``: the per-model limits at a glance."""
-    limit = info.get("concurrency", info.get("limit"))
-    parts = [f"in flight {info.get('in_flight', 0)}" + (f" of limit {limit:g}" if limit is not None else "")]
-    if info.get("max_concurrency") is not None:
-        parts[0] += f" (max {info['max_concurrency']:g})"
-    if info.get("requests_per_minute"):
-        parts.append(f"{info.get('requests_last_minute', 0)}/{info['requests_per_minute']:g} rpm")
-    if info.get("provider"):
-        parts.append(str(info["provider"]))
-    if info.get("paused"):
+    limit = info.concurrency
+    parts = [f"in flight {info.in_flight}" + (f" of limit {limit:g}" if limit is not None else "")]
+    if info.max_concurrency is not None:
+        parts[0] += f" (max {info.max_concurrency:g})"
+    if info.requests_per_minute:
+        parts.append(f"{info.requests_last_minute}/{info.requests_per_minute:g} rpm")
+    if info.provider:
+        parts.append(info.provider)
+    if info.paused:
         parts.append("PAUSED")
     return ", ".join(parts)
 
 
-def _located(error: Mapping[str, Any]) -> str:
+def _located(error: ProblemStatus) -> str:
     """``file:line: message`` (``file: message`` without a line), with the level when there is one."""
-    where = f"{error.get('file', '?')}:{error['line']}" if error.get("line") else str(error.get("file", "?"))
-    level = f"{error['level']}: " if error.get("level") else ""
-    return f"{where}: {level}{error.get('message', '')}"
+    file = error.file if error.file is not None else "?"
+    where = f"{file}:{error.line}" if error.line else file
+    level = f"{error.level}: " if error.level else ""
+    return f"{where}: {level}{error.message or ''}"
 
 
 def _print_generation(row: Mapping[str, Any]) -> None:

@@ -5,7 +5,8 @@ The log is ``paths.log_file`` (see :mod:`daydreamd.daemon.logconfig`), or standa
 Parsing, filtering and formatting are pure (:mod:`daydreamd.cli.logview`); this module reads files:
 the last lines from the end backwards in blocks (a large log is not read whole), and, with
 ``-f``, whatever is appended, through logrotate's rename-and-create and copytruncate alike.
-``daydreamd.cli.main`` adds the verb to its group with :func:`register`.
+The only verb here is ``logs``; ``daydreamd.cli.main`` imports this module when it is run and adds
+it to its group with :func:`register`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ from daydreamd.cli.logview import (
     parse_since,
     select_last,
 )
+from daydreamd.cli.options import CONTEXT, STAGE_CHOICE
 
 if TYPE_CHECKING:
-    from daydreamd.cli.main import Context
+    from daydreamd.cli.common import Context
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-"""The same as ``daydreamd.cli.main.CONTEXT`` (not imported: that module imports this one)."""
-STAGE_CHOICE = click.Choice(["draft", "essay", "evaluation"])
 POLL_INTERVAL = 0.2
 """Seconds between looks at the file while following."""
 BLOCK_SIZE = 1 << 16
@@ -239,8 +238,8 @@ def show_logs(
         path, handle=handle, offset=offset, poll_interval=poll_interval, should_stop=should_stop, sleep=sleep
     )
     for line in lines:
-        if (entry := selector.feed(line)) is not None:
-            emit(entry)
+        if (followed := selector.feed(line)) is not None:
+            emit(followed)
 
 
 def _show_stream(

@@ -1,40 +1,79 @@
-"""``daydreamctl``: the command line for daydreamd.
+"""``daydreamctl``: the command line for daydreamd; the group, and the offline verbs that build.
 
-Offline verbs (``validate``, ``cohort``) call the pure core directly and need no service.
+This module holds the ``daydreamctl`` group and the offline verbs ``validate``, ``cohort``,
+``parse`` and ``render``, which call the pure core directly and need no service. The other verbs
+live in their own modules, which :class:`VerbGroup` imports only when one of their verbs is run
+(or listed, for ``--help``), see :data:`LAZY_VERBS`:
+
+* :mod:`daydreamd.cli.live`: ``status``, ``approve``, ``revoke``, ``show`` (the service's socket);
+* :mod:`daydreamd.cli.ops`: ``plan``, ``pause``, ``resume``, ``retry``, ``limits``, ``watch``;
+* :mod:`daydreamd.cli.logs`: ``logs`` (reads the service's log file);
+* :mod:`daydreamd.cli.results`: ``results``, ``report`` (offline, over the scores).
+
+What they share is in :mod:`daydreamd.cli.options` (``CONTEXT``, ``--json``...) and
+:mod:`daydreamd.cli.common` (:class:`Context`, the service connection, JSON output).
+
 Each verb's docstring is its ``--help``. Exit codes: 0 ok, 1 the operation failed (e.g. the
-experiment has errors), 2 usage error.
+experiment has errors), 2 usage error, 3 the service is unreachable (live and operating verbs).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from daydreamd.core.config import Settings, load_settings
+from daydreamd.cli.common import Context, print_json
+from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option
 from daydreamd.core.errors import DaydreamError
 from daydreamd.core.problems import Level, Problem
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+if TYPE_CHECKING:
+    from daydreamd.core.build import Build
+    from daydreamd.core.experiment import Template
+    from daydreamd.core.verdicts import VerdictSpec
+
+LAZY_VERBS: dict[str, str] = {
+    **dict.fromkeys(("status", "approve", "revoke", "show"), "daydreamd.cli.live"),
+    **dict.fromkeys(("plan", "pause", "resume", "retry", "limits", "watch"), "daydreamd.cli.ops"),
+    "logs": "daydreamd.cli.logs",
+    **dict.fromkeys(("results", "report"), "daydreamd.cli.results"),
+}
+"""Each verb not defined here, and the module whose ``register(group)`` adds it."""
 
 
-class Context:
-    """What every verb gets: the config path and the data dir override, resolved lazily."""
+class VerbGroup(click.Group):
+    """The ``daydreamctl`` group: it imports a verb's module (:data:`LAZY_VERBS`) on first use.
 
-    def __init__(self, config: Path | None, data: Path | None) -> None:
-        self.config = config
-        self.data = data
+    ``daydreamctl`` starts once per command, so its import time is the user's wait. This lazy
+    import is what keeps ``daydreamctl status`` fast: it loads :mod:`daydreamd.cli.live` only, not
+    the log reader, the operating verbs and the results, which together take several times as long
+    to import (about a third of the CLI's import time when measured). ``--help`` lists every verb
+    and an unknown verb is compared with every verb ("Did you mean"), so those import them all;
+    the output is the same as with every verb registered up front.
+    """
 
-    def settings(self) -> Settings:
-        """Load the settings, turning config errors into a clean CLI error."""
-        try:
-            return load_settings(self.config, os.environ, data_dir=self.data)
-        except DaydreamError as exc:
-            raise click.ClickException(str(exc)) from exc
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every verb, loaded or not, in name order (as click lists them)."""
+        return sorted({*self.commands, *LAZY_VERBS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The verb ``cmd_name``, importing and registering its module the first time."""
+        if cmd_name not in self.commands and cmd_name in LAZY_VERBS:
+            importlib.import_module(LAZY_VERBS[cmd_name]).register(self)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click does, after loading every verb if ``args[0]`` is none, so the error suggests any."""
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in LAZY_VERBS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
 
 
 def _default_config() -> Path | None:
@@ -42,7 +81,7 @@ def _default_config() -> Path | None:
     return path if path.is_file() else None
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=VerbGroup, context_settings=CONTEXT)
 @click.option(
     "--config",
     "-c",
@@ -74,15 +113,6 @@ def data_option(func: Any) -> Any:
     )(func)
 
 
-def json_option(func: Any) -> Any:
-    """``--json``: machine-readable output."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
 def _summary(problems: tuple[Problem, ...]) -> tuple[int, int]:
     errors = sum(1 for p in problems if p.level is Level.ERROR)
     return errors, len(problems) - errors
@@ -110,7 +140,7 @@ def validate(obj: Context, data: Path | None, as_json: bool) -> None:
     build = read_and_build(settings)
     errors, warnings = _summary(build.problems)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "ok": errors == 0,
                 "errors": errors,
@@ -118,14 +148,61 @@ def validate(obj: Context, data: Path | None, as_json: bool) -> None:
                 "raw_dir": str(settings.raw_dir),
                 "fingerprint": build.raw.fingerprint,
                 "problems": [p.to_dict() for p in build.problems],
+                "scales": [_scale_json(t) for t in _evaluation_templates(build)],
             }
         )
     else:
         for problem in build.problems:
             click.echo(str(problem))
+        for template in _evaluation_templates(build):
+            click.echo(_scale_line(template))
         verdict = "ok" if errors == 0 else "FAILED"
         click.echo(f"{verdict}: {errors} error(s), {warnings} warning(s) in {settings.raw_dir}", err=True)
     sys.exit(0 if errors == 0 else 1)
+
+
+def _evaluation_templates(build: Build) -> list[Template]:
+    from daydreamd.core.stages import Stage
+
+    return [t for t in build.experiment.templates if t.stage is Stage.EVALUATION and t.verdict is not None]
+
+
+def _scale_line(template: Template) -> str:
+    """``validate``'s line for one evaluation template: its scale and where that came from."""
+    from daydreamd.core.scales import ScaleSource
+
+    assert template.verdict is not None
+    scale = template.verdict.scale
+    where = (
+        "evaluation_templates.csv"
+        if scale.source is ScaleSource.CSV
+        else f"templates/evaluation/{template.template_id}.txt"
+    )
+    line = f" line {scale.line}" if scale.line is not None else ""
+    source = (
+        f"{scale.source} ({where}{line})"
+        if scale.source is not ScaleSource.DEFAULT
+        else "default (the template states none)"
+    )
+    state = "active" if template.active else "inactive"
+    return (
+        f"scale: evaluation template {template.template_id} ({state}): {scale.label} from {source}, "
+        f"verdict label {template.verdict.label!r}"
+    )
+
+
+def _scale_json(template: Template) -> dict[str, object]:
+    assert template.verdict is not None
+    scale = template.verdict.scale
+    return {
+        "template_id": template.template_id,
+        "active": template.active,
+        "label": template.verdict.label,
+        "score_min": scale.minimum,
+        "score_max": scale.maximum,
+        "source": str(scale.source),
+        "line": scale.line,
+    }
 
 
 @cli.command(context_settings=CONTEXT)
@@ -174,7 +251,7 @@ def cohort(obj: Context, data: Path | None, as_json: bool, write: bool) -> None:
         result |= {"manifest": str(written.manifest), "membership": str(written.membership)}
         result["new_combos"] = written.new_combos
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         _print_cohort(result)
 
@@ -183,38 +260,79 @@ def cohort(obj: Context, data: Path | None, as_json: bool, write: bool) -> None:
 @click.option(
     "--stage",
     required=True,
-    type=click.Choice(["draft", "essay", "evaluation"]),
+    type=STAGE_CHOICE,
     help="The stage whose parser to use.",
 )
 @click.option("--parser", "parser_name", required=True, help="A parser registered for that stage.")
+@click.option(
+    "--scale",
+    default="0-10",
+    show_default=True,
+    help="Evaluation only: the template's score scale, MIN-MAX (validate prints each template's).",
+)
+@click.option("--label", default="SCORE", show_default=True, help="Evaluation only: the verdict's label.")
+@click.option(
+    "--explain", is_flag=True, help="Evaluation only: print the decision step by step and the score's line."
+)
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @json_option
-def parse(stage: str, parser_name: str, file: Any, as_json: bool) -> None:
+def parse(
+    stage: str, parser_name: str, scale: str, label: str, explain: bool, file: Any, as_json: bool
+) -> None:
     """Run a parser on a saved reply and print what it extracts.
 
-    For an evaluation parser this prints just the score. Exits 0 on success, 1 with the
-    parser's error otherwise. Use it to check a new judge template's replies. FILE may be `-`.
+    For an evaluation parser this prints just the score (with --explain, how it was found).
+    Exits 0 on success, 1 with the parser's error otherwise. Use it to check a new judge
+    template's replies. FILE may be `-`.
 
     \b
     Examples:
       daydreamctl parse --stage evaluation --parser in_last_line data/gens/evaluation/v_.../raw.txt
+      daydreamctl parse --stage evaluation --parser complex --scale 0-9 --explain reply.txt
       daydreamctl parse --stage draft --parser essay_idea_last reply.txt
     """
     from daydreamd.core.errors import ParseError
-    from daydreamd.core.parsers import parse_reply
+    from daydreamd.core.parsers import format_score, parse_reply, read_verdict
     from daydreamd.core.prompts import normalize_newlines
 
+    raw = normalize_newlines(file.read())
     try:
-        result = parse_reply(stage, parser_name, normalize_newlines(file.read()))
+        if stage != "evaluation":
+            result = parse_reply(stage, parser_name, raw)
+            verdict = None
+        else:
+            verdict = read_verdict(parser_name, raw, _verdict_spec(scale, label))
+            result = format_score(verdict.score)
     except ParseError as exc:
         if as_json:
-            _print_json({"ok": False, "error": str(exc)})
+            print_json({"ok": False, "error": str(exc), "kind": exc.kind, "candidates": list(exc.candidates)})
             sys.exit(1)
         raise click.ClickException(f"{file.name}: {exc}") from exc
     if as_json:
-        _print_json({"ok": True, "parsed": result})
+        print_json({"ok": True, "parsed": result} | ({"verdict": verdict.provenance()} if verdict else {}))
+    elif explain and verdict is not None:
+        for number, step in enumerate(verdict.steps, start=1):
+            click.echo(f"{number}. {step}")
+        for candidate in verdict.set_aside:
+            click.echo(f"   set aside {candidate.describe()}")
+        click.echo(f"score {result} from line {verdict.line}: {verdict.text}")
     else:
         click.echo(result, nl=not result.endswith("\n"))
+
+
+def _verdict_spec(scale: str, label: str) -> VerdictSpec:
+    """``--scale 0-9 --label SCORE`` as a spec, or a usage error naming the option."""
+    from daydreamd.core.scales import Scale, ScaleSource
+    from daydreamd.core.verdicts import VerdictSpec
+
+    low, sep, high = scale.partition("-")
+    try:
+        minimum, maximum = float(low), float(high)
+    except ValueError:
+        raise click.BadParameter(f"{scale!r} is not MIN-MAX, e.g. 0-9", param_hint="--scale") from None
+    if not sep or minimum >= maximum:
+        raise click.BadParameter(f"{scale!r} is not MIN-MAX with MIN < MAX", param_hint="--scale")
+    return VerdictSpec(label=label, scale=Scale(minimum, maximum, ScaleSource.CSV))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -222,7 +340,7 @@ def parse(stage: str, parser_name: str, file: Any, as_json: bool) -> None:
 @json_option
 @click.option(
     "--stage",
-    type=click.Choice(["draft", "essay", "evaluation"]),
+    type=STAGE_CHOICE,
     help="Only this stage (default: all stages, in order).",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Render at most N prompts.")
@@ -238,9 +356,9 @@ def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, li
       daydreamctl render --stage draft --limit 5
       daydreamctl render --json
     """
+    from daydreamd.cli.dryrun import render_to_files
     from daydreamd.core.build import read_and_build
     from daydreamd.core.jobs import Jobs
-    from daydreamd.cli.dryrun import render_to_files
     from daydreamd.storage.gens import GensStore
 
     obj.data = data
@@ -256,7 +374,7 @@ def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, li
     store = GensStore(settings.paths.data_dir)
     report = render_to_files(store, jobs, limit=limit)
     if as_json:
-        _print_json({"cohort_id": build.cohort.cohort_id, **report.to_dict()})
+        print_json({"cohort_id": build.cohort.cohort_id, **report.to_dict()})
     else:
         for gen_id, message in report.failures.items():
             click.echo(f"{gen_id}: {message}")
@@ -286,21 +404,6 @@ def _print_cohort(result: dict[str, Any]) -> None:
     if "manifest" in result:
         click.echo(f"wrote {result['manifest']}")
         click.echo(f"wrote {result['membership']} ({result['new_combos']} new combos recorded)")
-
-
-def _register_live_verbs() -> None:
-    from daydreamd.cli import live as ctl_live
-    from daydreamd.cli import logs as ctl_logs
-    from daydreamd.cli import ops as ctl_ops
-    from daydreamd.cli import results as ctl_results
-
-    ctl_live.register(cli)
-    ctl_ops.register(cli)
-    ctl_logs.register(cli)
-    ctl_results.register(cli)
-
-
-_register_live_verbs()
 
 
 def main() -> None:

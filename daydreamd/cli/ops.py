@@ -1,7 +1,10 @@
-"""``daydreamctl``'s operating verbs: plan, pause, resume, retry, limits, watch (sync shell).
+"""``daydreamctl``'s operating verbs: ``plan``, ``pause``, ``resume``, ``retry``, ``limits``, ``watch``.
 
 Each is one request to the service's socket (``watch`` follows the event stream); the service
-decides, these send and print. Exit codes as for the other live verbs: 0, 1, 3 (unreachable).
+decides, these send and print. The live verbs (``status``, ``approve``, ``revoke``, ``show``) are in
+:mod:`daydreamd.cli.live`; both use :mod:`daydreamd.cli.common` to talk to the service.
+``daydreamd.cli.main`` imports this module when one of its verbs is run and adds them to its
+group with :func:`register`. Exit codes as for the live verbs: 0, 1, 3 (unreachable). Sync shell.
 """
 
 from __future__ import annotations
@@ -12,21 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from daydreamd.cli.live import (
-    CONTEXT,
-    STAGE_CHOICE,
-    _print_json,
-    _request_body,
-    _service,
-    _user,
-    json_option,
-    model_option,
-    template_option,
-)
+from daydreamd.cli.common import current_user, print_json, scope_body, service
+from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option, model_option, template_option
 from daydreamd.core.control import FAILURE_KINDS
 
 if TYPE_CHECKING:
-    from daydreamd.cli.main import Context
+    from daydreamd.cli.common import Context
 
 KIND_CHOICE = click.Choice(FAILURE_KINDS)
 
@@ -63,11 +57,11 @@ def plan(
       daydreamctl plan draft
       daydreamctl plan evaluation --model sonnet_4 --json
     """
-    body = _request_body(stage, template_id, llm_model_id, limit)
-    with _service(obj) as client:
+    body = scope_body(stage, template_id, llm_model_id, limit)
+    with service(obj) as client:
         result = client.post("/v1/plans", body)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     _print_plan(result)
 
@@ -117,7 +111,7 @@ def _scope_args(scope: Mapping[str, Any]) -> str:
 
 
 def _pause_body(llm_model_id: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"requested_by": _user()}
+    body: dict[str, Any] = {"requested_by": current_user()}
     if llm_model_id:
         body["llm_model_id"] = llm_model_id
     return body
@@ -135,7 +129,7 @@ def pause(obj: Context, llm_model_id: str | None, as_json: bool) -> None:
       daydreamctl pause
       daydreamctl pause --model deepseek_r1
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         result = client.post("/v1/pause", _pause_body(llm_model_id))
     _print_pause(result, as_json)
 
@@ -152,14 +146,14 @@ def resume(obj: Context, llm_model_id: str | None, as_json: bool) -> None:
       daydreamctl resume
       daydreamctl resume --model deepseek_r1
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         result = client.post("/v1/resume", _pause_body(llm_model_id))
     _print_pause(result, as_json)
 
 
 def _print_pause(result: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     models = result.get("paused_models") or []
     state = "all work paused" if result.get("paused") else "claiming"
@@ -195,7 +189,7 @@ def retry(
       daydreamctl retry --stage evaluation --kind parse_error
       daydreamctl retry --kind truncated --fresh
     """
-    body = {
+    body: dict[str, Any] = {
         k: v
         for k, v in (
             ("stage", stage),
@@ -205,11 +199,11 @@ def retry(
         )
         if v
     }
-    body |= {"fresh": fresh, "requested_by": _user()}
-    with _service(obj) as client:
+    body |= {"fresh": fresh, "requested_by": current_user()}
+    with service(obj) as client:
         result = client.post("/v1/retries", body)
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         click.echo(f"retrying {result.get('retried', 0):,} failed generation(s)")
 
@@ -231,7 +225,7 @@ def limits(
       daydreamctl limits --concurrency 32
       daydreamctl limits --model sonnet_4 --concurrency 4 --rpm 50
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         if concurrency is None and rpm is None:
             result = client.get("/v1/limits")
         else:
@@ -246,7 +240,7 @@ def limits(
             }
             result = client.post("/v1/limits", body)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     click.echo(f"pool concurrency {result.get('concurrency')}")
     for model, info in (result.get("models") or {}).items():
@@ -269,7 +263,7 @@ def watch(obj: Context, as_json: bool) -> None:
       daydreamctl watch
       daydreamctl watch --json | jq -c 'select(.event == "generation_failed")'
     """
-    with _service(obj) as client:
+    with service(obj) as client:
         try:
             for event in client.stream("/v1/events"):
                 if as_json:

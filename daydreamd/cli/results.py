@@ -1,9 +1,9 @@
 """``daydreamctl results`` and ``daydreamctl report``: offline verbs over the run state or the gens store.
 
 Both read the scores (from SQLite by default, from ``data/gens/**`` with ``--from-files``),
-need no running service, and write their output atomically. ``daydreamd.cli.main`` adds them to
-its group with :func:`register`. This module does not import :mod:`daydreamd.cli.main` at run time
-(``ctl`` imports this one); the heavy imports (matplotlib) happen inside the verbs.
+need no running service, and write their output atomically. ``daydreamd.cli.main`` imports this
+module when one of its verbs is run and adds them to its group with :func:`register`; the heavy
+imports (matplotlib) happen inside the verbs.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:
-    from daydreamd.cli.main import Context
-    from daydreamd.core.config import Settings
-    from daydreamd.core.results import Scores, Table
+from daydreamd.cli.options import CONTEXT, json_option
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-"""The same as ``daydreamd.cli.main.CONTEXT`` (not imported: that module imports this one)."""
+if TYPE_CHECKING:
+    from daydreamd.cli.common import Context
+    from daydreamd.core.config import Settings
+    from daydreamd.core.scores import Scores
+    from daydreamd.core.table import Table
+
 ESSAY_TEXT_LIMIT = 20_000
 """Characters of each top essay's text folded into the report."""
 
@@ -51,10 +52,6 @@ def _from_files_option(func: Any) -> Any:
     )(func)
 
 
-def _json_option(func: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
-
-
 # -- results -----------------------------------------------------------------------------------
 
 
@@ -76,7 +73,7 @@ def _json_option(func: Any) -> Any:
     default=None,
     help="Print the top essays and the means as tables (default: only on a terminal).",
 )
-@_json_option
+@json_option
 @click.pass_obj
 def results(
     obj: Context,
@@ -114,7 +111,9 @@ def results(
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
     """
     from daydreamd.core.results import build_tables, top_essays
-    from daydreamd.storage.scores import ResultsError, load_scores, paused_gc, reports_dir, write_tables
+    from daydreamd.storage.layout import DataLayout
+    from daydreamd.storage.score_inputs import ResultsError
+    from daydreamd.storage.scores import load_scores, paused_gc, write_tables
 
     if cohort_id and all_cohorts:
         raise click.UsageError("give either --cohort ID or --all, not both")
@@ -129,7 +128,7 @@ def results(
         )
         with paused_gc():
             tables = build_tables(scores, cross_experiment=scope is None)
-            directory = out or reports_dir(data_dir, scope)
+            directory = out or DataLayout(data_dir).reports_dir(scope)
             paths = write_tables(directory, tables)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -168,7 +167,8 @@ def results(
 def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool = True) -> str:
     """The cohort to report on: the one named, the configured override, the one the service applied
     last (from the run state; skipped when ``use_state`` is false) or the one ``1_raw`` builds now."""
-    from daydreamd.storage.scores import ResultsError, latest_applied_cohort
+    from daydreamd.storage.readers import latest_applied_cohort
+    from daydreamd.storage.score_inputs import ResultsError
 
     if explicit:
         return explicit
@@ -190,9 +190,11 @@ def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool 
 
 
 def _data_without_files(settings: Settings) -> str:
+    from daydreamd.storage.layout import DataLayout
+
     return (
         f"--data without --from-files: the scores come from the run state {settings.paths.state_db} "
-        f"(paths.state_db); add --from-files to read {settings.paths.data_dir / 'gens'} instead"
+        f"(paths.state_db); add --from-files to read {DataLayout(settings.paths.data_dir).gens} instead"
     )
 
 
@@ -317,7 +319,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 )
 @_from_files_option
 @_data_option
-@_json_option
+@json_option
 @click.pass_obj
 def report(
     obj: Context, cohort_id: str | None, out: Path | None, from_files: bool, data: Path | None, as_json: bool
@@ -334,18 +336,16 @@ def report(
       daydreamctl report --cohort cohort_3f2a9c1d0b7e --out /tmp/report.html
       daydreamctl report --from-files --json
     """
-    from daydreamd.core.metadata import utc_now
     from daydreamd.core.results import top_essays
+    from daydreamd.core.timestamps import utc_now
     from daydreamd.report.html import TOP_N, ReportData, render_report
     from daydreamd.storage.atomic import write_atomic
-    from daydreamd.storage.scores import (
-        ResultsError,
-        load_scores,
-        paused_gc,
-        progress_from_db,
-        progress_from_files,
-        reports_dir,
-    )
+    from daydreamd.storage.cohort_files import read_manifest
+    from daydreamd.storage.layout import DataLayout
+    from daydreamd.storage.score_db import progress_from_db
+    from daydreamd.storage.score_files import progress_from_files
+    from daydreamd.storage.score_inputs import ResultsError
+    from daydreamd.storage.scores import load_scores, paused_gc
 
     obj.data = data
     settings = obj.settings()
@@ -362,7 +362,7 @@ def report(
             progress = progress_from_db(settings.paths.state_db, data_dir, scope)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
-    path = out or reports_dir(data_dir, scope) / "report.html"
+    path = out or DataLayout(data_dir).report_html(scope)
     texts = _essay_texts(data_dir, scores, TOP_N)
     prefix = Path(os.path.relpath(data_dir.resolve(), path.parent.resolve())).as_posix()
     data_for_report = ReportData(
@@ -370,7 +370,7 @@ def report(
         scores=scores,
         source=loaded.source,
         generated_at=utc_now(),
-        manifest=_manifest(data_dir, scope),
+        manifest=read_manifest(data_dir, scope),
         progress=progress,
         essay_texts=texts,
         link_prefix=prefix,
@@ -387,11 +387,12 @@ def report(
         loaded.warnings.append(_data_without_files(settings))
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
+    size = len(document.encode("utf-8"))
     result = {
         "cohort_id": scope,
         "source": loaded.source,
         "report": str(path),
-        "bytes": len(document.encode("utf-8")),
+        "bytes": size,
         "evaluations": len(scores),
         "scored": scores.scored,
         "failed": scores.failed,
@@ -402,29 +403,25 @@ def report(
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(
-            f"wrote {path} ({result['bytes'] / 1024:,.0f} KiB; cohort {scope}, {len(scores):,} finished "
+            f"wrote {path} ({size / 1024:,.0f} KiB; cohort {scope}, {len(scores):,} finished "
             f"evaluations) in {elapsed:.1f} s"
         )
 
 
 def _essay_texts(data_dir: Path, scores: Scores, n: int) -> dict[str, str]:
     from daydreamd.core.results import top_essays
+    from daydreamd.core.stages import Stage
+    from daydreamd.storage.gens import PARSED, GensStore
 
+    gens = GensStore(data_dir)
     texts = {}
     for essay in top_essays(scores, n):
-        try:
-            text = (data_dir / essay.essay_path).read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        if not essay.essay_gen_id:
+            continue
+        text = gens.try_read_text(Stage.ESSAY, essay.essay_gen_id, PARSED, errors="replace")
+        if text is None:
             continue
         if len(text) > ESSAY_TEXT_LIMIT:
             text = text[:ESSAY_TEXT_LIMIT] + "\n[... cut: open the file for the rest]"
         texts[essay.essay_gen_id] = text
     return texts
-
-
-def _manifest(data_dir: Path, cohort_id: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads((data_dir / "cohorts" / cohort_id / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

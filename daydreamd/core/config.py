@@ -20,7 +20,6 @@ from daydreamd.core.retry import RetryPolicy
 from daydreamd.core.stages import STAGES, Stage
 
 UNSET_WORDS = frozenset({"", "0", "false", "none", "null"})
-PROVIDERS = ("openrouter", "openai", "mock", "echo")
 TRUNCATION_POLICIES = ("fail", "accept")
 
 
@@ -98,13 +97,23 @@ class WatchSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """Concurrency and requests per minute for one model or provider (``[pool.models.<id>]``)."""
+class LimitOverrides:
+    """What ``[pool.models.<id>]`` or ``[pool.providers.<id>]`` sets; None falls back to the pool default."""
 
     concurrency: int | None = None
     """Calls in flight at once (unset: the pool default)."""
     requests_per_minute: int | None = None
     """Requests in any sliding 60 s window (unset: the pool default; 0: unlimited)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The limits that apply to one model: its overrides with the pool defaults filled in."""
+
+    concurrency: int
+    """Calls in flight at once (the ceiling of its adaptive limit)."""
+    requests_per_minute: int
+    """Requests in any sliding 60 s window (0: unlimited)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,14 +134,14 @@ class PoolSettings:
     """On SIGTERM, how long in-flight calls may finish before they are released."""
     quota_park_s: float = 900.0
     """After a quota failure (402), how long that provider's work waits before it is tried again."""
-    models: tuple[tuple[str, Limits], ...] = ()
+    models: tuple[tuple[str, LimitOverrides], ...] = ()
     """Per-model overrides, ``[pool.models.<llm_model_id>]``."""
-    providers: tuple[tuple[str, Limits], ...] = ()
+    providers: tuple[tuple[str, LimitOverrides], ...] = ()
     """Per-provider overrides, ``[pool.providers.<provider>]``."""
 
     def model_limits(self, model_id: str) -> Limits:
         """The model's limits with the pool defaults filled in."""
-        own = dict(self.models).get(model_id, Limits())
+        own = dict(self.models).get(model_id, LimitOverrides())
         return Limits(
             concurrency=own.concurrency if own.concurrency is not None else self.model_concurrency,
             requests_per_minute=(
@@ -142,8 +151,23 @@ class PoolSettings:
 
     def provider_rpm(self, provider: str) -> int:
         """Requests per minute for a provider (0: unlimited)."""
-        own = dict(self.providers).get(provider, Limits()).requests_per_minute
+        own = dict(self.providers).get(provider, LimitOverrides()).requests_per_minute
         return own if own is not None else self.provider_requests_per_minute
+
+    def with_limits(self, model_id: str | None, concurrency: int | None, rpm: int | None) -> PoolSettings:
+        """These settings with a changed limit: the pool's concurrency (``model_id`` None) or a model's.
+
+        None leaves a value as it is; ``rpm`` applies to a model only.
+        """
+        if model_id is None:
+            return self if concurrency is None else replace(self, concurrency=concurrency)
+        own = dict(self.models).get(model_id, LimitOverrides())
+        own = replace(
+            own,
+            concurrency=concurrency if concurrency is not None else own.concurrency,
+            requests_per_minute=rpm if rpm is not None else own.requests_per_minute,
+        )
+        return replace(self, models=tuple(sorted({**dict(self.models), model_id: own}.items())))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,9 +316,11 @@ def _pool(table: Any, source: str) -> PoolSettings:
     flat = {k: v for k, v in table.items() if k not in ("models", "providers")}
     pool = _build(PoolSettings, flat, source, "pool.")
     overrides = {
-        name: _per_id(table.get(name, {}), Limits, source, f"pool.{name}") for name in ("models", "providers")
+        name: _per_id(table.get(name, {}), LimitOverrides, source, f"pool.{name}")
+        for name in ("models", "providers")
     }
-    return replace(pool, **overrides)
+    with_overrides: PoolSettings = replace(pool, **overrides)  # _build returns Any
+    return with_overrides
 
 
 def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[str, Any], ...]:
@@ -319,8 +345,6 @@ def _check_values(settings: Settings, source: str) -> None:
     ):
         if value < 1:
             raise ConfigError("must be at least 1", path=source, key=key)
-    if settings.llm.provider not in PROVIDERS:
-        raise ConfigError(f"must be one of {', '.join(PROVIDERS)}", path=source, key="llm.provider")
     for stage, stage_settings in settings.stages:
         if stage_settings.max_tokens < 1:
             raise ConfigError("must be at least 1", path=source, key=f"stages.{stage}.max_tokens")

@@ -5,18 +5,9 @@ here: the server parses requests into these values and calls a :class:`Control`;
 implements it. Either side can then be built and tested without the other (the server's tests
 use a fake ``Control``).
 
-Shapes the server passes through unchanged (the service fills them in):
-
-``status()`` (the keys the CLI shows; the service may add more)::
-
-    {"cohort_id": "c_...",                                  # None while data/1_raw has errors
-     "stages": {"draft": {"pending": 0, "queued": 0, "running": 0, "done": 0, "failed": 0,
-                          "retired": 0}, "essay": {...}, "evaluation": {...}},
-     "in_flight": 3,                                        # LLM calls under way
-     "pool": {"concurrency": 8, "paused": False},
-     "models": {"<llm_model_id>": {"in_flight": 2, "concurrency": 4.0, "max_concurrency": 8,
-                                   "requests_per_minute": 60, "requests_last_minute": 12}},
-     "errors": [{"level": "error", "file": "1_raw/x.csv", "line": 3, "message": "..."}]}
+``status()`` answers a :class:`~daydreamd.core.status.ServiceStatus`, which the server sends as
+its ``to_json()`` (the document is described there). Shapes the server passes through unchanged
+(the service fills them in):
 
 ``generations()`` returns store rows (``gen_id, stage, state, template_id, llm_model_id, ...``);
 ``generation()`` one row plus its ``attempt_log``; ``approve()`` at least ``approval_id`` and
@@ -32,10 +23,12 @@ from typing import Any, Protocol
 
 from daydreamd.core.errors import DaydreamError
 from daydreamd.core.retry import FailureKind
+from daydreamd.core.stages import Stage, State
+from daydreamd.core.status import ServiceStatus
 
-STAGE_NAMES: tuple[str, ...] = ("draft", "essay", "evaluation")
+STAGE_NAMES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 """The stages a request may name (the values of :class:`daydreamd.core.stages.Stage`)."""
-STATE_NAMES: tuple[str, ...] = ("pending", "queued", "running", "done", "failed", "retired")
+STATE_NAMES: tuple[str, ...] = tuple(state.value for state in State)
 """The states a generation listing may filter on; ``retired`` selects rows no longer in the cohort."""
 
 
@@ -61,8 +54,8 @@ def bad_request(message: str) -> ControlError:
 
 
 _REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
-FAILURE_KINDS: tuple[str, ...] = (*(kind.value for kind in FailureKind), "internal")
-"""Failure kinds a retry may select (``daydreamd.core.retry.FailureKind`` plus ``internal``)."""
+FAILURE_KINDS: tuple[str, ...] = tuple(kind.value for kind in FailureKind)
+"""Failure kinds a retry may select (the values of ``daydreamd.core.retry.FailureKind``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,7 +249,7 @@ def _requested_by(value: object) -> str:
 class Control(Protocol):
     """What the control server needs from the service. Every method may raise :class:`ControlError`."""
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> ServiceStatus:
         """The service's state: cohort, counts per stage and state, pool, raw-input errors."""
         ...
 

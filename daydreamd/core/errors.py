@@ -29,17 +29,6 @@ class ConfigError(DaydreamError):
         self.key = key
 
 
-class ExperimentError(DaydreamError):
-    """The experiment in ``data/1_raw`` cannot be turned into a cohort (it has errors).
-
-    ``problems`` holds every problem found, so the caller can show them all.
-    """
-
-    def __init__(self, message: str, *, problems: tuple[object, ...] = ()) -> None:
-        super().__init__(message)
-        self.problems = problems
-
-
 class CohortError(DaydreamError):
     """Writing or recording a cohort failed in a way the user must resolve (e.g. an id collision)."""
 
@@ -60,9 +49,21 @@ class ParseError(DaydreamError):
         message: what was expected and not found.
         parser: the parser's registered name.
         stage: the stage the parser belongs to.
+        kind: why, in one word: ``no_verdict``, ``conflict``, ``out_of_range`` or ``unparseable``.
+        candidates: for a judge's reply, the lines that offered a score, described.
     """
 
-    def __init__(self, message: str, *, parser: str | None = None, stage: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        parser: str | None = None,
+        stage: str | None = None,
+        kind: str = "unparseable",
+        candidates: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.parser = parser
         self.stage = stage
+        self.kind = kind
+        self.candidates = candidates

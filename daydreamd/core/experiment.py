@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from daydreamd.core.stages import Stage
+from daydreamd.core.verdicts import VerdictSpec
 
 DESCRIPTION_LEVELS: tuple[str, ...] = ("sentence", "paragraph", "article")
 
@@ -64,6 +65,8 @@ class Template:
     line: int = 0
     extra: tuple[tuple[str, str], ...] = ()
     """Columns beyond the standard ones (e.g. ``score_max``), as (column, value)."""
+    verdict: VerdictSpec | None = None
+    """For evaluation templates: the verdict label and score scale the judge is asked for."""
 
     def extra_value(self, column: str, default: str = "") -> str:
         """The value of an extra CSV column, or ``default``."""

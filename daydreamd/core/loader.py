@@ -8,6 +8,8 @@ those must not block today's cohort.
 
 from __future__ import annotations
 
+import math
+import re
 import unicodedata
 from collections.abc import Callable
 
@@ -16,15 +18,18 @@ from daydreamd.core.csvtable import Row, Table, decode_text, parse_bool, read_ta
 from daydreamd.core.experiment import DESCRIPTION_LEVELS, Concept, Experiment, Generator, LlmModel, Template
 from daydreamd.core.parsers import is_registered, parser_names, resolve_parser_name
 from daydreamd.core.problems import Level, Problem, error, warning
+from daydreamd.core.scales import Scale, ScaleSource, infer_scale
 from daydreamd.core.snapshot import RawFiles
 from daydreamd.core.stages import STAGES, Stage, parse_stage
 from daydreamd.core.templates import check_template
+from daydreamd.core.verdicts import DEFAULT_LABEL, VerdictSpec
 
 CONCEPTS_CSV = "concepts_metadata.csv"
 MODELS_CSV = "llm_models.csv"
 REPLICATION_CSV = "replication_config.csv"
 TEMPLATE_COLUMNS = ("template_id", "template_name", "description", "parser", "generator", "active")
 REQUIRED_TEMPLATE_COLUMNS = ("template_id", "template_name", "parser", "generator", "active")
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,39}")
 MODEL_COLUMNS = ("id", "model", "provider", "display_name", "for_generation", "for_evaluation")
 REQUIRED_MODEL_COLUMNS = ("id", "model", "provider", "for_generation", "for_evaluation")
 
@@ -253,6 +258,11 @@ def _load_template(
             )
         elif text is not None:
             out.extend(check_template(stage, out.raw.display(file), text), active=active)
+    verdict = (
+        _load_verdict(out, row, template_file(stage, template_id), text, active)
+        if stage is Stage.EVALUATION
+        else None
+    )
     return Template(
         stage=stage,
         template_id=template_id,
@@ -265,7 +275,90 @@ def _load_template(
         text_sha256=sha256_hex(text) if text is not None else "",
         line=row.line,
         extra=tuple((c, row.get(c)) for c in extra_columns),
+        verdict=verdict,
     )
+
+
+def _load_verdict(out: _Collector, row: Row, file: str, text: str | None, active: bool) -> VerdictSpec:
+    """The verdict label and scale of an evaluation template: its row's columns, else its text.
+
+    ``score_min``/``score_max``/``verdict_label`` are optional columns; a scale the text states
+    differently from the row is worth a warning, and so is one the text leaves unclear.
+    """
+    relpath = templates_csv(Stage.EVALUATION)
+    label = row.get("verdict_label").strip()
+    if label and not _LABEL_RE.fullmatch(label):
+        out.add(
+            relpath,
+            f"verdict_label {label!r} must be letters, digits, spaces, '_' or '-' (e.g. SCORE)",
+            line=row.line,
+            column="verdict_label",
+            active=active,
+        )
+        label = ""
+    label = label or DEFAULT_LABEL
+    inferred = infer_scale(text or "", label)
+    declared = _declared_scale(out, row, active)
+    display = out.raw.display(file)
+    if declared is not None:
+        said = inferred.scale
+        if said.source is not ScaleSource.DEFAULT and (said.minimum, said.maximum) != (
+            declared.minimum,
+            declared.maximum,
+        ):
+            out.add(
+                relpath,
+                f"score scale {declared.label} disagrees with the template text, which says {said.label} "
+                f"({display} line {said.line}); the row's columns win",
+                line=row.line,
+                column="score_max",
+                active=False,
+            )
+        return VerdictSpec(label=label, scale=declared)
+    if inferred.warning and text is not None:
+        out.problems.append(warning(display, f"score scale: {inferred.warning}"))
+    return VerdictSpec(label=label, scale=inferred.scale)
+
+
+def _declared_scale(out: _Collector, row: Row, active: bool) -> Scale | None:
+    """``score_min``/``score_max`` from the row, when it has them (min defaults to 0)."""
+    relpath = templates_csv(Stage.EVALUATION)
+    values: dict[str, float] = {}
+    for column in ("score_min", "score_max"):
+        cell = row.get(column).strip()
+        if not cell:
+            continue
+        try:
+            number = float(cell)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            out.add(
+                relpath, f"{column} {cell!r} is not a number", line=row.line, column=column, active=active
+            )
+            continue
+        values[column] = number
+    if "score_max" not in values:
+        if "score_min" in values:
+            out.add(
+                relpath,
+                "score_min needs score_max beside it",
+                line=row.line,
+                column="score_max",
+                active=active,
+            )
+        return None
+    low, high = values.get("score_min", 0.0), values["score_max"]
+    if low >= high:
+        out.add(
+            relpath,
+            f"score_min {low:g} must be below score_max {high:g}",
+            line=row.line,
+            column="score_min",
+            active=active,
+        )
+        return None
+    return Scale(low, high, ScaleSource.CSV, row.line)
 
 
 def _check_generator(out: _Collector, stage: Stage, row: Row, active: bool) -> Generator:

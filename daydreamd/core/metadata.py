@@ -31,17 +31,12 @@ Schema (version 1; keys are stable, new keys may be added)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from daydreamd.core.canonical import canonical_json, sha256_hex
+from daydreamd.core.timestamps import utc_now as utc_now  # re-exported: the runner stamps runs with it
 
 SCHEMA = 1
-
-
-def utc_now() -> str:
-    """Now, as an ISO-8601 UTC timestamp with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def input_sha256(prompt: str, model: str, parameters: dict[str, Any]) -> str:

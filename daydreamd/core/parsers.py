@@ -27,43 +27,33 @@ essay
         As for draft.
 
 evaluation (the text is :func:`format_score` of the score; an evaluation template must name one)
-    ``in_last_line``
-        The score sits on one of the last 3 non-empty lines, searched from the bottom; the first
-        line that yields a score wins. Markdown emphasis and headings are ignored. A score is a
-        number after the word ``score`` and ``:`` or ``=`` (``SCORE: 7``, ``**Final Score:** 8.5``,
-        ``Score = 7``). Three digits (``456``, ``4,5,6``, ``4, 5, 6``) mean their average. Fractions
-        (``7/10``) and ranges (``8-9``) are not scores here, nor is a bare number.
-    ``complex``
-        For legacy judges that reason at length; reads the whole reply. In order of preference:
-        the last line labelled final/total/overall score, else the last ``Score:`` line, else a
-        fraction on one of the last 3 non-empty lines. A label alone on its line (``### Final Score``,
-        ``**Final Score**``) takes its value from the next non-empty line. Values as for
-        ``in_last_line``, plus fractions scaled to 10 (``3/5`` -> 6.0; the denominator must be > 0).
+    ``in_last_line`` and ``complex`` read the judge's final verdict on the template's own scale
+    and label (:class:`~daydreamd.core.verdicts.VerdictSpec`); :mod:`daydreamd.core.verdicts`
+    documents the algorithm, and :func:`read_verdict` returns where the score came from.
 
-Every evaluation score must lie in 0..10.
+Each parser has a version (:data:`PARSER_VERSIONS`); raising it re-parses finished generations.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from daydreamd.core.errors import ParseError
+from daydreamd.core.verdicts import Verdict, VerdictSpec, read_complex, read_last_line
 
 STAGES: tuple[str, ...] = ("draft", "essay", "evaluation")
 
 ReplyParser = Callable[[str], str]
 """Maps a raw reply to the text of ``parsed.txt``."""
 
-Scorer = Callable[[str], float]
-"""Maps a raw judge reply to its score in 0..10."""
+VerdictReader = Callable[[str, VerdictSpec], Verdict]
+"""Reads a judge's reply into its verdict on the template's scale (:mod:`daydreamd.core.verdicts`)."""
 
 _IDENTITY_DEFAULT_STAGES = frozenset({"draft", "essay"})
-_SCORE_MIN, _SCORE_MAX = 0.0, 10.0
-_TAIL_LINES = 3
-_SNIPPET_CHARS = 80
 
 # --- regexes (compiled once) -------------------------------------------------------------------
 
@@ -71,23 +61,6 @@ _ESSAY_RE = re.compile(r"<essay>(.*?)(?:</essay>|\Z)", re.DOTALL | re.IGNORECASE
 _IDEA_OPEN_RE = re.compile(r"^\s*<essay-idea(?P<attrs>\s[^>]*)?>\s*$", re.IGNORECASE)
 _IDEA_CLOSE_RE = re.compile(r"^\s*</essay-idea>\s*$", re.IGNORECASE)
 _STAGE_ATTR_RE = re.compile(r"""\bstage\s*=\s*(?:"([^"]*)"|'([^']*)'|(\S+))""", re.IGNORECASE)
-
-_HEADING_MARK_RE = re.compile(r"^\s*#{1,6}\s*")
-_EMPHASIS_RE = re.compile(r"[*_]+")
-
-# A score value. Atomic groups stop backtracking from turning "85-90" into "8" or "8.5/10" into "8".
-_VALUE = (
-    r"(?:(?P<triple>\d\s*,\s*\d\s*,\s*\d)(?![\d.])"
-    r"|(?P<digits3>\d{3})(?![\d.,/])"
-    r"|(?P<num>(?>[-+]?\d+(?:\.\d+)?))(?:\s*/\s*(?P<den>(?>[-+]?\d+(?:\.\d+)?)))?(?!\s*[-–]\s*\d))"
-)
-_LABEL_RE = re.compile(rf"\bscore\s*[:=]\s*{_VALUE}", re.IGNORECASE)
-_FINAL_LABEL_RE = re.compile(rf"\b(?:final|total|overall)\s+score\s*[:=]\s*{_VALUE}", re.IGNORECASE)
-_HEADING_LABEL_RE = re.compile(
-    r"^(?:[-•>]\s+)?(?P<final>(?:final|total|overall)\s+)?score\s*:?$", re.IGNORECASE
-)
-_BARE_VALUE_RE = re.compile(rf"^{_VALUE}\.?\s*(?:[(—–-].*)?$")
-_FRACTION_RE = re.compile(r"(?<![\d./])(?P<num>(?>\d+(?:\.\d+)?))\s*/\s*(?P<den>(?>\d+(?:\.\d+)?))(?![\d/])")
 
 
 # --- draft and essay parsers ---------------------------------------------------------------------
@@ -168,155 +141,29 @@ def _essay_idea_last(raw: str) -> str:
     return content
 
 
-# --- evaluation: shared helpers ------------------------------------------------------------------
-
-
-def _clean(line: str) -> str:
-    """Drop Markdown headings and emphasis, which judges sprinkle freely around scores."""
-    line = _HEADING_MARK_RE.sub("", line)
-    return _EMPHASIS_RE.sub("", line).strip()
-
-
-def _clean_lines(raw: str) -> list[str]:
-    """The reply's non-empty lines, cleaned, in order (CRLF and lone CR split like LF)."""
-    cleaned = (_clean(line) for line in raw.splitlines())
-    return [line for line in cleaned if line]
-
-
-def _snippet(lines: list[str]) -> str:
-    if not lines:
-        return "the reply has no non-empty line"
-    last = lines[-1]
-    return f"last line: {last[:_SNIPPET_CHARS]!r}" + ("..." if len(last) > _SNIPPET_CHARS else "")
-
-
-def _value(match: re.Match[str], parser: str, *, fractions: bool) -> float | None:
-    """Turn a matched value into a score; ``None`` when the form is not accepted by this parser."""
-    if match.group("triple") is not None:
-        return sum(int(ch) for ch in match.group("triple") if ch.isdigit()) / 3
-    if match.group("digits3") is not None:
-        return sum(int(ch) for ch in match.group("digits3")) / 3
-    number = float(match.group("num"))
-    if match.group("den") is None:
-        return number
-    if not fractions:
-        return None
-    return _scale(number, float(match.group("den")), parser)
-
-
-def _scale(numerator: float, denominator: float, parser: str) -> float:
-    """Scale a fraction to 0..10; a zero denominator is the judge's mistake, reported as such."""
-    if denominator <= 0:
-        raise ParseError(
-            f"fraction {numerator:g}/{denominator:g} has a denominator that is not > 0",
-            parser=parser,
-            stage="evaluation",
-        )
-    return numerator / denominator * 10
-
-
-def _in_range(score: float, parser: str) -> float:
-    """Reject scores outside 0..10: a judge that ignores the scale must not skew the results."""
-    if not _SCORE_MIN <= score <= _SCORE_MAX:
-        raise ParseError(f"score {score:g} is outside 0..10", parser=parser, stage="evaluation")
-    return score
-
-
-# --- evaluation: in_last_line --------------------------------------------------------------------
-
-
-def _score_in_last_line(raw: str) -> float:
-    """Read the score a strict-format judge puts at the end, tolerating trailing remarks."""
-    lines = _clean_lines(raw)
-    for line in reversed(lines[-_TAIL_LINES:]):
-        for match in reversed(list(_LABEL_RE.finditer(line))):
-            score = _value(match, "in_last_line", fractions=False)
-            if score is not None:
-                return _in_range(score, "in_last_line")
-    raise ParseError(
-        f"no score found in the last {_TAIL_LINES} non-empty lines ({_snippet(lines)})",
-        parser="in_last_line",
-        stage="evaluation",
-    )
-
-
-# --- evaluation: complex -------------------------------------------------------------------------
-
-
-def _line_value(line: str, pattern: re.Pattern[str]) -> float | None:
-    """The last value labelled by ``pattern`` on a line (the verdict follows the reasoning)."""
-    for match in reversed(list(pattern.finditer(line))):
-        score = _value(match, "complex", fractions=True)
-        if score is not None:
-            return score
-    return None
-
-
-def _heading_value(lines: list[str], index: int, *, final_only: bool) -> float | None:
-    """Value of a label that stands alone on its line (``### Final Score``), read on the next line."""
-    heading = _HEADING_LABEL_RE.match(lines[index])
-    if heading is None or (final_only and heading.group("final") is None) or index + 1 >= len(lines):
-        return None
-    bare = _BARE_VALUE_RE.match(lines[index + 1])
-    return None if bare is None else _value(bare, "complex", fractions=True)
-
-
-def _last_labelled(lines: list[str], pattern: re.Pattern[str], *, final_only: bool) -> float | None:
-    """Scan from the bottom for the last line (or heading) carrying a value of this label kind."""
-    for index in range(len(lines) - 1, -1, -1):
-        score = _line_value(lines[index], pattern)
-        if score is None:
-            score = _heading_value(lines, index, final_only=final_only)
-        if score is not None:
-            return score
-    return None
-
-
-def _tail_fraction(lines: list[str]) -> float | None:
-    """Last resort: a judge that ends with a bare ``7/10``."""
-    for line in reversed(lines[-_TAIL_LINES:]):
-        matches = list(_FRACTION_RE.finditer(line))
-        if matches:
-            last = matches[-1]
-            return _scale(float(last.group("num")), float(last.group("den")), "complex")
-    return None
-
-
-def _score_complex(raw: str) -> float:
-    """Find the final verdict of a long-winded judge, preferring it over intermediate sub-scores."""
-    lines = _clean_lines(raw)
-    for found in (
-        lambda: _last_labelled(lines, _FINAL_LABEL_RE, final_only=True),
-        lambda: _last_labelled(lines, _LABEL_RE, final_only=False),
-        lambda: _tail_fraction(lines),
-    ):
-        score = found()
-        if score is not None:
-            return _in_range(score, "complex")
-    raise ParseError(
-        "no final/total/overall score, no 'Score:' line and no fraction on the last "
-        f"{_TAIL_LINES} non-empty lines ({_snippet(lines)})",
-        parser="complex",
-        stage="evaluation",
-    )
-
-
 # --- registry and public API ---------------------------------------------------------------------
 
 
-def _reply_parser(scorer: Scorer) -> ReplyParser:
-    """Adapt a scorer to the registry's text-in, text-out shape."""
-
-    def parse(raw: str) -> str:
-        return format_score(scorer(raw))
-
-    parse.__doc__ = scorer.__doc__
-    return parse
+def _score_text(name: str, raw: str, spec: VerdictSpec | None = None) -> str:
+    return format_score(_VERDICT_READERS[name](raw, spec or VerdictSpec()).score)
 
 
-_SCORERS: Mapping[str, Scorer] = MappingProxyType(
-    {"in_last_line": _score_in_last_line, "complex": _score_complex}
+_VERDICT_READERS: Mapping[str, VerdictReader] = MappingProxyType(
+    {"in_last_line": read_last_line, "complex": read_complex}
 )
+
+PARSER_VERSIONS: Mapping[tuple[str, str], int] = MappingProxyType(
+    {
+        ("draft", "identity"): 1,
+        ("draft", "essay_block"): 1,
+        ("draft", "essay_idea_last"): 1,
+        ("essay", "identity"): 1,
+        ("evaluation", "in_last_line"): 2,
+        ("evaluation", "complex"): 2,
+    }
+)
+"""Each parser's version: raise it when a parser reads replies differently, so that finished
+generations are re-parsed from their saved replies (nothing is paid again)."""
 
 _REGISTRY: Mapping[str, Mapping[str, ReplyParser]] = MappingProxyType(
     {
@@ -324,7 +171,9 @@ _REGISTRY: Mapping[str, Mapping[str, ReplyParser]] = MappingProxyType(
             {"identity": _identity, "essay_block": _essay_block, "essay_idea_last": _essay_idea_last}
         ),
         "essay": MappingProxyType({"identity": _identity}),
-        "evaluation": MappingProxyType({name: _reply_parser(fn) for name, fn in _SCORERS.items()}),
+        "evaluation": MappingProxyType(
+            {name: functools.partial(_score_text, name) for name in _VERDICT_READERS}
+        ),
     }
 )
 
@@ -364,15 +213,26 @@ def _lookup(stage: str, name: str) -> ReplyParser:
     return parser
 
 
-def parse_reply(stage: str, name: str, raw: str) -> str:
-    """The text to store in ``parsed.txt`` for a reply, or :class:`ParseError`."""
-    return _lookup(stage, name)(raw)
+def parse_reply(stage: str, name: str, raw: str, spec: VerdictSpec | None = None) -> str:
+    """The text to store in ``parsed.txt`` for a reply, or :class:`ParseError`.
+
+    ``spec`` is the evaluation template's verdict label and scale (0-10 and ``SCORE`` when None).
+    """
+    parser = _lookup(stage, name)
+    if stage == "evaluation":
+        return _score_text(resolve_parser_name(stage, name), raw, spec)
+    return parser(raw)
 
 
-def parse_score(name: str, raw: str) -> float:
-    """The score (0..10) an evaluation parser reads from a judge's reply, or :class:`ParseError`."""
+def read_verdict(name: str, raw: str, spec: VerdictSpec) -> Verdict:
+    """The verdict an evaluation parser reads from a judge's reply, with where it came from."""
     _lookup("evaluation", name)
-    return _SCORERS[name](raw)
+    return _VERDICT_READERS[name](raw, spec)
+
+
+def parser_version(stage: str, name: str) -> int:
+    """The version of a registered parser (see :data:`PARSER_VERSIONS`)."""
+    return PARSER_VERSIONS[(stage, resolve_parser_name(stage, name))]
 
 
 def format_score(score: float) -> str:

@@ -32,6 +32,8 @@ class FailureKind(StrEnum):
     TOO_SHORT = "too_short"
     PARSE_ERROR = "parse_error"
     EMPTY = "empty"
+    INTERNAL = "internal"
+    """A bug in the service failed the generation (never retried automatically)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,27 @@ class Stage(StrEnum):
 
 STAGES: tuple[Stage, ...] = (Stage.DRAFT, Stage.ESSAY, Stage.EVALUATION)
 
+
+class State(StrEnum):
+    """Where a generation is in the run state, in the order work moves through them.
+
+    ``retired`` is not a step: it marks generations no longer in the cohort (whatever their
+    state), and is counted and filtered on as if it were one.
+    """
+
+    PENDING = "pending"
+    """In the cohort, not approved."""
+    QUEUED = "queued"
+    """Approved, waiting for its parent or a slot."""
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+LIVE_STATES: tuple[State, ...] = (State.PENDING, State.QUEUED, State.RUNNING, State.DONE, State.FAILED)
+"""The states of generations in the cohort (the ``state`` column; every one but ``retired``)."""
+
 PARENT_STAGE: dict[Stage, Stage | None] = {
     Stage.DRAFT: None,
     Stage.ESSAY: Stage.DRAFT,

@@ -44,7 +44,8 @@ class Renderer:
                 compiled = self._compiled[text] = self._env.from_string(text)
             return compiled.render(**variables)
         except jinja2.TemplateError as exc:
-            where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+            lineno = getattr(exc, "lineno", None)  # syntax errors know their line
+            where = f" (line {lineno})" if lineno else ""
             message = f"template {stage}/{template_id}{where}: {type(exc).__name__}: {exc.message or exc}"
             raise TemplateError(message, template_id=template_id, stage=stage) from exc
         except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from daydreamd.storage.store import now_iso
+from daydreamd.core.timestamps import utc_now
 
 
 @dataclass(slots=True)
@@ -36,7 +36,7 @@ class EventBus:
         """Send ``{"event": event, "at": now, **fields}`` to every subscriber without waiting."""
         if not self._subscribers:
             return
-        message = {"event": event, "at": now_iso(), **fields}
+        message = {"event": event, "at": utc_now(), **fields}
         for subscriber in self._subscribers:
             stats = subscriber.send.statistics()
             room = stats.max_buffer_size - stats.current_buffer_used
@@ -75,12 +75,12 @@ class EventBus:
     async def _iterate(
         self, receive: MemoryObjectReceiveStream[dict[str, Any]]
     ) -> AsyncIterator[dict[str, Any]]:
-        yield {"event": "subscribed", "at": now_iso()}
+        yield {"event": "subscribed", "at": utc_now()}
         while True:
             message: dict[str, Any] = {"event": "heartbeat"}
             with anyio.move_on_after(self.heartbeat_s):  # never yield inside the scope
                 message = await receive.receive()
-            yield message if "at" in message else {**message, "at": now_iso()}
+            yield message if "at" in message else {**message, "at": utc_now()}
 
     @property
     def subscribers(self) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from daydreamd.core.stages import State
+
 PREFIX = "daydreamd"
 
 
@@ -66,7 +68,7 @@ def render_metrics(s: MetricsSnapshot) -> str:
         "gauge",
         "Approved generations waiting (queued), by stage.",
         (
-            _sample("queue_depth", {"stage": stage}, states.get("queued", 0))
+            _sample("queue_depth", {"stage": stage}, states.get(State.QUEUED, 0))
             for stage, states in sorted(s.generations.items())
         ),
     )

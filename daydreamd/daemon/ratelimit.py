@@ -1,6 +1,6 @@
-"""Rate limits for LLM calls: request budgets per sliding window, adaptive concurrency, in-flight counts.
+"""Rate limits for LLM calls: request budgets per sliding window and adaptive concurrency.
 
-Three independent pieces, composed by the worker pool:
+Two independent pieces, composed by the worker pool:
 
 - :class:`SlidingWindow` and :func:`acquire_all` keep a requests-per-minute budget (per model,
   per provider, ...). This is a *sliding-window log*, not a leaky or token bucket, because the
@@ -25,10 +25,6 @@ Three independent pieces, composed by the worker pool:
   a 429 (once per episode, honouring ``Retry-After``), slow additive increase on success, never
   below its minimum. Its float :attr:`~AdaptiveLimit.value` is what the pool saves and restores.
 
-- :class:`ConcurrencyGate` counts calls in flight, globally and per key. It never blocks: the pool
-  claims queued work from SQLite only for keys with free slots, so it needs counts, not a
-  semaphore.
-
 Everything takes its clock (and :func:`acquire_all` its sleep) as a parameter and keeps no module
 state, so tests run on a fake clock and no sleep is ever real. Only anyio is used, no
 asyncio-specific API.
@@ -39,16 +35,14 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 
 Sleep = Callable[[float], Awaitable[object]]
 """How :func:`acquire_all` waits; ``anyio.sleep`` in production, an instant fake in tests."""
-
-K = TypeVar("K", bound=Hashable)
 
 _MIN_WAIT_S = 1e-6
 """Smallest wait ever reported. Float rounding in ``now + wait`` (or a timer that fires a hair
@@ -365,76 +359,3 @@ class AdaptiveLimit:
         if not math.isfinite(number):
             raise ValueError(f"a concurrency level must be a finite number, not {value!r}")
         return number
-
-
-# ---- in-flight counts ---------------------------------------------------------------------------
-
-
-class ConcurrencyGate(Generic[K]):
-    """Counts calls in flight against a global limit and a per-key limit (usually per model).
-
-    Non-blocking by design: the pool asks :meth:`available` how many rows it may claim for a key,
-    then :meth:`try_enter` for each call it starts and :meth:`leave` (in a ``finally``) when the
-    call ends. ``per_key_limit`` is consulted on every question, so it can read an
-    :class:`AdaptiveLimit` (``lambda model: limits[model].limit``); ``None`` means the key has no
-    limit of its own. When a limit drops below the calls already running, nothing is cancelled:
-    :meth:`available` reports 0 until enough of them leave.
-    """
-
-    def __init__(self, global_limit: int, per_key_limit: Callable[[K], int | None]) -> None:
-        self._global_limit = self._check(global_limit)
-        self._per_key_limit = per_key_limit
-        self._counts: dict[K, int] = {}
-        self._total = 0
-
-    @staticmethod
-    def _check(limit: int) -> int:
-        if limit < 1:
-            raise ValueError(f"the global concurrency must be at least 1, not {limit}")
-        return int(limit)
-
-    @property
-    def global_limit(self) -> int:
-        """Calls allowed in flight over all keys."""
-        return self._global_limit
-
-    def set_global_limit(self, limit: int) -> None:
-        """A config change; running calls are not affected."""
-        self._global_limit = self._check(limit)
-
-    @property
-    def total(self) -> int:
-        """Calls in flight over all keys."""
-        return self._total
-
-    def in_flight(self, key: K) -> int:
-        """Calls in flight for ``key``."""
-        return self._counts.get(key, 0)
-
-    def available(self, key: K) -> int:
-        """How many more calls for ``key`` may start now (never negative)."""
-        free = self._global_limit - self._total
-        own = self._per_key_limit(key)
-        if own is not None:
-            free = min(free, own - self.in_flight(key))
-        return max(0, free)
-
-    def try_enter(self, key: K) -> bool:
-        """Take a slot for ``key`` if one is free; True if taken (then :meth:`leave` it later)."""
-        if self.available(key) < 1:
-            return False
-        self._counts[key] = self.in_flight(key) + 1
-        self._total += 1
-        return True
-
-    def leave(self, key: K) -> None:
-        """Give back a slot taken by :meth:`try_enter`. Leaving a key with nothing in flight is a
-        bug in the caller and raises RuntimeError rather than corrupting the counts."""
-        count = self.in_flight(key)
-        if count < 1:
-            raise RuntimeError(f"leave({key!r}) without a matching try_enter")
-        if count == 1:
-            del self._counts[key]
-        else:
-            self._counts[key] = count - 1
-        self._total -= 1

@@ -10,8 +10,7 @@ files are fixed. Loading and building run in a worker thread, off the event loop
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import anyio.to_thread
 import structlog
@@ -21,8 +20,11 @@ from daydreamd.core.config import Settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.problems import Level, Problem
 from daydreamd.core.snapshot import read_raw_dir
+from daydreamd.core.status import ProblemStatus, RebuildStatus
+from daydreamd.core.timestamps import utc_now
+from daydreamd.daemon.settings import LiveSettings
 from daydreamd.storage.cohort_files import write_cohort
-from daydreamd.storage.store import Store, SyncResult, now_iso
+from daydreamd.storage.store import Store, SyncResult
 
 PENDING = "fingerprint.pending"
 APPLIED = "fingerprint.applied"
@@ -36,7 +38,8 @@ class Current:
     build: Build | None = None
     jobs: Jobs | None = None
     problems: tuple[Problem, ...] = ()
-    last: dict[str, Any] = field(default_factory=dict)
+    last: RebuildStatus | None = None
+    """The last check that applied something (None before the first)."""
     rebuilds: int = 0
     rebuild_seconds: float = 0.0
 
@@ -45,16 +48,16 @@ class Current:
         """The current cohort's id, once one was built."""
         return self.build.cohort.cohort_id if self.build and self.build.cohort else None
 
-    def errors(self) -> list[dict[str, object]]:
+    def errors(self) -> tuple[ProblemStatus, ...]:
         """Problems of the latest files, errors first (what ``/v1/status`` shows)."""
         ordered = sorted(self.problems, key=lambda p: p.level is not Level.ERROR)
-        return [p.to_dict() for p in ordered]
+        return tuple(ProblemStatus.from_problem(p) for p in ordered)
 
 
 class Rebuilder:
     """Applies the experiment directory's contents to the run state."""
 
-    def __init__(self, settings: Settings, store: Store, current: Current) -> None:
+    def __init__(self, settings: LiveSettings, store: Store, current: Current) -> None:
         self.settings = settings
         self.store = store
         self.current = current
@@ -62,14 +65,15 @@ class Rebuilder:
     async def check(self, *, reason: str) -> bool:
         """Rebuild if the files changed since they were last applied; True if a cohort was applied."""
         t0 = time.monotonic()
-        raw = await anyio.to_thread.run_sync(read_raw_dir, self.settings.raw_dir)
+        settings = self.settings.current
+        raw = await anyio.to_thread.run_sync(read_raw_dir, settings.raw_dir)
         fingerprint = raw.fingerprint
         applied = await self.store.get_fact(APPLIED)
         if fingerprint == applied and self.current.build is not None:
             return False
         if fingerprint != applied:
             await self.store.set_fact(PENDING, fingerprint)
-        build = await anyio.to_thread.run_sync(build_from_raw, raw, self.settings)
+        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings)
         self.current.problems = build.problems
         if build.cohort is None:
             await self.store.set_fact(APPLIED, fingerprint)
@@ -77,9 +81,9 @@ class Rebuilder:
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
             log.warning("experiment_invalid", errors=len(errors), first=errors[:5], reason=reason)
             return False
-        result = await self._apply(build, fingerprint, changed=fingerprint != applied)
+        result = await self._apply(settings, build, fingerprint, changed=fingerprint != applied)
         self.current.build = build
-        self.current.jobs = Jobs(build.experiment, self.settings)
+        self.current.jobs = Jobs(build.experiment, settings)
         self.current.rebuilds += 1
         self._record(reason, fingerprint, t0, ok=True, sync=result)
         log.info(
@@ -95,12 +99,14 @@ class Rebuilder:
         )
         return True
 
-    async def _apply(self, build: Build, fingerprint: str, *, changed: bool) -> SyncResult | None:
+    async def _apply(
+        self, settings: Settings, build: Build, fingerprint: str, *, changed: bool
+    ) -> SyncResult | None:
         """Write the cohort files and sync membership (skipped when these contents were applied)."""
         assert build.cohort is not None
         if not changed:
             return None
-        await anyio.to_thread.run_sync(write_cohort, self.settings.paths.data_dir, build.cohort)
+        await anyio.to_thread.run_sync(write_cohort, settings.paths.data_dir, build.cohort)
         modes = {(t.stage, t.template_id): str(t.generator) for t in build.experiment.templates}
         result = await self.store.sync_membership(build.cohort, modes, fingerprint)
         await self.store.set_fact(APPLIED, fingerprint)
@@ -110,13 +116,13 @@ class Rebuilder:
     def _record(
         self, reason: str, fingerprint: str, t0: float, *, ok: bool, sync: SyncResult | None = None
     ) -> None:
-        self.current.last = {
-            "at": now_iso(),
-            "reason": reason,
-            "fingerprint": fingerprint,
-            "ok": ok,
-            "duration_ms": round((time.monotonic() - t0) * 1000, 1),
-            "added": sync.added if sync else 0,
-            "retired": sync.retired if sync else 0,
-            "revived": sync.revived if sync else 0,
-        }
+        self.current.last = RebuildStatus(
+            at=utc_now(),
+            reason=reason,
+            fingerprint=fingerprint,
+            ok=ok,
+            duration_ms=round((time.monotonic() - t0) * 1000, 1),
+            added=sync.added if sync else 0,
+            retired=sync.retired if sync else 0,
+            revived=sync.revived if sync else 0,
+        )

@@ -37,15 +37,9 @@ from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.core.templates import Renderer
-from daydreamd.llm.client import (
-    AttemptHook,
-    CallFailure,
-    LlmRequest,
-    Provider,
-    Reply,
-    Usage,
-    call_with_retries,
-)
+from daydreamd.llm.calls import AttemptHook, call_with_retries
+from daydreamd.llm.checks import content_problem
+from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
 from daydreamd.storage.gens import METADATA, PARSED, PROMPT, RAW, GensStore
 
 
@@ -132,6 +126,7 @@ class Runner:
         on_attempt: AttemptHook | None = None,
         provider: Provider | None = None,
         fresh: bool = False,
+        policy: RetryPolicy | None = None,
     ) -> Outcome:
         """Take ``job`` as far as it goes; never raises for a failed call, render or parse.
 
@@ -142,6 +137,8 @@ class Runner:
                 that waits for the model's rate limits before each attempt).
             fresh: call the model even if a reply for this input is saved (the old one is
                 archived); for retrying a reply that was empty or cut off.
+            policy: the retry policy of this run instead of the runner's (the pool passes the
+                one in force, which a reload may have changed).
         """
         run = _Run(job, fresh=fresh)
         early = await anyio.to_thread.run_sync(self._prepare, run, limiter=self._prepare_threads)
@@ -161,7 +158,7 @@ class Runner:
                 reply, run.attempts = await call_with_retries(
                     provider or self.provider,
                     request,
-                    self.policy,
+                    policy or self.policy,
                     rng=self.rng,
                     sleep=self.sleep,
                     on_attempt=on_attempt,
@@ -257,7 +254,9 @@ class Runner:
             run.parse_ms = _ms(t)
             return self._fail(run, *problem)
         try:
-            parsed = parse_reply(str(job.stage), job.template.parser, normalize_newlines(text))
+            parsed = parse_reply(
+                str(job.stage), job.template.parser, normalize_newlines(text), job.template.verdict
+            )
         except ParseError as exc:
             run.parse_ms = _ms(t)
             return self._fail(run, FailureKind.PARSE_ERROR, str(exc))
@@ -352,13 +351,14 @@ def check_reply(settings: StageSettings, text: str, reply: dict[str, Any]) -> tu
     """Stage rules a reply must meet before it is parsed: not filtered, not empty, not cut off, long enough.
 
     ``reply`` is the reply's metadata (``Reply.to_dict``): a saved reply is checked again when
-    it is reused, so the verdict must come from what was saved, not from the live call.
+    it is reused, so the verdict must come from what was saved, not from the live call. Filtered
+    and empty are the LLM layer's rules (``content_problem``): a new reply met them inside its
+    attempt, except a blank one cut at max_tokens, which fails here as empty.
     """
-    if reply.get("finish_reason") == "content_filter":
-        return FailureKind.CONTENT_FILTER, "the reply was stopped by a content filter"
+    problem = content_problem(text, reply.get("finish_reason"))
+    if problem is not None:
+        return problem
     lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return FailureKind.EMPTY, "the reply is empty"
     if reply.get("truncated") and settings.on_truncation == "fail":
         return FailureKind.TRUNCATED, f"the reply was cut off at max_tokens={settings.max_tokens}"
     if len(lines) < settings.min_lines:

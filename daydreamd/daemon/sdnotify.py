@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
 
-STATES_COUNTED: tuple[str, ...] = ("pending", "queued", "running", "done", "failed")
+from daydreamd.core.stages import LIVE_STATES, State
+from daydreamd.core.status import ProblemStatus, ServiceStatus, StageCounts
+
+STATES_COUNTED: tuple[State, ...] = LIVE_STATES
 """The states that make up a stage's total in :func:`status_line` (``retired`` rows are not counted)."""
 
 
@@ -153,7 +156,7 @@ async def watchdog_loop(notifier: Notifier, interval_s: float | None) -> None:
 
 async def status_loop(
     notifier: Notifier,
-    fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+    fetch: Callable[[], Awaitable[ServiceStatus | Mapping[str, Any]]],
     interval_s: float = 5.0,
 ) -> None:
     """Every ``interval_s``, send :func:`status_line` of ``await fetch()`` when it changed; until cancelled.
@@ -173,54 +176,53 @@ async def status_loop(
             notifier.status(line)
 
 
-def status_line(status: Mapping[str, Any]) -> str:
-    """A one-line summary of a ``/v1/status`` answer, for ``systemctl status`` (pure).
+def status_line(status: ServiceStatus | Mapping[str, Any]) -> str:
+    """A one-line summary of a ``/v1/status`` answer (or its JSON), for ``systemctl status`` (pure).
 
     ``cohort c_ab12 | draft 9/9 done | essay 3/18 (2 running) | evaluation 0/36 | 1 error in 1_raw
     | parked``: per stage done/total (total = every state but retired) with running, queued and
     failed counts when not zero; problems in ``1_raw``; whether the pool (or some models) is
     paused, or parked after a quota failure; the money spent since startup, when any.
     """
-    cohort = status.get("cohort_id")
+    status = ServiceStatus.coerce(status)
+    cohort = status.cohort_id
     parts = [f"cohort {cohort}" if cohort else "no cohort"]
-    for stage, counts in (status.get("stages") or {}).items():
-        parts.append(_stage_summary(str(stage), counts or {}))
-    problems = _problems_summary(status.get("errors") or [])
+    for stage, counts in status.stages.items():
+        parts.append(_stage_summary(stage, counts))
+    problems = _problems_summary(status.errors)
     if problems:
         parts.append(problems)
-    pool = status.get("pool") or {}
-    if pool.get("paused"):
+    pool = status.pool
+    if pool.paused:
         parts.append("paused")
-    elif paused_models := pool.get("paused_models"):
-        parts.append(f"{_plural(len(paused_models), 'model')} paused")
-    if pool.get("parked"):
+    elif pool.paused_models:
+        parts.append(f"{_plural(len(pool.paused_models), 'model')} paused")
+    if pool.parked:
         parts.append("parked")
-    spent = status.get("spent_usd")
-    if isinstance(spent, int | float) and spent > 0:
-        parts.append(f"${spent:.2f} spent")
+    if status.spent_usd > 0:
+        parts.append(f"${status.spent_usd:.2f} spent")
     return one_line(" | ".join(parts))
 
 
-def _stage_summary(stage: str, counts: Mapping[str, Any]) -> str:
-    def count(state: str) -> int:
-        value = counts.get(state) or 0
-        return value if isinstance(value, int) else 0
-
-    total = sum(count(state) for state in STATES_COUNTED)
-    done = count("done")
+def _stage_summary(stage: str, counts: StageCounts) -> str:
+    total = sum(counts.count(state) for state in STATES_COUNTED)
+    done = counts.done
     text = f"{stage} {done}/{total}"
     if total and done == total:
         text += " done"
-    details = [f"{count(state)} {state}" for state in ("running", "queued", "failed") if count(state)]
+    details = [
+        f"{counts.count(state)} {state}"
+        for state in (State.RUNNING, State.QUEUED, State.FAILED)
+        if counts.count(state)
+    ]
     if details:
         text += f" ({', '.join(details)})"
     return text
 
 
-def _problems_summary(errors: list[Any]) -> str:
-    levels = [str(e.get("level", "error")) if isinstance(e, Mapping) else "error" for e in errors]
-    n_errors = sum(1 for level in levels if level == "error")
-    n_warnings = len(levels) - n_errors
+def _problems_summary(errors: Sequence[ProblemStatus]) -> str:
+    n_errors = sum(1 for e in errors if e.is_error)
+    n_warnings = len(errors) - n_errors
     found = [_plural(n_errors, "error"), _plural(n_warnings, "warning")]
     found = [f for f in found if f]
     return f"{', '.join(found)} in 1_raw" if found else ""

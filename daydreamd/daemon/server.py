@@ -78,7 +78,8 @@ def make_app(control: Control, *, on_error: Callable[[BaseException], None] | No
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(await request.app[CONTROL].status())
+    status = await request.app[CONTROL].status()
+    return _json(status.to_json())
 
 
 async def _generations(request: web.Request) -> web.Response:

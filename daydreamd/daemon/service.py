@@ -10,15 +10,14 @@ rest and exit 0. SIGHUP reloads limits and stage settings without dropping in-fl
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,59 +30,34 @@ from daydreamd import __version__
 from daydreamd.core.config import Settings, load_settings
 from daydreamd.core.control import ApprovalRequest, ControlError, LimitsRequest, PauseRequest, RetryRequest
 from daydreamd.core.errors import DaydreamError
-from daydreamd.core.plan import plan_hash
+from daydreamd.core.estimates import plan_hash
+from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
+from daydreamd.core.timestamps import utc_now
+from daydreamd.daemon.details import generation_detail
 from daydreamd.daemon.events import EventBus
+from daydreamd.daemon.lock import instance_lock
 from daydreamd.daemon.logconfig import configure_logging
 from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
-from daydreamd.daemon.planning import make_plan
+from daydreamd.daemon.planner import PlanContext, make_plan
 from daydreamd.daemon.pool import Pool
 from daydreamd.daemon.rebuild import Current, Rebuilder
 from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchdog_loop
 from daydreamd.daemon.server import make_app, start_unix_site, stop
+from daydreamd.daemon.settings import LiveSettings, reloadable
 from daydreamd.daemon.watcher import Trigger, rebuild_loop, watch_tree
-from daydreamd.llm.providers import make_provider, needs_session
+from daydreamd.llm.registry import check_settings, make_provider, needs_session
 from daydreamd.storage.gens import GensStore
-from daydreamd.storage.store import Store, now_iso
+from daydreamd.storage.store import Store
 
 log = structlog.get_logger("daydreamd")
-
-
-class AlreadyRunningError(DaydreamError):
-    """Another daydreamd holds the lock on this run state."""
-
-
-@contextmanager
-def instance_lock(state_db: Path) -> Iterator[Path]:
-    """Hold an exclusive ``flock`` on ``<state_db>.lock`` for the life of the service.
-
-    Taken before the socket is bound: binding silently replaces an existing socket file, so
-    without the lock a second instance would steal the socket from a live one.
-    """
-    path = state_db.with_name(state_db.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise AlreadyRunningError(
-                f"another daydreamd (pid {holder}) is already running on {state_db}; stop it first "
-                f"(lock file {path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)
 class Summary:
     """Counts from the run state, refreshed in the background so ``/v1/status`` never waits on SQLite."""
 
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    counts: dict[str, StageCounts] = field(default_factory=dict)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     recent_errors: dict[str, int] = field(default_factory=dict)
 
@@ -95,22 +69,29 @@ class Service:
     """How stale the counts in ``/v1/status`` may be (actions refresh them at once)."""
 
     def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
-        self.settings = settings
+        self.live = LiveSettings(settings)
+        """The settings in force: a reload replaces them here, for every part at once."""
         self.store = store
         self.current = Current()
-        self.rebuilder = Rebuilder(settings, store, self.current)
+        self.rebuilder = Rebuilder(self.live, store, self.current)
         self.bus = EventBus()
-        self.pool = Pool(settings=settings, store=store, runner=runner, current=self.current, bus=self.bus)
+        self.pool = Pool(settings=self.live, store=store, runner=runner, current=self.current, bus=self.bus)
         self.trigger = Trigger()
         self.stop_watching = anyio.Event()
         self.started = time.monotonic()
-        self.started_at = now_iso()
+        self.started_at = utc_now()
         self.summary = Summary()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force."""
+        return self.live.current
 
     async def refresh_summary(self) -> None:
         """Re-read the counts (after an action, and every SUMMARY_INTERVAL_S in the background)."""
+        counts = await self.store.counts()
         self.summary = Summary(
-            counts=await self.store.counts(),
+            counts={stage: StageCounts.from_counts(states) for stage, states in counts.items()},
             failures=await self.store.failures_by_kind(),
             recent_errors=await self.store.recent_errors(),
         )
@@ -126,48 +107,43 @@ class Service:
 
     async def rebuild(self, reason: str) -> None:
         """Apply the files if they changed, then let the pool look for work."""
-        before = self.current.last.get("at")
+        before = self.current.last.at if self.current.last else None
         await self.rebuilder.check(reason=reason)
         await self.refresh_summary()
         last = self.current.last
-        if last.get("at") != before:
-            event = "cohort_rebuilt" if last.get("ok") else "experiment_invalid"
-            errors = [e for e in self.current.errors() if e["level"] == "error"]
+        if last is not None and last.at != before:
             self.bus.publish(
-                event,
+                "cohort_rebuilt" if last.ok else "experiment_invalid",
                 cohort_id=self.current.cohort_id,
                 reason=reason,
-                errors=len(errors),
-                added=last.get("added"),
-                retired=last.get("retired"),
+                errors=sum(1 for e in self.current.errors() if e.is_error),
+                added=last.added,
+                retired=last.retired,
             )
         self.pool.wake()
 
     # -- the Control protocol ------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> ServiceStatus:
         """What ``GET /v1/status`` answers."""
-        pool = self.pool.snapshot()
-        return {
-            "version": __version__,
-            "started_at": self.started_at,
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "cohort_id": self.current.cohort_id,
-            "stages": self.summary.counts,
-            "in_flight": pool["in_flight"],
-            "models": pool["models"],
-            "pool": {
-                k: pool[k]
-                for k in ("concurrency", "paused", "paused_models", "parked", "outcomes", "budgets")
-            },
-            "spent_usd": pool["spent_usd"],
-            "rates_per_minute": pool["rates_per_minute"],
-            "failures": self.summary.failures,
-            "recent_errors": self.summary.recent_errors,
-            "errors": self.current.errors(),
-            "last_rebuild": self.current.last,
-            "rebuilds": self.current.rebuilds,
-        }
+        pool, summary = self.pool.snapshot(), self.summary
+        return ServiceStatus(
+            version=__version__,
+            started_at=self.started_at,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            cohort_id=self.current.cohort_id,
+            stages=summary.counts,
+            in_flight=pool.in_flight,
+            models=pool.models,
+            pool=pool.pool,
+            spent_usd=pool.spent_usd,
+            rates_per_minute=pool.rates_per_minute,
+            failures=summary.failures,
+            recent_errors=summary.recent_errors,
+            errors=self.current.errors(),
+            last_rebuild=self.current.last,
+            rebuilds=self.current.rebuilds,
+        )
 
     async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         """What ``GET /v1/generations`` answers."""
@@ -175,22 +151,7 @@ class Service:
 
     async def generation(self, gen_id: str) -> dict[str, Any] | None:
         """One generation with its attempts, files, parent chain, and the reply's tail if it failed."""
-        row = await self.store.generation(gen_id)
-        if row is None:
-            return None
-        parents = []
-        parent_id = row["parent_gen_id"]
-        while parent_id:
-            parent = await self.store.generation(parent_id)
-            if parent is None:
-                break
-            parents.append(
-                {k: parent[k] for k in ("gen_id", "stage", "state", "template_id", "llm_model_id")}
-            )
-            parent_id = parent["parent_gen_id"]
-        gens = GensStore(self.settings.paths.data_dir)
-        files, tail = await anyio.to_thread.run_sync(_files_and_tail, gens, row)
-        return {**row, "parents": parents, "files": files, "reply_tail": tail}
+        return await generation_detail(self.store, GensStore(self.settings.paths.data_dir), gen_id)
 
     async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
         """Queue matching pending generations of the current cohort."""
@@ -246,7 +207,10 @@ class Service:
     async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
         """What approving ``request`` would start, with estimates and the plan's hash."""
         self._check_known(request)
-        return await make_plan(self, request)
+        context = PlanContext(
+            store=self.store, cohort_id=self.current.cohort_id, jobs=self.current.jobs, settings=self.settings
+        )
+        return await make_plan(context, request)
 
     async def retry(self, request: RetryRequest) -> dict[str, Any]:
         """Send failed generations back to the queue."""
@@ -296,7 +260,8 @@ class Service:
             raise ControlError(404, "not_found", f"no model {model_id!r} in llm_models.csv")
 
     def _pause_state(self) -> dict[str, Any]:
-        return {"paused": self.pool.paused, "paused_models": sorted(self.pool.paused_models)}
+        pool = self.pool.snapshot().pool
+        return {"paused": pool.paused, "paused_models": list(pool.paused_models)}
 
     async def limits(self, request: LimitsRequest | None) -> dict[str, Any]:
         """The live limits, changed first when ``request`` says so (until the next reload)."""
@@ -321,7 +286,10 @@ class Service:
                 requests_per_minute=request.requests_per_minute,
             )
         snapshot = self.pool.snapshot()
-        return {"concurrency": snapshot["concurrency"], "models": snapshot["models"]}
+        return {
+            "concurrency": snapshot.pool.concurrency,
+            "models": {model: info.to_json() for model, info in snapshot.models.items()},
+        }
 
     def events(self) -> Any:
         """A subscription to the event stream."""
@@ -329,21 +297,18 @@ class Service:
 
     async def metrics(self) -> str:
         """Prometheus text."""
-        pool = self.pool
+        pool, last = self.pool.snapshot(), self.current.last
         snapshot = MetricsSnapshot(
-            generations=self.summary.counts,
-            calls=dict(pool.calls),
-            tokens=dict(pool.tokens),
-            cost_usd=dict(pool.cost),
-            limits={
-                m: {k: v for k, v in d.items() if isinstance(v, int | float)}
-                for m, d in pool.snapshot()["models"].items()
-            },
-            in_flight=len(pool.in_flight),
+            generations={stage: counts.to_json() for stage, counts in self.summary.counts.items()},
+            calls=pool.calls,
+            tokens=pool.tokens,
+            cost_usd=pool.cost_usd,
+            limits={model: _limit_gauges(info) for model, info in pool.models.items()},
+            in_flight=pool.claimed,
             rebuilds=self.current.rebuilds,
             rebuild_seconds_sum=self.current.rebuild_seconds,
-            last_rebuild_seconds=(self.current.last.get("duration_ms") or 0) / 1000,
-            raw_errors=sum(1 for e in self.current.errors() if e["level"] == "error"),
+            last_rebuild_seconds=(last.duration_ms if last else 0) / 1000,
+            raw_errors=sum(1 for e in self.current.errors() if e.is_error),
             uptime_s=time.monotonic() - self.started,
         )
         return render_metrics(snapshot)
@@ -376,26 +341,14 @@ class Service:
             raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
 
 
-def _files_and_tail(
-    gens: GensStore, row: dict[str, Any], lines: int = 15
-) -> tuple[dict[str, int], str | None]:
-    """The generation's files with their sizes, and the end of its reply when it failed."""
-    directory = gens.directory(row["stage"], row["gen_id"])
-    files = (
-        {
-            gens.relative_file(row["stage"], row["gen_id"], p.name): p.stat().st_size
-            for p in sorted(directory.glob("*"))
-            if p.is_file() and not p.name.startswith(".")
-        }
-        if directory.is_dir()
-        else {}
-    )
-    tail = None
-    if row["state"] == "failed":
-        raw = gens.read_text(row["stage"], row["gen_id"], "raw.txt")
-        if raw is not None:
-            tail = "\n".join(raw.rstrip("\n").splitlines()[-lines:])[-2000:]
-    return files, tail
+def _limit_gauges(info: ModelStatus) -> dict[str, float]:
+    """A model's limits as ``/metrics`` gauges."""
+    return {
+        "concurrency": info.concurrency or 0,
+        "max_concurrency": info.max_concurrency or 0,
+        "requests_per_minute": info.requests_per_minute,
+        "in_flight": info.in_flight,
+    }
 
 
 def _scope(request: ApprovalRequest) -> dict[str, Any]:
@@ -487,22 +440,13 @@ def _reload(service: Service, env: Mapping[str, str], notifier: Notifier) -> Non
     notifier.reloading()
     try:
         fresh = load_settings(service.settings.config_path, env)
+        check_settings(fresh)
     except DaydreamError as exc:
         log.error("reload_failed", error=str(exc))
         notifier.ready(f"reload failed, previous settings kept: {exc}")
         return
-    settings = replace(
-        service.settings,
-        experiment=fresh.experiment,
-        stages=fresh.stages,
-        watch=fresh.watch,
-        retry=fresh.retry,
-        pool=fresh.pool,
-    )
-    service.settings = settings
-    service.rebuilder.settings = settings
-    service.pool.update_settings(settings)
-    service.pool.runner.policy = settings.retry
+    settings = reloadable(service.settings, fresh)
+    service.live.replace(settings)  # the rebuilder, the pool and its retries read these from now on
     service.current.build = None  # stage settings are part of gen_ids: rebuild under the new ones
     service.trigger.fire("reload")
     log.info("config_reloaded", concurrency=settings.pool.concurrency)
@@ -528,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     config = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
     try:
         settings = load_settings(config.resolve() if config else None, os.environ, data_dir=args.data)
+        check_settings(settings)
         configure_logging(log_file=settings.paths.log_file, level=args.log_level)
         code = anyio.run(serve, settings, dict(os.environ))
     except DaydreamError as exc:

@@ -5,8 +5,10 @@ template x generation model, score distributions per judge, how far judges (and 
 replicates) agree, the top essays with their scores, their text and links to their files, and
 failures by kind.
 
-Charts are drawn by matplotlib into inline SVG (text kept as text, so it stays small, sharp
-and searchable); the page has no scripts and loads nothing. ``render_report`` is pure apart
+The page is the Jinja2 template ``templates/report.html`` (with ``report.css``), rendered with
+autoescape on; this module prepares what each section shows. Charts are drawn by matplotlib into
+inline SVG (text kept as text, so it stays small, sharp and searchable) and handed to the
+template as markup; the page has no scripts and loads nothing. ``render_report`` is pure apart
 from matplotlib drawing in memory: the shell reads what it needs and writes the file.
 """
 
@@ -18,24 +20,22 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
-from daydreamd.core.results import (
-    AGREEMENT_LIMITS,
-    DISAGREEMENT,
-    SCORE_MAX_DEFAULT,
-    Scores,
-    TopEssay,
-    column_name,
-    format_number,
-    top_essays,
-    variance_analysis,
-)
+import jinja2
+from markupsafe import Markup
+
+from daydreamd.core.agreement import AGREEMENT_LIMITS, DISAGREEMENT, variance_analysis
+from daydreamd.core.results import TopEssay, top_essays
+from daydreamd.core.scores import SCORE_MAX_DEFAULT, Scores, column_name
+from daydreamd.core.table import format_number
 
 PROGRESS_STATES = ("pending", "queued", "running", "done", "failed", "not_in_run_state")
 AGREEMENT_ORDER = (*(label for _, label in AGREEMENT_LIMITS), DISAGREEMENT)
 AGREEMENT_COLORS = ("#1a9850", "#91cf60", "#fdae61", "#d73027")
 TOP_N = 15
+TEMPLATE = "report.html"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,46 +60,53 @@ class ReportData:
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
     scores = data.scores
-    top = top_essays(scores, TOP_N)
-    sections = [
-        _section("Cohort", _definition(data)),
-        _section("Progress", _progress(data.progress)),
-        _section("Mean score by draft template × generation model", _heatmap_section(scores)),
-        _section("Score distribution per judge", _distribution_section(scores)),
-        _section("Agreement", _agreement_section(scores)),
-        _section(f"Top essays (best {len(top)} by sum of scores)", _top_section(scores, top, data)),
-        _section("Failures by kind", _failures_section(scores)),
-    ]
-    warnings = "".join(f"<p class='warn'>{_e(w)}</p>" for w in data.warnings)
     title = f"daydreamd report: {data.cohort_id}"
-    return (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<header><h1>{_e(title)}</h1><p class='muted'>generated {_e(data.generated_at)} from the "
-        f"{'run state (SQLite)' if data.source == 'sqlite' else 'gens store (files)'}; "
-        f"{len(scores):,} finished evaluations: {scores.scored:,} scored, {scores.failed:,} failed</p>"
-        f"{warnings}</header>\n<main>\n" + "\n".join(sections) + "\n</main>\n</body>\n</html>\n"
+    template = _environment().get_template(TEMPLATE)
+    return template.render(
+        title=title,
+        cohort_id=data.cohort_id,
+        generated_at=data.generated_at,
+        source="run state (SQLite)" if data.source == "sqlite" else "gens store (files)",
+        evaluations=len(scores),
+        scored=scores.scored,
+        failed=scores.failed,
+        warnings=data.warnings,
+        definition=_definition(data.manifest),
+        progress=_progress(data.progress),
+        heatmap=_heatmap(scores),
+        distributions=_distributions(scores),
+        agreement=_agreement(scores),
+        top=_top(scores, top_essays(scores, TOP_N), data),
+        failures=_failures(scores),
     )
 
 
-# -- sections ------------------------------------------------------------------------------------
+@cache
+def _environment() -> jinja2.Environment:
+    """The templates of this package (shipped in the wheel), autoescaped."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("daydreamd.report", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["thousands"] = _thousands
+    env.filters["score"] = _num
+    return env
 
 
-def _section(title: str, body: str) -> str:
-    return f"<section>\n<h2>{_e(title)}</h2>\n{body}\n</section>"
+# -- what each section shows -----------------------------------------------------------------------
 
 
-def _definition(data: ReportData) -> str:
-    m = data.manifest
+def _definition(m: Mapping[str, Any] | None) -> list[tuple[str, str]] | None:
+    """(label, value) rows of the cohort's definition after its id (None: no manifest)."""
     if not m:
-        return f"<p>Cohort <code>{_e(data.cohort_id)}</code>: no manifest.json was found.</p>"
+        return None
     rows = [
-        ("cohort id", f"<code>{_e(data.cohort_id)}</code>"),
-        ("concepts per combo (k)", _e(m.get("k", ""))),
-        ("description level", _e(m.get("description_level", ""))),
+        ("concepts per combo (k)", str(m.get("k", ""))),
+        ("description level", str(m.get("description_level", ""))),
         ("combos", f"{len(m.get('combos', ())):,}"),
-        ("concepts", _e(", ".join(str(c.get("concept_id", "")) for c in m.get("concepts", ())))),
+        ("concepts", ", ".join(str(c.get("concept_id", "")) for c in m.get("concepts", ()))),
     ]
     templates = m.get("templates") or {}
     for stage in ("draft", "essay", "evaluation"):
@@ -108,145 +115,160 @@ def _definition(data: ReportData) -> str:
             f"{t.get('template_id', '')}" + (" (copy)" if t.get("generator") == "copy" else "")
             for t in entries
         )
-        rows.append((f"{stage} templates", _e(listing)))
+        rows.append((f"{stage} templates", listing))
     models = m.get("models") or {}
-    rows.append(("generation models", _e(", ".join(x.get("id", "") for x in models.get("generation", ())))))
-    rows.append(("judge models", _e(", ".join(x.get("id", "") for x in models.get("evaluation", ())))))
+    rows.append(("generation models", ", ".join(x.get("id", "") for x in models.get("generation", ()))))
+    rows.append(("judge models", ", ".join(x.get("id", "") for x in models.get("evaluation", ()))))
     replicates = m.get("replicates") or {}
-    rows.append(("replicates", _e(", ".join(f"{k} {v}" for k, v in replicates.items()))))
+    rows.append(("replicates", ", ".join(f"{k} {v}" for k, v in replicates.items())))
     counts = m.get("counts") or {}
-    rows.append(("generations", _e(", ".join(f"{k} {v:,}" for k, v in counts.items()))))
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
-    return f"<table class='kv'>{body}</table>"
+    rows.append(("generations", ", ".join(f"{k} {v:,}" for k, v in counts.items())))
+    return rows
 
 
-def _progress(progress: Mapping[str, Mapping[str, int]]) -> str:
-    if not progress:
-        return "<p>No progress information.</p>"
+class _ProgressRow(NamedTuple):
+    stage: str
+    total: int
+    counts: list[int]
+    """One per shown state."""
+    width: float
+    """Finished share in percent (the bar)."""
+    share: str
+
+
+class _Progress(NamedTuple):
+    headings: list[str]
+    rows: list[_ProgressRow]
+
+
+def _progress(progress: Mapping[str, Mapping[str, int]]) -> _Progress:
     states = [s for s in PROGRESS_STATES if any(p.get(s) for p in progress.values())]
-    head = "".join(f"<th>{_e(s.replace('_', ' '))}</th>" for s in ("stage", "total", *states, "finished"))
-    body = []
+    headings = [s.replace("_", " ") for s in ("stage", "total", *states, "finished")]
+    rows = []
     for stage, counts in progress.items():
         total = counts.get("total", 0)
         finished = counts.get("done", 0) + counts.get("failed", 0)
         share = f"{finished / total:.0%}" if total else "-"
         width = 100 * finished / total if total else 0
-        bar = f"<div class='bar'><span style='width:{width:.1f}%'></span></div>"
-        cells = "".join(f"<td class='num'>{counts.get(s, 0):,}</td>" for s in states)
-        body.append(
-            f"<tr><td>{_e(stage)}</td><td class='num'>{total:,}</td>{cells}<td>{bar} {share}</td></tr>"
-        )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        rows.append(_ProgressRow(stage, total, [counts.get(s, 0) for s in states], width, share))
+    return _Progress(headings, rows)
 
 
-def _heatmap_section(scores: Scores) -> str:
+class _Heatmap(NamedTuple):
+    svg: Markup
+    mixed_scales: bool
+
+
+def _heatmap(scores: Scores) -> _Heatmap | None:
     groups = scores.groups(("draft_template", "generation_model"))
-    means = {key: acc.cells()[2] for key, acc in groups.items()}
-    means = {k: v for k, v in means.items() if isinstance(v, float)}
+    means: dict[tuple[str, str], float] = {}
+    for (draft_template, model), stats in groups.items():
+        mean = stats.cells()[2]
+        if isinstance(mean, float):
+            means[draft_template, model] = mean
     if not means:
-        return _empty("No scores yet.")
+        return None
     rows = sorted({k[0] for k in means})
     cols = sorted({k[1] for k in means})
     maxima = set(scores.score_max.values()) or {SCORE_MAX_DEFAULT}
-    note = ""
-    if len(maxima) > 1:
-        note = "<p class='muted'>Evaluation templates use different scales; means are of raw scores.</p>"
-    svg = _heatmap_svg(rows, cols, means, max(maxima))
-    return f"<figure>{svg}</figure>{note}"
+    return _Heatmap(_heatmap_svg(rows, cols, means, max(maxima)), len(maxima) > 1)
 
 
-def _distribution_section(scores: Scores) -> str:
+def _distributions(scores: Scores) -> Markup | None:
     by_judge: dict[str, list[float]] = {}
     for row in scores.rows:
         if row.score is not None:
             by_judge.setdefault(row.evaluation_model, []).append(row.score)
     if not by_judge:
-        return _empty("No scores yet.")
+        return None
     top = max(scores.score_max.values(), default=SCORE_MAX_DEFAULT)
-    return f"<figure>{_histograms_svg(dict(sorted(by_judge.items())), top)}</figure>"
+    return _histograms_svg(dict(sorted(by_judge.items())), top)
 
 
-def _agreement_section(scores: Scores) -> str:
+class _Agreement(NamedTuple):
+    svg: Markup | None
+    why: str
+    """Why there is nothing to compare (when ``svg`` is None)."""
+
+
+def _agreement(scores: Scores) -> _Agreement:
     table = variance_analysis(scores)
     counts: dict[str, Counter[str]] = {}
     for record in table.records():
         counts.setdefault(str(record["dimension"]), Counter())[str(record["agreement"])] += 1
-    judges = {row.evaluation_model for row in scores.rows}
     if not counts:
+        judges = {row.evaluation_model for row in scores.rows}
         why = (
             "there is only one judge model, one evaluation template per judge and one replicate"
             if len(judges) <= 1
             else "no essay has been scored twice yet"
         )
-        return _empty(f"Nothing to compare: {why}.")
-    explain = (
-        "<p class='muted'>Per essay: the range of the scores given by different judges (same "
-        "template), by different templates (same judge) and by replicates (same template and judge). "
-        "Range &le; 1 strong, &le; 2 moderate, &le; 3 weak agreement, else disagreement (on 0-10; "
-        "scaled for other maxima). See analysis/judge_agreement.csv and variance_analysis.csv.</p>"
-    )
-    dims = [d for d in ("judges", "templates", "replicates") if d in counts]
-    return f"<figure>{_agreement_svg(dims, counts)}</figure>{explain}"
+        return _Agreement(None, why)
+    dims: list[str] = [d for d in ("judges", "templates", "replicates") if d in counts]
+    return _Agreement(_agreement_svg(dims, counts), "")
 
 
-def _top_section(scores: Scores, top: Sequence[TopEssay], data: ReportData) -> str:
-    if not top:
-        return _empty("No scored essays yet.")
+class _TopRow(NamedTuple):
+    rank: int
+    essay: TopEssay
+    means: list[float | None]
+    """The essay's mean per column, in the order of the headings."""
+    link: str
+    concepts: str
+    text: str | None
+
+
+class _Top(NamedTuple):
+    headings: list[str]
+    rows: list[_TopRow]
+
+
+def _top(scores: Scores, top: Sequence[TopEssay], data: ReportData) -> _Top:
     keys = scores.columns()
-    head = "".join(
-        f"<th>{_e(h)}</th>"
-        for h in (
-            "#",
-            "sum",
-            "mean",
-            *(column_name(*k) for k in keys),
-            "draft template",
-            "model",
-            "essay template",
-        )
-    )
-    body = []
+    headings = [
+        "#",
+        "sum",
+        "mean",
+        *(column_name(*k) for k in keys),
+        "draft template",
+        "model",
+        "essay template",
+    ]
+    rows = []
     for rank, essay in enumerate(top, start=1):
-        means = scores.essays[essay.essay_gen_id].means()
-        cells = "".join(f"<td class='num'>{_num(means.get(k))}</td>" for k in keys)
-        link = _link(data.link_prefix, essay.essay_path)
-        text = data.essay_texts.get(essay.essay_gen_id)
-        first = scores.essays[essay.essay_gen_id].first
-        concepts = ", ".join(first.concept_ids) or essay.combo_id
-        details = (
-            f"<details><summary><a href='{_e(link)}'>{_e(essay.essay_gen_id)}</a> · {_e(concepts)}"
-            "</summary>"
-            + (f"<pre>{_e(text)}</pre>" if text is not None else "<p class='muted'>text not found</p>")
-            + "</details>"
+        indexed = scores.essays[essay.essay_gen_id]
+        means = indexed.means()
+        rows.append(
+            _TopRow(
+                rank,
+                essay,
+                [means.get(k) for k in keys],
+                _link(data.link_prefix, essay.essay_path),
+                ", ".join(indexed.first.concept_ids) or essay.combo_id,
+                data.essay_texts.get(essay.essay_gen_id),
+            )
         )
-        body.append(
-            f"<tr><td class='num'>{rank}</td><td class='num'><b>{_num(essay.sum_scores)}</b></td>"
-            f"<td class='num'>{_num(essay.mean)}</td>{cells}<td>{_e(essay.draft_template)}</td>"
-            f"<td>{_e(essay.generation_model)}</td><td>{_e(essay.essay_template)}</td></tr>"
-            f"<tr class='sub'><td></td><td colspan='{len(keys) + 5}'>{details}</td></tr>"
-        )
-    return f"<table class='top'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return _Top(headings, rows)
 
 
-def _failures_section(scores: Scores) -> str:
+class _Failures(NamedTuple):
+    svg: Markup
+    rows: list[tuple[str, int, list[str]]]
+    """(kind, evaluations, up to three examples)."""
+
+
+def _failures(scores: Scores) -> _Failures | None:
     kinds = scores.failures_by_kind()
     if not kinds:
-        return _empty("No failed evaluations.")
+        return None
     examples: dict[str, list[str]] = {}
     for row in scores.rows:
         if row.score is None:
             found = examples.setdefault(row.error_kind or "unknown", [])
             if len(found) < 3:
                 found.append(f"{row.gen_id}: {row.error_message}" if row.error_message else row.gen_id)
-    body = "".join(
-        f"<tr><td>{_e(kind)}</td><td class='num'>{n:,}</td><td><ul>"
-        + "".join(f"<li><code>{_e(x[:300])}</code></li>" for x in examples.get(kind, ()))
-        + "</ul></td></tr>"
-        for kind, n in kinds.items()
-    )
-    head = "<tr><th>kind</th><th>evaluations</th><th>examples</th></tr>"
-    table = f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
-    return f"<figure>{_bars_svg(list(kinds.items()))}</figure>{table}"
+    rows = [(kind, n, examples.get(kind, [])) for kind, n in kinds.items()]
+    return _Failures(_bars_svg(list(kinds.items())), rows)
 
 
 # -- charts (matplotlib, inline SVG) ---------------------------------------------------------------
@@ -258,7 +280,7 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _svg(fig: Any, name: str) -> str:
+def _svg(fig: Any, name: str) -> Markup:
     """The figure as an ``<svg>`` element (no XML prologue), with ids unique to this chart."""
     import matplotlib
 
@@ -268,10 +290,11 @@ def _svg(fig: Any, name: str) -> str:
     text = buffer.getvalue()
     start = text.find("<svg")
     svg = text[start:] if start >= 0 else text
-    return svg.replace("<svg ", f"<svg role='img' aria-label='{_e(name)}' class='chart' ", 1)
+    label = html.escape(name, quote=True)
+    return Markup(svg.replace("<svg ", f"<svg role='img' aria-label='{label}' class='chart' ", 1))
 
 
-def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], float], top: float) -> str:
+def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], float], top: float) -> Markup:
     import numpy as np
 
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -298,7 +321,7 @@ def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], 
     return _svg(fig, "heatmap")
 
 
-def _histograms_svg(by_judge: dict[str, list[float]], top: float) -> str:
+def _histograms_svg(by_judge: dict[str, list[float]], top: float) -> Markup:
     n = len(by_judge)
     per_row = min(n, 3)
     nrows = math.ceil(n / per_row)
@@ -319,7 +342,7 @@ def _histograms_svg(by_judge: dict[str, list[float]], top: float) -> str:
     return _svg(fig, "distributions")
 
 
-def _agreement_svg(dims: list[str], counts: dict[str, Counter[str]]) -> str:
+def _agreement_svg(dims: list[str], counts: dict[str, Counter[str]]) -> Markup:
     fig = _figure(7.5, 0.9 + 0.55 * len(dims))
     ax = fig.add_subplot()
     left = [0.0] * len(dims)
@@ -342,7 +365,7 @@ def _agreement_svg(dims: list[str], counts: dict[str, Counter[str]]) -> str:
     return _svg(fig, "agreement")
 
 
-def _bars_svg(items: list[tuple[str, int]]) -> str:
+def _bars_svg(items: list[tuple[str, int]]) -> Markup:
     fig = _figure(6.0, 0.8 + 0.4 * len(items))
     ax = fig.add_subplot()
     labels = [k for k, _ in items]
@@ -358,36 +381,13 @@ def _bars_svg(items: list[tuple[str, int]]) -> str:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+def _thousands(value: int) -> str:
+    return f"{value:,}"
 
 
 def _num(value: float | None) -> str:
     return "" if value is None else format_number(round(value, 2))
 
 
-def _empty(message: str) -> str:
-    return f"<p class='muted'>{_e(message)}</p>"
-
-
 def _link(prefix: str, path: str) -> str:
     return f"{prefix.rstrip('/')}/{path}" if prefix else path
-
-
-_CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
-background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:18px 32px}header h1{margin:0 0 4px;font-size:22px}
-header .muted{color:#c9d1dc}main{padding:8px 32px 40px;max-width:1200px}
-section{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:12px 20px;margin:16px 0}
-h2{font-size:18px;margin:4px 0 10px}table{border-collapse:collapse;font-size:13px}
-th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-thead th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.kv th{width:200px;color:#555;font-weight:600}.muted{color:#6a737d}.warn{color:#b35900}
-figure{margin:8px 0}svg.chart{max-width:100%;height:auto}code{font-size:12px}
-.bar{display:inline-block;width:140px;height:10px;background:#e6e9ee;border-radius:5px;vertical-align:middle}
-.bar span{display:block;height:100%;background:#2e8b57;border-radius:5px}
-tr.sub td{border-bottom:1px solid #d8dce1;padding-top:0}details summary{cursor:pointer;color:#30557f}
-details pre{white-space:pre-wrap;max-height:320px;overflow:auto;background:#f6f8fa;padding:8px;font-size:12px}
-ul{margin:0;padding-left:18px}
-"""

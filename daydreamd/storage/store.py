@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,16 @@ import aiosqlite
 import anyio
 
 from daydreamd.core.cohort import Cohort, Generation
-from daydreamd.core.stages import STAGES, Stage
+from daydreamd.core.stages import STAGES, Stage, State
+from daydreamd.core.timestamps import utc_now
 from daydreamd.storage.migrations import migrate
 
-STATES = ("pending", "queued", "running", "done", "failed")
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
     "score, fresh"
 )
-
-
-def now_iso() -> str:
-    """Wall-clock now as ISO-8601 UTC with milliseconds (what the tables record)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +149,7 @@ class Store:
         self, cohort: Cohort, modes: dict[tuple[Stage, str], str], fingerprint: str
     ) -> SyncResult:
         """Make the table match the cohort: new generations pending, vanished retired, returned revived."""
-        now = now_iso()
+        now = utc_now()
         rows = (
             (
                 g.gen_id,
@@ -234,7 +228,7 @@ class Store:
                 f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE gen_id IN ("
                 f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
                 f"ORDER BY stage_rank, rowid LIMIT ?)",
-                (approval_id, now_iso(), *params, -1 if limit is None else limit),
+                (approval_id, utc_now(), *params, -1 if limit is None else limit),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (matched, approval_id))
         return approval_id, matched
@@ -252,7 +246,7 @@ class Store:
                 db,
                 f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? "
                 f"WHERE state = 'queued' AND {where}",
-                (now_iso(), *params),
+                (utc_now(), *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (revoked, approval_id))
         return revoked
@@ -298,7 +292,7 @@ class Store:
                 db,
                 "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
                 f"updated_at = ? WHERE {' AND '.join(clauses)}",
-                (int(fresh), now_iso(), *params),
+                (int(fresh), utc_now(), *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
         return retried
@@ -373,7 +367,7 @@ class Store:
         cursor = await db.execute(
             "INSERT INTO approvals (created_at, requested_by, action, cohort_id, stage, template_id, llm_model_id, "
             "limit_n, matched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            (now_iso(), requested_by, action, cohort_id, stage, template_id, llm_model_id, limit),
+            (utc_now(), requested_by, action, cohort_id, stage, template_id, llm_model_id, limit),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -386,17 +380,8 @@ class Store:
             return await _changes(
                 db,
                 "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE state = 'running'",
-                (now_iso(),),
+                (utc_now(),),
             )
-
-    async def ready_counts(self) -> dict[tuple[str, str], int]:
-        """Queued generations whose parent is done, by (mode, model): where claiming can find work."""
-        async with self.db.execute(
-            "SELECT mode, llm_model_id, count(*) FROM generations g WHERE state = 'queued' AND retired = 0 "
-            "AND (parent_gen_id = '' OR EXISTS (SELECT 1 FROM generations p WHERE p.gen_id = g.parent_gen_id "
-            "AND p.state = 'done')) GROUP BY mode, llm_model_id"
-        ) as cursor:
-            return {(row[0], row[1]): row[2] for row in await cursor.fetchall()}
 
     async def claim(
         self,
@@ -414,7 +399,7 @@ class Store:
         if limit <= 0:
             return []
         model_filter = "" if llm_model_id is None else "AND g.llm_model_id = ?"
-        params: list[Any] = [time.time() + lease_s, now_iso(), now_iso(), mode]
+        params: list[Any] = [time.time() + lease_s, utc_now(), utc_now(), mode]
         if llm_model_id is not None:
             params.append(llm_model_id)
         if exclude_approvals:
@@ -448,7 +433,7 @@ class Store:
         """
         if not completions:
             return []
-        now = now_iso()
+        now = utc_now()
         async with self._write() as db:
             holding: set[tuple[str, int]] = set()
             for start in range(0, len(completions), 500):
@@ -467,7 +452,7 @@ class Store:
                 "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                 [
                     (
-                        "done" if c.ok else "failed",
+                        str(State.DONE if c.ok else State.FAILED),
                         len(c.attempts),
                         c.error_kind,
                         c.error_message,
@@ -490,7 +475,7 @@ class Store:
 
     async def release(self, claims: Iterable[Claim]) -> int:
         """Give unfinished claims back (shutdown): running -> queued under the same token check."""
-        params = [(now_iso(), c.generation.gen_id, c.token) for c in claims]
+        params = [(utc_now(), c.generation.gen_id, c.token) for c in claims]
         if not params:
             return 0
         async with self._write() as db:
@@ -506,13 +491,13 @@ class Store:
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Generations per stage and state; retired ones counted apart under ``retired``."""
-        result = {str(s): {state: 0 for state in (*STATES, "retired")} for s in STAGES}
+        result = {str(s): {str(state): 0 for state in State} for s in STAGES}
         async with self.db.execute(
             "SELECT stage, state, retired, count(*) FROM generations GROUP BY stage, state, retired"
         ) as cursor:
             for stage, state, retired, n in await cursor.fetchall():
                 result.setdefault(stage, {})
-                key = "retired" if retired else state
+                key = str(State.RETIRED) if retired else state
                 result[stage][key] = result[stage].get(key, 0) + n
         return result
 
@@ -522,7 +507,7 @@ class Store:
         if stage:
             clauses.append("stage = ?")
             params.append(stage)
-        if state == "retired":
+        if state == State.RETIRED:
             clauses.append("retired = 1")
         elif state:
             clauses.extend(["state = ?", "retired = 0"])
@@ -578,7 +563,7 @@ class Store:
 
     async def save_limits(self, limits: dict[str, float]) -> None:
         """Record learned per-model concurrency."""
-        now = now_iso()
+        now = utc_now()
         async with self._write() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO model_limits (llm_model_id, concurrency, updated_at) VALUES (?, ?, ?)",

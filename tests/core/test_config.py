@@ -45,7 +45,7 @@ def test_stage_defaults_and_overrides(tmp_path: Path) -> None:
         ('[experiment]\nk_max = "2"\n', "experiment.k_max"),
         ("[experiment]\nk_max = 0\n", "experiment.k_max"),
         ('[experiment]\ndescription_level = "essay"\n', "experiment.description_level"),
-        ('[llm]\nprovider = "claude"\n', "llm.provider"),
+        # An unknown llm.provider is the LLM layer's to reject (tests/shell/test_llm.py).
         ("[stages.drafts]\nmax_tokens = 1\n", "stages.drafts"),
         ("[stages.draft]\nmax_tokens = true\n", "stages.draft.max_tokens"),
         ('[stages.draft]\non_truncation = "retry"\n', "stages.draft.on_truncation"),

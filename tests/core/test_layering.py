@@ -103,7 +103,7 @@ def test_every_layer_folder_is_a_package() -> None:
             "core imports daydreamd.storage",
         ),
         ("core", "leak.py", "import aiohttp\n", "core imports aiohttp"),
-        ("storage", "leak.py", "from daydreamd.llm import client\n", "storage imports daydreamd.llm"),
+        ("storage", "leak.py", "from daydreamd.llm import calls\n", "storage imports daydreamd.llm"),
         ("llm", "leak.py", "import daydreamd.daemon.pool\n", "llm imports daydreamd.daemon.pool"),
         ("report", "leak.py", "from daydreamd import daemon\n", "report imports daydreamd.daemon"),
         ("cli", "leak.py", "from daydreamd.daemon.service import Service\n", "cli imports daydreamd.daemon"),

@@ -15,10 +15,17 @@ from daydreamd.core.parsers import (
     format_score,
     is_registered,
     parse_reply,
-    parse_score,
     parser_names,
+    read_verdict,
     resolve_parser_name,
 )
+from daydreamd.core.verdicts import VerdictSpec
+
+
+def parse_score(name: str, raw: str) -> float:
+    """The score on the default 0-10 scale with the SCORE label."""
+    return read_verdict(name, raw, VerdictSpec()).score
+
 
 # --- registry -----------------------------------------------------------------------------------
 
@@ -337,7 +344,10 @@ JUDGE_REASONING = "REASONING: The essay links both concepts with a concrete mech
         ),
         pytest.param("SCORE: 7\n\n\n\nnote one\n\n\nnote two\n\n", 7.0, id="blank-lines-do-not-count"),
         pytest.param("SCORE: 4\nOn reflection:\nSCORE: 6", 6.0, id="bottom-line-wins"),
-        pytest.param("Criterion score: 9\nSCORE: 8/10 (fraction skipped)\n", 9.0, id="fraction-line-skipped"),
+        # Changed (parser v2): a fraction on the template's own scale is a verdict, and "Criterion score"
+        # names a part. It used to skip the fraction and read the criterion.
+        pytest.param("Criterion score: 9\nSCORE: 8/10\n", 8.0, id="fraction-on-own-scale-wins"),
+        pytest.param("SCORE: 9\nSCORE: 4/5\n", 9.0, id="fraction-on-other-scale-skipped"),
         pytest.param("Reasoning here.\r\nSCORE: 7\r\n", 7.0, id="crlf"),
         pytest.param("Évaluation — très cohérent ✓ 思考\n**SCORE: 9**", 9.0, id="unicode"),
     ],
@@ -351,11 +361,11 @@ def test_in_last_line(raw: str, expected: float) -> None:
     ("raw", "message"),
     [
         pytest.param("SCORE: 7\none\ntwo\nthree", "last 3 non-empty lines", id="fourth-from-last"),
-        pytest.param(f"{JUDGE_REASONING}\nSCORE: 7/10", "last 3 non-empty lines", id="fraction"),
+        # Changed (parser v2): 7/10 on a 0-10 template is 7; another denominator is still not a score.
+        pytest.param(f"{JUDGE_REASONING}\nSCORE: 7/9", "last 3 non-empty lines", id="fraction-other-scale"),
         pytest.param(f"{JUDGE_REASONING}\n8", "last 3 non-empty lines", id="bare-number"),
-        pytest.param(
-            f"{JUDGE_REASONING}\n**Final Score**\n8", "last 3 non-empty lines", id="heading-then-value"
-        ),
+        # Changed (parser v2): a label alone on its line takes its value from the next one, as in
+        # ``complex`` (tested in test_in_last_line_reads_heading_then_value).
         pytest.param(f"{JUDGE_REASONING}\nSCORE: 8-9", "last 3 non-empty lines", id="range"),
         pytest.param(f"{JUDGE_REASONING}\nSCORE: X", "last 3 non-empty lines", id="placeholder"),
         pytest.param(
@@ -364,10 +374,10 @@ def test_in_last_line(raw: str, expected: float) -> None:
         pytest.param("The essay is good.", "last 3 non-empty lines", id="no-score"),
         pytest.param("", "no non-empty line", id="empty"),
         pytest.param(" \n\t\r\n", "no non-empty line", id="whitespace-only"),
-        pytest.param(f"{JUDGE_REASONING}\nSCORE: 11", "outside 0..10", id="above-range"),
-        pytest.param(f"{JUDGE_REASONING}\nSCORE: -1", "outside 0..10", id="negative"),
-        pytest.param("SCORE: 10.5", "outside 0..10", id="just-above-range"),
-        pytest.param("SCORE: 4\nnotes\nSCORE: 12", "outside 0..10", id="first-found-is-out-of-range"),
+        pytest.param(f"{JUDGE_REASONING}\nSCORE: 11", "outside the template's scale 0-10", id="above-range"),
+        pytest.param(f"{JUDGE_REASONING}\nSCORE: -1", "outside the template's scale 0-10", id="negative"),
+        pytest.param("SCORE: 10.5", "outside the template's scale 0-10", id="just-above-range"),
+        pytest.param("SCORE: 4\nnotes\nSCORE: 12", "outside the template's scale 0-10", id="first-found-is-out-of-range"),
     ],
 )
 def test_in_last_line_errors(raw: str, message: str) -> None:
@@ -414,7 +424,7 @@ Breakdown:
     [
         pytest.param("REASONING: creative\nSCORE: 8.5", 8.5, id="plain"),
         pytest.param("SCORE: 8/10", 8.0, id="fraction"),
-        pytest.param("Score: 3/5", 6.0, id="fraction-scaled"),
+        # Changed (parser v2): a fraction on another scale is never rescaled (it was 3/5 -> 6.0).
         pytest.param("Score: 7 / 10", 7.0, id="fraction-spaced"),
         pytest.param("**Score:** **8.5/10**", 8.5, id="decimal-fraction-bold"),
         pytest.param(LEGACY_JUDGE_REPLY, 7.0, id="legacy-reply-total-over-subscores"),
@@ -424,7 +434,9 @@ Breakdown:
             6.0,
             id="subscores-then-final",
         ),
-        pytest.param("Total Score: 6\nmore thoughts\nFinal Score: 7\nSCORE: 2", 7.0, id="last-final-label"),
+        # Changed (parser v2): the format the template asked for (SCORE) beats "Final Score" labels.
+        pytest.param("Total Score: 6\nmore thoughts\nFinal Score: 7\nSCORE: 2", 2.0, id="verdict-label-wins"),
+        pytest.param("Total Score: 6\nmore thoughts\nFinal Score: 7", 7.0, id="last-final-label"),
         pytest.param("Overall score = 5\nclarity score: 9", 5.0, id="overall-label"),
         pytest.param("### Final Score\n\n**8**\n\nWell argued.", 8.0, id="heading-value-next-line"),
         pytest.param("**Final Score**\n7/10", 7.0, id="bold-heading-fraction-next-line"),
@@ -438,7 +450,7 @@ Breakdown:
         ),
         pytest.param("Score: 6\nThat is about 7/10 in the old rubric.", 6.0, id="score-line-beats-fraction"),
         pytest.param("Thoughtful but thin.\nI would rate it 7/10.", 7.0, id="trailing-fraction"),
-        pytest.param("Rating: 4/5\n", 8.0, id="trailing-fraction-scaled"),
+        pytest.param("Rating: 4/5\nOverall I rate it 8/10.\n", 8.0, id="trailing-fraction-on-own-scale"),
         pytest.param("Final Score: 456", 5.0, id="three-digits"),
         pytest.param("Évaluation — 思考 ✓\n**Note finale / Final Score:** 9", 9.0, id="unicode"),
     ],
@@ -451,18 +463,18 @@ def test_complex(raw: str, expected: float) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        pytest.param("Final Score: 12/10", "outside 0..10", id="fraction-above-range"),
-        pytest.param("Total Score: 15", "outside 0..10", id="above-range"),
-        pytest.param("Score: -2", "outside 0..10", id="negative"),
-        pytest.param("**Final Score**\n11", "outside 0..10", id="heading-above-range"),
-        pytest.param("Score: 5/0", "denominator", id="zero-denominator"),
-        pytest.param("It was fine.\nI liked it.", "no final/total/overall score", id="no-score"),
-        pytest.param("7/10 early on\na\nb\nc\nd", "no final/total/overall score", id="fraction-too-early"),
-        pytest.param("SCORE: X", "no final/total/overall score", id="placeholder"),
-        pytest.param("SCORE: 0-10 (0 = none, 10 = best)", "no final/total/overall score", id="rubric-range"),
+        pytest.param("Final Score: 12/10", "outside the template's scale 0-10", id="fraction-above-range"),
+        pytest.param("Total Score: 15", "outside the template's scale 0-10", id="above-range"),
+        pytest.param("Score: -2", "outside the template's scale 0-10", id="negative"),
+        pytest.param("**Final Score**\n11", "outside the template's scale 0-10", id="heading-above-range"),
+        pytest.param("Score: 5/0", "no verdict", id="zero-denominator"),
+        pytest.param("It was fine.\nI liked it.", "no verdict", id="no-score"),
+        pytest.param("7/10 early on\na\nb\nc\nd", "no verdict", id="fraction-too-early"),
+        pytest.param("SCORE: X", "no verdict", id="placeholder"),
+        pytest.param("SCORE: 0-10 (0 = none, 10 = best)", "no verdict", id="rubric-range"),
         pytest.param(
             "## FINAL SCORE\n1. Calculate the raw score out of 100",
-            "no final/total/overall score",
+            "no verdict",
             id="list-after-heading",
         ),
         pytest.param("", "no non-empty line", id="empty"),
@@ -483,6 +495,11 @@ def test_complex_reads_further_back_than_in_last_line() -> None:
     assert parse_score("complex", raw) == 8.0
 
 
+def test_in_last_line_reads_heading_then_value() -> None:
+    """``**Final Score**`` alone on a line takes its value from the next line (changed in v2)."""
+    assert parse_score("in_last_line", f"{JUDGE_REASONING}\n**Final Score**\n8") == 8.0
+
+
 # --- evaluation text and format_score -------------------------------------------------------------
 
 
@@ -491,7 +508,7 @@ def test_complex_reads_further_back_than_in_last_line() -> None:
     [
         ("in_last_line", "SCORE: 7", "7.0"),
         ("in_last_line", "Score: 1,2,2", "1.667"),
-        ("complex", "Score: 2/3", "6.667"),
+        ("complex", "Score: 6.6667/10", "6.667"),
         ("complex", FINAL_THEN_SUBSCORES, "8.0"),
     ],
 )

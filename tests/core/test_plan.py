@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from daydreamd.core.plan import (
+from daydreamd.core.estimates import (
     GroupEstimate,
     GroupInputs,
     Observed,
@@ -18,9 +18,9 @@ from daydreamd.core.plan import (
     observed_table,
     plan_hash,
     summarize,
-    tokens_of,
 )
 from daydreamd.core.pricing import Price
+from daydreamd.core.tokens import estimate_tokens
 
 
 def inputs(**overrides: object) -> GroupInputs:
@@ -38,7 +38,7 @@ def inputs(**overrides: object) -> GroupInputs:
     return GroupInputs(**fields)  # type: ignore[arg-type]
 
 
-# -- plan_hash and tokens_of ---------------------------------------------------------------------
+# -- plan_hash and estimate_tokens -------------------------------------------------------------
 
 
 def test_plan_hash_is_16_hex_over_the_cohort_and_the_sorted_ids() -> None:
@@ -61,8 +61,8 @@ def test_plan_hash_changes_with_the_cohort_and_with_the_ids() -> None:
     ("text", "tokens"),
     [("", 1), ("abc", 1), ("abcd", 1), ("abcdefgh", 2), ("x" * 4001, 1000), ("é" * 8, 2)],
 )
-def test_tokens_of_is_characters_over_four_and_never_zero(text: str, tokens: int) -> None:
-    assert tokens_of(text) == tokens
+def test_estimate_tokens_is_characters_over_four_and_never_zero(text: str, tokens: int) -> None:
+    assert estimate_tokens(text) == tokens
 
 
 # -- estimate_group: sources -------------------------------------------------------------------

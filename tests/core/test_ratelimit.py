@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.daemon.ratelimit import AdaptiveLimit, ConcurrencyGate, MonotonicClock, SlidingWindow
+from daydreamd.daemon.ratelimit import AdaptiveLimit, MonotonicClock, SlidingWindow
 
 START = 1000.0
 
@@ -443,60 +443,3 @@ def test_initial_is_clamped() -> None:
 def test_nonsense_settings_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         AdaptiveLimit(2.0, clock=FakeClock(), **kwargs)  # type: ignore[arg-type]
-
-
-# ---- ConcurrencyGate ---------------------------------------------------------------------------
-
-
-def test_gate_counts_per_key_and_globally() -> None:
-    gate: ConcurrencyGate[str] = ConcurrencyGate(5, {"a": 2, "b": 4}.get)
-    assert gate.available("a") == 2
-    assert gate.try_enter("a") and gate.try_enter("a")
-    assert not gate.try_enter("a")
-    assert gate.available("a") == 0
-    assert gate.available("b") == 3, "the global limit leaves 3"
-    assert all(gate.try_enter("b") for _ in range(3))
-    assert (gate.total, gate.in_flight("a"), gate.in_flight("b")) == (5, 2, 3)
-    assert gate.available("b") == 0
-    assert gate.available("c") == 0, "no own limit, but the global one is full"
-    gate.leave("a")
-    assert gate.available("c") == 1
-    assert gate.try_enter("c")
-    assert gate.total == 5
-
-
-def test_gate_follows_an_adaptive_limit_without_cancelling_anything() -> None:
-    clock = FakeClock()
-    limits = {"m": adaptive(clock, initial=4.0)}
-    gate: ConcurrencyGate[str] = ConcurrencyGate(100, lambda key: limits[key].limit)
-    assert sum(gate.try_enter("m") for _ in range(10)) == 4
-    limits["m"].on_rate_limited(None)  # 4 -> 2 while 4 are running
-    assert gate.available("m") == 0
-    gate.leave("m")
-    gate.leave("m")
-    assert gate.available("m") == 0
-    gate.leave("m")
-    assert gate.available("m") == 1
-
-
-def test_gate_leave_without_enter_is_a_bug() -> None:
-    gate: ConcurrencyGate[str] = ConcurrencyGate(3, lambda _key: None)
-    with pytest.raises(RuntimeError):
-        gate.leave("x")
-    assert gate.try_enter("x")
-    gate.leave("x")
-    with pytest.raises(RuntimeError):
-        gate.leave("x")
-    assert gate.total == 0
-
-
-def test_gate_global_limit_can_change() -> None:
-    gate: ConcurrencyGate[str] = ConcurrencyGate(2, lambda _key: None)
-    assert gate.try_enter("x") and gate.try_enter("y")
-    gate.set_global_limit(1)
-    assert gate.global_limit == 1
-    assert gate.available("x") == 0
-    with pytest.raises(ValueError):
-        gate.set_global_limit(0)
-    with pytest.raises(ValueError):
-        ConcurrencyGate(0, lambda _key: None)

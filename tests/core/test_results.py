@@ -12,25 +12,18 @@ import random
 
 import pytest
 
+from daydreamd.core.agreement import agreement_class, judge_agreement, spread, variance_analysis
 from daydreamd.core.results import (
-    AGGREGATED_SCORES,
     SCORE_COLUMNS,
-    ScoreRow,
-    Scores,
-    Table,
-    agreement_class,
     build_tables,
     evaluation_scores_by_template_model,
     final_results,
-    format_cell,
-    format_number,
     generation_scores,
-    judge_agreement,
     perfect_score_paths,
-    spread,
     top_essays,
-    variance_analysis,
 )
+from daydreamd.core.scores import ScoreRow, Scores
+from daydreamd.core.table import AGGREGATED_SCORES, Table, format_cell, format_number
 
 ESSAYS = {
     # essay: (draft, combo, concepts, draft template, generation model)

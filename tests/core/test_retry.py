@@ -44,6 +44,7 @@ NOW = 1_700_000_000.0
         (FailureKind.TOO_SHORT, 1),
         (FailureKind.PARSE_ERROR, 1),
         (FailureKind.EMPTY, 1),
+        (FailureKind.INTERNAL, 1),
     ],
 )
 def test_max_tries_per_kind(kind: FailureKind, expected: int) -> None:
@@ -63,6 +64,7 @@ def test_every_kind_has_a_row_above() -> None:
         "too_short",
         "parse_error",
         "empty",
+        "internal",
     }
 
 

@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from daydreamd.core.results import Scores
+from daydreamd.core.scores import Scores
 from daydreamd.report.html import ReportData, render_report
-from daydreamd.storage.scores import load_scores, progress_from_db
+from daydreamd.storage.score_db import progress_from_db
+from daydreamd.storage.scores import load_scores
 from tests.shell.test_scores import Run, invoke, run_everything
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -37,15 +37,11 @@ from daydreamd.core.problems import has_errors
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.daemon.runner import Outcome, Runner
-from daydreamd.llm.client import (
-    REDACTED,
-    EchoProvider,
-    MockProvider,
-    OpenAiCompatibleClient,
-    Provider,
-    mock_score,
-)
-from daydreamd.llm.providers import make_provider
+from daydreamd.llm.apikey import REDACTED
+from daydreamd.llm.offline import EchoProvider, MockProvider, mock_score
+from daydreamd.llm.openai_compat import OpenAiCompatibleClient
+from daydreamd.llm.registry import make_provider
+from daydreamd.llm.types import Provider
 from daydreamd.storage.gens import GensStore
 from tests.fakellm import FakeLlm, Fault, FaultKind, FaultSpec, RecordedRequest, default_reply
 

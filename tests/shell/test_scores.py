@@ -32,29 +32,19 @@ from daydreamd.core.cohort import Cohort
 from daydreamd.core.config import Settings, load_settings
 from daydreamd.core.experiment import Generator
 from daydreamd.core.jobs import Jobs
-from daydreamd.core.results import (
-    AGGREGATED_SCORES,
-    CROSS_EXPERIMENT,
-    FINAL_RESULTS,
-    SCORE_COLUMNS,
-    Scores,
-    Table,
-    build_tables,
-)
+from daydreamd.core.results import SCORE_COLUMNS, build_tables
+from daydreamd.core.scores import Scores
 from daydreamd.core.stages import STAGES
+from daydreamd.core.table import AGGREGATED_SCORES, CROSS_EXPERIMENT, FINAL_RESULTS, Table
 from daydreamd.daemon.runner import Runner
-from daydreamd.llm.client import LlmRequest, MockProvider, Reply
-from daydreamd.storage.cohort_files import write_cohort
+from daydreamd.llm.offline import MockProvider
+from daydreamd.llm.types import LlmRequest, Reply
+from daydreamd.storage.cohort_files import all_memberships, write_cohort
 from daydreamd.storage.gens import GensStore
-from daydreamd.storage.scores import (
-    ResultsError,
-    all_memberships,
-    load_scores,
-    read_rows_from_db,
-    read_rows_from_files,
-    write_table,
-    write_tables,
-)
+from daydreamd.storage.score_db import read_rows_from_db
+from daydreamd.storage.score_files import read_rows_from_files
+from daydreamd.storage.score_inputs import ResultsError
+from daydreamd.storage.scores import load_scores, write_table, write_tables
 from daydreamd.storage.store import Completion, Store
 
 ctl_results.register(cli)  # until daydreamd.cli.main registers them itself (idempotent)

@@ -70,6 +70,13 @@ GENERATION: dict[str, Any] = {
 }
 
 
+class CannedStatus:
+    """A status whose JSON is exactly ``STATUS`` (a partial document, as another version may send)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return STATUS
+
+
 class FakeControl:
     """A Control with canned answers that records each call as (method, argument)."""
 
@@ -83,9 +90,9 @@ class FakeControl:
         if self.error is not None:
             raise self.error
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> CannedStatus:
         self._record("status", None)
-        return STATUS
+        return CannedStatus()
 
     async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         self._record("generations", {"stage": stage, "state": state, "limit": limit})

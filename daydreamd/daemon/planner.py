@@ -1,16 +1,18 @@
-"""Gathering what a plan needs from the run state and the gens store (the shell around ``plan``)."""
+"""Gathering what a plan needs from the run state and the gens store (the shell around ``estimates``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 
+from daydreamd.core.config import Settings
 from daydreamd.core.control import ApprovalRequest
 from daydreamd.core.errors import TemplateError
-from daydreamd.core.plan import (
+from daydreamd.core.estimates import (
     GroupEstimate,
     GroupInputs,
     Observed,
@@ -19,23 +21,32 @@ from daydreamd.core.plan import (
     plan_hash,
     summarize,
 )
+from daydreamd.core.jobs import Jobs
 from daydreamd.core.pricing import configured_prices, price_for
 from daydreamd.core.prompts import normalize_newlines, render_prompt
-from daydreamd.core.stages import PARENT_STAGE, Stage
+from daydreamd.core.stages import PARENT_STAGE, Stage, State
 from daydreamd.core.templates import Renderer
+from daydreamd.core.tokens import CHARS_PER_TOKEN, estimate_tokens
 from daydreamd.storage.gens import GensStore
-from daydreamd.storage.store import row_generation
-
-if TYPE_CHECKING:
-    from daydreamd.daemon.service import Service
+from daydreamd.storage.store import Store, row_generation
 
 SAMPLE = 20
 """Prompts rendered per (stage, template, model) to estimate input size."""
 
 
-async def make_plan(service: Service, request: ApprovalRequest) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanContext:
+    """What a plan is made against: the run state, the current cohort and its jobs, the settings."""
+
+    store: Store
+    cohort_id: str | None
+    jobs: Jobs | None
+    settings: Settings
+
+
+async def make_plan(context: PlanContext, request: ApprovalRequest) -> dict[str, Any]:
     """The plan of ``request`` against the current cohort and run state."""
-    store = service.store
+    store = context.store
     ids = await store.pending_ids(
         stage=request.stage,
         template_id=request.template_id,
@@ -46,15 +57,13 @@ async def make_plan(service: Service, request: ApprovalRequest) -> dict[str, Any
     parents = sorted({row["parent_gen_id"] for row in rows if row["parent_gen_id"]})
     parent_states = await store.states(parents)
     observed = observed_table(await store.usage_by_template_model())
-    lines = await anyio.to_thread.run_sync(_estimate, service, rows, parent_states, observed)
-    result = summarize(
-        lines, cohort_id=service.current.cohort_id, hash_=plan_hash(service.current.cohort_id, ids)
-    )
+    lines = await anyio.to_thread.run_sync(_estimate, context, rows, parent_states, observed)
+    result = summarize(lines, cohort_id=context.cohort_id, hash_=plan_hash(context.cohort_id, ids))
     return {**result, "scope": request.to_dict()}
 
 
 def _estimate(
-    service: Service,
+    context: PlanContext,
     rows: Sequence[Mapping[str, Any]],
     parent_states: Mapping[str, str],
     observed: Mapping[tuple[str, str, str], Observed],
@@ -62,14 +71,16 @@ def _estimate(
     groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["stage"], row["template_id"], row["llm_model_id"], row["mode"])].append(row)
-    gens = GensStore(service.settings.paths.data_dir)
+    gens = GensStore(context.settings.paths.data_dir)
     renderer = Renderer()
-    prices = configured_prices(service.settings.prices)
-    jobs = service.current.jobs
+    prices = configured_prices(context.settings.prices)
+    jobs = context.jobs
     lines = []
     for (stage, template_id, model_id, mode), members in sorted(groups.items()):
         parent_done = [
-            r for r in members if not r["parent_gen_id"] or parent_states.get(r["parent_gen_id"]) == "done"
+            r
+            for r in members
+            if not r["parent_gen_id"] or parent_states.get(r["parent_gen_id"]) == State.DONE
         ]
         template = jobs.template(Stage(stage), template_id) if jobs else None
         inputs = GroupInputs(
@@ -79,11 +90,11 @@ def _estimate(
             mode=mode,
             count=len(members),
             blocked=len(members) - len(parent_done),
-            rendered_tokens=_rendered(service, gens, renderer, parent_done[:SAMPLE]) if mode == "llm" else (),
-            template_tokens=len(template.text or "") // 4 if template else 0,
+            rendered_tokens=_rendered(jobs, gens, renderer, parent_done[:SAMPLE]) if mode == "llm" else (),
+            template_tokens=len(template.text or "") // CHARS_PER_TOKEN if template else 0,
             parent_tokens=_typical_parent(Stage(stage), observed),
             observed=observed.get((stage, template_id, model_id), Observed()),
-            max_tokens=service.settings.stage(Stage(stage)).max_tokens,
+            max_tokens=context.settings.stage(Stage(stage)).max_tokens,
             price=price_for(jobs.model(model_id) if jobs else None, prices),
         )
         lines.append(estimate_group(inputs))
@@ -91,9 +102,8 @@ def _estimate(
 
 
 def _rendered(
-    service: Service, gens: GensStore, renderer: Renderer, rows: Sequence[Mapping[str, Any]]
+    jobs: Jobs | None, gens: GensStore, renderer: Renderer, rows: Sequence[Mapping[str, Any]]
 ) -> list[int]:
-    jobs = service.current.jobs
     sizes = []
     for row in rows:
         generation = row_generation(row)
@@ -108,7 +118,7 @@ def _rendered(
             prompt = render_prompt(renderer, job, normalize_newlines(parent) if parent is not None else None)
         except TemplateError:
             continue
-        sizes.append(max(1, len(prompt) // 4))
+        sizes.append(estimate_tokens(prompt))
     return sizes
 
 

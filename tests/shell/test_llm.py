@@ -1,4 +1,5 @@
-"""The LLM client against the fault-injecting fake server: classification, retry counts, no leaks.
+"""The LLM layer: the client against the fault-injecting fake server (classification, retry counts,
+no leaks), the offline providers, the API key, and the provider registry.
 
 Each failure kind is pinned by how many requests the fake server recorded, because that is what
 the user pays for. Sleeps are recorded, never slept.
@@ -10,30 +11,31 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
+from daydreamd.core.config import LlmSettings, load_settings
+from daydreamd.core.errors import ConfigError
 from daydreamd.core.retry import FailureKind, RetryPolicy
-from daydreamd.llm.client import (
-    REDACTED,
-    AttemptRecord,
-    CallFailure,
-    EchoProvider,
-    LlmRequest,
-    MockProvider,
-    OpenAiCompatibleClient,
-    Provider,
-    Reply,
-    Usage,
-    call_with_retries,
-    ensure_not_truncated,
-    mock_reply_text,
-    mock_score,
-    read_api_key,
+from daydreamd.llm import registry
+from daydreamd.llm.apikey import REDACTED, read_api_key
+from daydreamd.llm.calls import AttemptRecord, call_with_retries
+from daydreamd.llm.checks import attempt_problem, content_problem
+from daydreamd.llm.offline import EchoProvider, MockProvider, mock_reply_text, mock_score
+from daydreamd.llm.openai_compat import OpenAiCompatibleClient
+from daydreamd.llm.registry import (
+    ProviderKind,
+    check_settings,
+    known_providers,
+    make_provider,
+    needs_session,
+    register,
 )
+from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
 from tests.fakellm import FakeLlm, Fault, FaultKind, RecordedRequest, default_reply
 
 KEY = "sk-or-v1-CANARY-5f1e0c7d9b3a4e21a8c6"
@@ -108,14 +110,14 @@ async def test_success_captures_text_usage_cost_provider_and_ids(
     assert attempts == 1
     served = fake.requests[0]
     assert reply.text == default_reply(served)
-    body = reply.raw_body
-    assert body is not None
-    usage = body["usage"]
-    assert reply.usage.prompt_tokens == usage["prompt_tokens"] > 0
-    assert reply.usage.completion_tokens == usage["completion_tokens"] > 0
-    assert reply.usage.total_tokens == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert reply.usage.reasoning_tokens == usage["completion_tokens_details"]["reasoning_tokens"] > 0
-    assert reply.usage.cost == usage["cost"]
+    # The fake server reports prompt tokens as characters // 4, reasoning as a quarter of the
+    # completion, and cost at $1/$4 per million tokens.
+    prompt_tokens, completion_tokens = max(1, len(served.prompt) // 4), reply.usage.completion_tokens
+    assert completion_tokens is not None and completion_tokens > 0
+    assert reply.usage.prompt_tokens == prompt_tokens
+    assert reply.usage.total_tokens == prompt_tokens + completion_tokens
+    assert reply.usage.reasoning_tokens == completion_tokens // 4 > 0
+    assert reply.usage.cost == round(prompt_tokens * 1e-6 + completion_tokens * 4e-6, 9)
     assert isinstance(reply.usage.cost, float)
     assert reply.usage.cost > 0
     assert reply.provider == "FakeProvider"
@@ -123,9 +125,8 @@ async def test_success_captures_text_usage_cost_provider_and_ids(
     assert reply.served_model == "test/model-1"
     assert (reply.finish_reason, reply.native_finish_reason, reply.truncated) == ("stop", "stop", False)
     metadata = reply.to_dict()
-    assert "raw_body" not in metadata
     assert "text" not in metadata
-    assert metadata["usage"]["cost"] == usage["cost"]
+    assert metadata["usage"]["cost"] == reply.usage.cost
     json.dumps(metadata)
 
 
@@ -378,10 +379,6 @@ async def test_truncation_is_flagged_not_raised(session: aiohttp.ClientSession, 
     assert reply.finish_reason == "length"
     assert reply.usage.completion_tokens == 40
     assert reply.text
-    with pytest.raises(CallFailure) as caught:
-        ensure_not_truncated(reply)
-    assert caught.value.kind is FailureKind.TRUNCATED
-    assert caught.value.reply is reply
 
 
 async def test_a_reply_using_all_max_tokens_counts_as_truncated(
@@ -390,20 +387,6 @@ async def test_a_reply_using_all_max_tokens_counts_as_truncated(
     reply = await make_client(session, fake).complete(make_request("prompt-tiny-limit", max_tokens=5))
     assert reply.truncated
     assert reply.usage.completion_tokens == 5
-
-
-def test_ensure_not_truncated_passes_complete_replies() -> None:
-    reply = Reply(
-        text="ok",
-        finish_reason="stop",
-        native_finish_reason="stop",
-        truncated=False,
-        usage=Usage(),
-        provider=None,
-        generation_id=None,
-        served_model=None,
-    )
-    assert ensure_not_truncated(reply) is reply
 
 
 # ---- the API key never leaks ----------------------------------------------------------------
@@ -447,13 +430,13 @@ async def test_echoed_key_never_reaches_a_reply(session: aiohttp.ClientSession) 
 
     async with FakeLlm(reply_builder=echo_auth) as fake:
         reply = await make_client(session, fake).complete(make_request("prompt-leak-reply"))
-        _assert_no_key(reply, repr(reply), reply.text, json.dumps(reply.raw_body), reply.to_dict())
+        _assert_no_key(reply, repr(reply), reply.text, reply.to_dict())
         assert REDACTED in reply.text
         fake.script(FaultKind.CONTENT_FILTER)
         with pytest.raises(CallFailure) as caught:
             await make_client(session, fake).complete(make_request("prompt-leak-filter"))
         assert caught.value.reply is not None
-        _assert_no_key(caught.value.reply.text, json.dumps(caught.value.reply.raw_body))
+        _assert_no_key(caught.value.reply.text, caught.value.reply.to_dict())
 
 
 async def test_client_repr_has_no_key(session: aiohttp.ClientSession) -> None:
@@ -609,3 +592,120 @@ def test_read_api_key_dotenv_forms(tmp_path: Path, line: str, expected: str | No
 def test_read_api_key_without_any_source(tmp_path: Path) -> None:
     assert read_api_key("KEY", {}, None) is None
     assert read_api_key("KEY", {}, tmp_path / "missing.env") is None
+
+
+# ---- reply checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "finish_reason", "expected"),
+    [
+        ("An idea.\n", "stop", None),
+        ("Half an idea", "content_filter", FailureKind.CONTENT_FILTER),
+        ("", "content_filter", FailureKind.CONTENT_FILTER),
+        ("", "stop", FailureKind.EMPTY),
+        (" \n\t\n", None, FailureKind.EMPTY),
+        ("", "length", FailureKind.EMPTY),
+    ],
+)
+def test_content_problem_is_filtered_or_blank(
+    text: str, finish_reason: str | None, expected: FailureKind | None
+) -> None:
+    problem = content_problem(text, finish_reason)
+    assert (problem[0] if problem else None) is expected
+
+
+def test_a_blank_reply_cut_at_max_tokens_is_an_answered_attempt() -> None:
+    """The attempt passes (the server answered and was paid); the runner fails it as empty."""
+    blank = Reply(
+        text="",
+        finish_reason="length",
+        native_finish_reason="length",
+        truncated=True,
+        usage=Usage(completion_tokens=10),
+        provider=None,
+        generation_id=None,
+        served_model=None,
+    )
+    assert attempt_problem(blank) is None
+    assert attempt_problem(replace(blank, truncated=False)) == (
+        FailureKind.EMPTY,
+        "reply content is empty (finish_reason='length')",
+    )
+    assert attempt_problem(replace(blank, finish_reason="content_filter")) == (
+        FailureKind.CONTENT_FILTER,
+        "reply stopped by a content filter",
+    )
+
+
+# ---- the provider registry --------------------------------------------------------------------
+
+
+def test_the_built_in_providers_are_registered_by_name() -> None:
+    assert known_providers() == ("openrouter", "openai", "mock", "echo")
+    assert [needs_session(LlmSettings(provider=name)) for name in known_providers()] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_an_unknown_provider_is_a_config_error_listing_the_known_names() -> None:
+    llm = LlmSettings(provider="claude")
+    for attempt in (
+        lambda: make_provider(llm, env={}, config_dir=None, session=None),
+        lambda: needs_session(llm),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            attempt()
+        assert caught.value.key == "llm.provider"
+        assert str(caught.value) == "llm.provider: must be one of openrouter, openai, mock, echo"
+
+
+def test_a_bad_provider_in_the_config_names_the_file_and_the_key(tmp_path: Path) -> None:
+    """Loading is the core's (which cannot know the names); check_settings completes it."""
+    config = tmp_path / "config.toml"
+    config.write_text('[llm]\nprovider = "claude"\n', encoding="utf-8")
+    settings = load_settings(config, {})
+    with pytest.raises(ConfigError) as caught:
+        check_settings(settings)
+    assert caught.value.key == "llm.provider"
+    assert str(caught.value) == f"{config}: llm.provider: must be one of openrouter, openai, mock, echo"
+    check_settings(load_settings(None, {}))
+
+
+def test_daydreamctl_and_the_daemon_refuse_a_bad_provider_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[llm]\nprovider = "claude"\n', encoding="utf-8")
+    expected = f"{config}: llm.provider: must be one of openrouter, openai, mock, echo"
+    # Imported here: the upper layers are not needed by the rest of this file.
+    from click.testing import CliRunner
+
+    from daydreamd.cli.main import cli
+    from daydreamd.daemon.service import main as daemon_main
+
+    result = CliRunner().invoke(cli, ["--config", str(config), "validate", "--data", str(tmp_path)])
+    assert result.exit_code == 1
+    assert expected in result.stderr
+
+    with pytest.raises(SystemExit) as exited:
+        daemon_main(["--config", str(config)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"daydreamd: {expected}\n"
+    assert list(tmp_path.iterdir()) == [config]  # nothing was created: no state, no socket
+
+
+def test_a_provider_registers_by_name() -> None:
+    kind = ProviderKind(name="test-canned", factory=lambda _context: EchoProvider(), online=False)
+    register(kind)
+    try:
+        assert "test-canned" in known_providers()
+        provider = make_provider(LlmSettings(provider="test-canned"), env={}, config_dir=None, session=None)
+        assert isinstance(provider, EchoProvider)
+        with pytest.raises(ValueError, match="already registered"):
+            register(kind)
+    finally:
+        registry._KINDS.pop("test-canned")

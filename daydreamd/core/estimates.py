@@ -1,4 +1,7 @@
-"""Plans: what an approval would start and what it would cost, before anything is spent (pure).
+"""Plan estimates: what an approval would start and what it would cost, before anything is spent (pure).
+
+``daemon.planner`` gathers the inputs from the run state and the gens store; everything here is
+arithmetic on them.
 
 Estimates per (stage, template, model):
 
@@ -23,17 +26,10 @@ from typing import Any
 from daydreamd.core.canonical import sha256_hex
 from daydreamd.core.pricing import Price
 
-CHARS_PER_TOKEN = 4
-
 
 def plan_hash(cohort_id: str | None, gen_ids: Iterable[str]) -> str:
     """16 hex digits over the cohort and the sorted gen_ids a plan covers."""
     return sha256_hex("\n".join([cohort_id or "", *sorted(gen_ids)]))[:16]
-
-
-def tokens_of(text: str) -> int:
-    """A rough token count: what estimates use when no tokenizer is at hand."""
-    return max(1, len(text) // CHARS_PER_TOKEN)
 
 
 @dataclass(slots=True, kw_only=True)

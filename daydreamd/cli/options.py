@@ -1,0 +1,34 @@
+"""The click settings and options shared by ``daydreamctl``'s verb modules, defined once here.
+
+Every command uses :data:`CONTEXT`; an option used by one module only stays in that module.
+This module imports nothing but click, so loading it costs the verbs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+"""``context_settings`` of the group and of every command: ``-h`` as well as ``--help``, 100 columns."""
+STAGE_CHOICE = click.Choice(["draft", "essay", "evaluation"])
+"""The stages, as a value for an argument or option."""
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output (``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def template_option(func: F) -> F:
+    """``--template T``: narrow to one template (``template_id``)."""
+    return click.option("--template", "template_id", help="Only generations of this template id.")(func)
+
+
+def model_option(func: F) -> F:
+    """``--model M``: narrow to one model (``llm_model_id``)."""
+    return click.option("--model", "llm_model_id", help="Only generations on this model id.")(func)

@@ -1,0 +1,123 @@
+"""Every path under the data directory, in one place.
+
+::
+
+    <data_dir>/
+      1_raw/                                the experiment (read by ``core.snapshot``)
+      combo_mappings.csv                    every combo ever built, only ever extended
+      cohorts/<cohort_id>/manifest.json     what the cohort is made of
+      cohorts/<cohort_id>/membership.csv    its generations, one row each
+      cohorts/<cohort_id>/reports/          its result tables and ``report.html``
+      cross_experiment/                     the result tables of every cohort (``results --all``)
+      gens/<stage>/<gen_id>/                one generation's files: prompt.txt, raw.txt (raw.<n>.txt
+                                            once archived), parsed.txt, metadata.json
+
+The run state (SQLite) is not part of this tree: it lives at ``paths.state_db``, which the config
+resolves against the config file's folder (by default ``state/daydreamd.sqlite`` next to it).
+
+Storage modules (``gens``, ``cohort_files``, the score readers, the result writers) ask a
+:class:`DataLayout` for their paths instead of joining names by hand. The pure core writes paths
+relative to the data directory into result tables (``gens/essay/<gen_id>/parsed.txt``); they are
+the same as :func:`relative_gen_file` gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daydreamd.core.snapshot import RAW_DIR_NAME
+from daydreamd.core.stages import Stage
+
+GENS_DIR = "gens"
+COHORTS_DIR = "cohorts"
+COMBO_MAPPINGS = "combo_mappings.csv"
+CROSS_EXPERIMENT_DIR = "cross_experiment"
+MANIFEST = "manifest.json"
+MEMBERSHIP = "membership.csv"
+REPORTS_DIR = "reports"
+REPORT_HTML = "report.html"
+
+PROMPT = "prompt.txt"
+"""A generation's prompt, exactly as sent."""
+RAW = "raw.txt"
+"""The model's reply, exactly as received."""
+PARSED = "parsed.txt"
+"""What children and results read; present only when the generation succeeded."""
+METADATA = "metadata.json"
+"""Ids, parameters, status, usage: see ``core.metadata``."""
+
+
+def relative_gen_file(stage: Stage | str, gen_id: str, name: str) -> str:
+    """``gens/<stage>/<gen_id>/<name>``: a generation's file relative to the data directory."""
+    return f"{GENS_DIR}/{stage}/{gen_id}/{name}"
+
+
+class DataLayout:
+    """The paths of one data directory (nothing is created or checked here)."""
+
+    __slots__ = ("cohorts", "data_dir", "gens")
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.gens = data_dir / GENS_DIR
+        """``gens/``: every generation's folder, by stage."""
+        self.cohorts = data_dir / COHORTS_DIR
+        """``cohorts/``: one folder per cohort."""
+
+    # -- the experiment and the combos ----------------------------------------------------------
+
+    @property
+    def raw_dir(self) -> Path:
+        """``1_raw/``: the experiment's inputs."""
+        return self.data_dir / RAW_DIR_NAME
+
+    @property
+    def combo_mappings(self) -> Path:
+        """``combo_mappings.csv``: combo id -> concepts, append-only."""
+        return self.data_dir / COMBO_MAPPINGS
+
+    # -- generations ---------------------------------------------------------------------------
+
+    def stage_dir(self, stage: Stage | str) -> Path:
+        """``gens/<stage>``."""
+        return self.gens / str(stage)
+
+    def gen_dir(self, stage: Stage | str, gen_id: str) -> Path:
+        """``gens/<stage>/<gen_id>``."""
+        return self.gens / str(stage) / gen_id
+
+    def gen_file(self, stage: Stage | str, gen_id: str, name: str) -> Path:
+        """``gens/<stage>/<gen_id>/<name>``."""
+        return self.gens / str(stage) / gen_id / name
+
+    # -- cohorts -------------------------------------------------------------------------------
+
+    def cohort_dir(self, cohort_id: str) -> Path:
+        """``cohorts/<cohort_id>``."""
+        return self.cohorts / cohort_id
+
+    def manifest(self, cohort_id: str) -> Path:
+        """``cohorts/<cohort_id>/manifest.json``."""
+        return self.cohorts / cohort_id / MANIFEST
+
+    def membership(self, cohort_id: str) -> Path:
+        """``cohorts/<cohort_id>/membership.csv``."""
+        return self.cohorts / cohort_id / MEMBERSHIP
+
+    def cohort_ids(self) -> list[str]:
+        """The cohorts that have a folder, sorted (hidden folders, e.g. temp files, skipped)."""
+        if not self.cohorts.is_dir():
+            return []
+        return sorted(p.name for p in self.cohorts.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    # -- results -------------------------------------------------------------------------------
+
+    def reports_dir(self, cohort_id: str | None) -> Path:
+        """``cohorts/<cohort_id>/reports`` or, for every cohort (None), ``cross_experiment``."""
+        if cohort_id is None:
+            return self.data_dir / CROSS_EXPERIMENT_DIR
+        return self.cohorts / cohort_id / REPORTS_DIR
+
+    def report_html(self, cohort_id: str) -> Path:
+        """``cohorts/<cohort_id>/reports/report.html``: the default place of a cohort's report."""
+        return self.reports_dir(cohort_id) / REPORT_HTML

@@ -1,0 +1,98 @@
+"""Paths under the data directory (``storage.layout``), the gens store's lenient readers, and the
+read-only run-state connection (``storage.readers``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from daydreamd.core.scores import essay_path, evaluation_path
+from daydreamd.core.stages import Stage
+from daydreamd.storage import readers
+from daydreamd.storage.gens import GensStore
+from daydreamd.storage.layout import DataLayout, relative_gen_file
+
+
+def test_every_path_is_where_the_readme_says(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    relative = {
+        "raw": layout.raw_dir,
+        "mappings": layout.combo_mappings,
+        "gen": layout.gen_file(Stage.ESSAY, "e_1", "parsed.txt"),
+        "manifest": layout.manifest("cohort_a"),
+        "membership": layout.membership("cohort_a"),
+        "reports": layout.reports_dir("cohort_a"),
+        "report": layout.report_html("cohort_a"),
+        "cross": layout.reports_dir(None),
+    }
+    assert {k: v.relative_to(tmp_path).as_posix() for k, v in relative.items()} == {
+        "raw": "1_raw",
+        "mappings": "combo_mappings.csv",
+        "gen": "gens/essay/e_1/parsed.txt",
+        "manifest": "cohorts/cohort_a/manifest.json",
+        "membership": "cohorts/cohort_a/membership.csv",
+        "reports": "cohorts/cohort_a/reports",
+        "report": "cohorts/cohort_a/reports/report.html",
+        "cross": "cross_experiment",
+    }
+
+
+def test_relative_paths_in_tables_match_the_layout(tmp_path: Path) -> None:
+    """The pure core writes these paths into result tables; they must name the real files."""
+    assert essay_path("e_1") == relative_gen_file("essay", "e_1", "parsed.txt")
+    assert evaluation_path("v_1") == relative_gen_file("evaluation", "v_1", "raw.txt")
+    gens = GensStore(tmp_path)
+    assert (
+        tmp_path / gens.relative_file(Stage.DRAFT, "d_1", "raw.txt")
+        == gens.directory("draft", "d_1") / "raw.txt"
+    )
+
+
+def test_cohort_ids_skip_files_and_hidden_folders(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    assert layout.cohort_ids() == []
+    for name in ("cohort_b", "cohort_a", ".tmp"):
+        (layout.cohorts / name).mkdir(parents=True)
+    (layout.cohorts / "notes.txt").write_text("x")
+    assert layout.cohort_ids() == ["cohort_a", "cohort_b"]
+
+
+def test_lenient_readers_take_unreadable_files_for_absent_ones(tmp_path: Path) -> None:
+    gens = GensStore(tmp_path)
+    assert gens.gen_ids("evaluation") == []
+    gens.write("evaluation", "v_2", "metadata.json", "[1, 2]\n")  # JSON, not an object
+    gens.write("evaluation", "v_1", "metadata.json", '{"status": "done"}\n')
+    gens.directory("evaluation", ".hidden").mkdir()
+    gens.directory("evaluation", "v_3").mkdir()
+    (gens.directory("evaluation", "v_3") / "metadata.json").write_bytes(b"\xff\xfe not utf-8")
+    (gens.directory("evaluation", "v_3") / "parsed.txt").mkdir()  # a folder, not a file
+    assert gens.gen_ids("evaluation") == ["v_1", "v_2", "v_3"]
+    assert gens.try_read_metadata("evaluation", "v_1") == {"status": "done"}
+    assert gens.try_read_metadata("evaluation", "v_2") is None
+    assert gens.try_read_metadata("evaluation", "v_3") is None
+    assert gens.try_read_metadata("evaluation", "v_9") is None
+    assert gens.try_read_text("evaluation", "v_3", "parsed.txt") is None
+    assert gens.try_read_text("evaluation", "v_3", "metadata.json", errors="replace") is not None
+    assert gens.exists("evaluation", "v_1", "metadata.json") and not gens.exists(
+        "evaluation", "v_1", "raw.txt"
+    )
+
+
+def test_the_run_state_is_opened_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE cohorts (cohort_id TEXT, last_applied TEXT)")
+        db.executemany(
+            "INSERT INTO cohorts VALUES (?, ?)", [("c_old", "2024-01-01"), ("c_new", "2025-01-01")]
+        )
+    db = readers.connect_readonly(path)
+    try:
+        assert readers.generation_columns(db) == set()  # no generations table
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.execute("INSERT INTO cohorts VALUES ('c_x', '2026-01-01')")
+    finally:
+        db.close()
+    assert readers.latest_applied_cohort(path) == "c_new"
+    assert readers.latest_applied_cohort(tmp_path / "missing.sqlite") is None
