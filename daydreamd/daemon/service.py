@@ -47,6 +47,7 @@ from daydreamd.daemon.server import make_app, start_unix_site, stop
 from daydreamd.daemon.settings import LiveSettings, reloadable
 from daydreamd.daemon.watcher import Trigger, rebuild_loop, watch_tree
 from daydreamd.llm.registry import check_settings, make_provider, needs_session
+from daydreamd.storage.atomic import remove_stale_temps
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.store import Store
 
@@ -371,12 +372,23 @@ async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessi
         yield session
 
 
+def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
+    """Remove half-written temp files a killed process left: in the folders of the generations it
+    was running (only those can hold one), the cohort folders and the data folder itself."""
+    gens = GensStore(data_dir)
+    folders = [gens.directory(stage, gen_id) for stage, gen_id in running]
+    cohorts = data_dir / "cohorts"
+    folders += [data_dir, *(p for p in cohorts.iterdir() if p.is_dir())] if cohorts.is_dir() else [data_dir]
+    return sum(remove_stale_temps(folder) for folder in folders)
+
+
 async def serve(settings: Settings, env: Mapping[str, str]) -> int:
     """Run the service until SIGTERM/SIGINT; return the exit code."""
     config_dir = settings.config_path.parent if settings.config_path else None
     notifier = Notifier.from_env(env)
     with instance_lock(settings.paths.state_db):
         async with Store.open(settings.paths.state_db) as store, _http_session(settings) as session:
+            swept = _sweep_temps(settings.paths.data_dir, await store.running())
             recovered = await store.recover()
             provider = make_provider(settings.llm, env=env, config_dir=config_dir, session=session)
             runner = Runner(
@@ -391,6 +403,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                 "service_starting",
                 version=__version__,
                 recovered=recovered,
+                temp_files_removed=swept,
                 pid=os.getpid(),
                 data_dir=str(settings.paths.data_dir),
                 provider=settings.llm.provider,

@@ -90,3 +90,23 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temp files that a dead process left in ``directory`` (not recursive); count them.
+
+    A temp file is only ever half a write: the real file is either the old one or absent, so
+    removing it loses nothing. Files of this process are kept (a write may be in progress).
+    """
+    mine = f".{os.getpid()}."
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp") and mine not in name and entry.is_file():
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed

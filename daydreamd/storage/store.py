@@ -374,6 +374,11 @@ class Store:
 
     # -- the pool ------------------------------------------------------------------------------
 
+    async def running(self) -> list[tuple[str, str]]:
+        """``(stage, gen_id)`` of every ``running`` row: at startup, what a dead process was doing."""
+        async with self.db.execute("SELECT stage, gen_id FROM generations WHERE state = 'running'") as cursor:
+            return [(str(stage), str(gen_id)) for stage, gen_id in await cursor.fetchall()]
+
     async def recover(self) -> int:
         """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``."""
         async with self._write() as db:

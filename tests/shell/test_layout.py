@@ -96,3 +96,20 @@ def test_the_run_state_is_opened_read_only(tmp_path: Path) -> None:
         db.close()
     assert readers.latest_applied_cohort(path) == "c_new"
     assert readers.latest_applied_cohort(tmp_path / "missing.sqlite") is None
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """A kill -9 mid-write leaves ``.<name>.<pid>.<thread>.tmp``; the next start removes it, and
+    never this process's own temp files or anything that is not a temp file."""
+    import os
+
+    from daydreamd.storage.atomic import remove_stale_temps
+
+    (tmp_path / ".raw.txt.1.2.tmp").write_text("half")
+    mine = tmp_path / f".prompt.txt.{os.getpid()}.7.tmp"
+    mine.write_text("in progress")
+    (tmp_path / "raw.txt").write_text("whole")
+    (tmp_path / ".hidden").write_text("not a temp file")
+    assert remove_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "raw.txt", ".hidden"])
+    assert remove_stale_temps(tmp_path / "gone") == 0
