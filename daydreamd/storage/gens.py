@@ -78,14 +78,7 @@ class GensStore:
 
     def try_read_metadata(self, stage: Stage | str, gen_id: str) -> dict[str, Any] | None:
         """The metadata, or None when it is missing, unreadable or not a JSON object."""
-        text = self.try_read_text(stage, gen_id, METADATA)
-        if text is None:
-            return None
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return _json_object(self.try_read_text(stage, gen_id, METADATA))
 
     def read_parsed(self, stage: Stage | str, gen_id: str) -> str | None:
         """The parsed text of a finished generation, or None."""
@@ -93,14 +86,7 @@ class GensStore:
 
     def read_metadata(self, stage: Stage | str, gen_id: str) -> dict[str, Any] | None:
         """The metadata, or None when missing or unreadable (then it is simply rewritten)."""
-        text = self.read_text(stage, gen_id, METADATA)
-        if text is None:
-            return None
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return _json_object(self.read_text(stage, gen_id, METADATA))
 
     def write(self, stage: Stage | str, gen_id: str, name: str, text: str) -> Path:
         """Atomically write one file of a generation (unchanged contents are not rewritten)."""
@@ -133,6 +119,17 @@ class GensStore:
     def remove_parsed(self, stage: Stage | str, gen_id: str) -> None:
         """Remove ``parsed.txt`` before a new attempt, so a failure never leaves a stale one."""
         self.layout.gen_file(stage, gen_id, PARSED).unlink(missing_ok=True)
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    """``text`` as a JSON object, or None when absent, not JSON, or not an object."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def dump_metadata(metadata: dict[str, Any]) -> str:

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daydreamd.core.errors import DaydreamError
-from daydreamd.core.scores import SCORE_MAX_DEFAULT, ScoreRow
+from daydreamd.core.scores import ScoreRow
 from daydreamd.core.stages import Stage
-from daydreamd.core.table import format_number
 from daydreamd.storage import readers
 from daydreamd.storage.cohort_files import all_memberships, combo_concepts, manifest_combos, read_membership
 from daydreamd.storage.gens import PARSED, GensStore
@@ -45,9 +44,10 @@ class Loaded:
 
 
 def load_score_max(raw_dir: Path) -> tuple[dict[str, float], list[str]]:
-    """``score_max`` per evaluation template from ``evaluation_templates.csv`` (templates without one: 10).
+    """The top of each evaluation template's scale: its ``score_max`` column, else what its text says.
 
-    Returns the values and warnings for cells that are not a positive number.
+    The loader decides each template's scale (:mod:`daydreamd.core.scales`) and reports bad
+    columns and unclear texts itself (``daydreamctl validate``), so there are no warnings here.
     """
     from daydreamd.core.loader import load_experiment
     from daydreamd.core.snapshot import read_raw_dir
@@ -56,26 +56,12 @@ def load_score_max(raw_dir: Path) -> tuple[dict[str, float], list[str]]:
     if raw.missing:
         return {}, []
     experiment, _ = load_experiment(raw)
-    maxima: dict[str, float] = {}
-    warnings = []
-    for template in experiment.templates:
-        if template.stage is not Stage.EVALUATION:
-            continue
-        text = template.extra_value("score_max").strip()
-        if not text:
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value <= 0:
-            warnings.append(
-                f"{raw_dir / 'evaluation_templates.csv'}:{template.line}: score_max {text!r} is not a "
-                f"positive number; using {format_number(SCORE_MAX_DEFAULT)} for {template.template_id}"
-            )
-            continue
-        maxima[template.template_id] = value
-    return maxima, warnings
+    maxima = {
+        template.template_id: template.verdict.scale.maximum
+        for template in experiment.templates
+        if template.stage is Stage.EVALUATION and template.verdict is not None
+    }
+    return maxima, []
 
 
 def cohort_members(data_dir: Path, cohort_id: str) -> set[str]:
