@@ -377,7 +377,11 @@ def test_in_last_line(raw: str, expected: float) -> None:
         pytest.param(f"{JUDGE_REASONING}\nSCORE: 11", "outside the template's scale 0-10", id="above-range"),
         pytest.param(f"{JUDGE_REASONING}\nSCORE: -1", "outside the template's scale 0-10", id="negative"),
         pytest.param("SCORE: 10.5", "outside the template's scale 0-10", id="just-above-range"),
-        pytest.param("SCORE: 4\nnotes\nSCORE: 12", "outside the template's scale 0-10", id="first-found-is-out-of-range"),
+        pytest.param(
+            "SCORE: 4\nnotes\nSCORE: 12",
+            "outside the template's scale 0-10",
+            id="first-found-is-out-of-range",
+        ),
     ],
 )
 def test_in_last_line_errors(raw: str, message: str) -> None:
