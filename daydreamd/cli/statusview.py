@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -35,7 +35,7 @@ def stage_table(status: Status) -> Table:
     """Progress per stage: done / approved, a bar, rate, ETA, waiting work, failures by kind."""
     status = ServiceStatus.coerce(status)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("stage", "left"),
         ("progress", "left"),
         ("done/approved", "right"),
@@ -44,9 +44,10 @@ def stage_table(status: Status) -> Table:
         ("running", "right"),
         ("pending", "right"),
         ("failed", "left"),
-    ):
+    )
+    for column, justify in columns:
         numeric = column not in ("stage", "progress", "failed")
-        table.add_column(column, justify=justify, no_wrap=numeric, min_width=len(column) if numeric else None)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=numeric, min_width=len(column) if numeric else None)
     rates = status.rates_per_minute
     for stage in STAGES:
         counts = status.stage(stage)

@@ -283,14 +283,14 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _resolve_paths(paths: PathSettings, base: Path) -> PathSettings:
-    def resolve(path: Path | None) -> Path | None:
-        return None if path is None else (base / path.expanduser()).resolve()
+    def resolve(path: Path) -> Path:
+        return (base / path.expanduser()).resolve()
 
     return PathSettings(
-        data_dir=resolve(paths.data_dir),  # type: ignore[arg-type]
-        state_db=resolve(paths.state_db),  # type: ignore[arg-type]
-        socket=resolve(paths.socket),  # type: ignore[arg-type]
-        log_file=resolve(paths.log_file),
+        data_dir=resolve(paths.data_dir),
+        state_db=resolve(paths.state_db),
+        socket=resolve(paths.socket),
+        log_file=None if paths.log_file is None else resolve(paths.log_file),
     )
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from daydreamd.core.stages import Stage
-from daydreamd.core.verdicts import VerdictSpec
+
+if TYPE_CHECKING:  # the verdict reader compiles its patterns on import; only its type is needed here
+    from daydreamd.core.verdicts import VerdictSpec
 
 DESCRIPTION_LEVELS: tuple[str, ...] = ("sentence", "paragraph", "article")
 

@@ -144,8 +144,9 @@ def _essay_idea_last(raw: str) -> str:
 # --- registry and public API ---------------------------------------------------------------------
 
 
-def _score_text(name: str, raw: str, spec: VerdictSpec | None = None) -> str:
-    return format_score(_VERDICT_READERS[name](raw, spec or VerdictSpec()).score)
+def _default_scale_text(reader: VerdictReader, raw: str) -> str:
+    """An evaluation parser in the registry's text-in, text-out shape (0-10, ``SCORE``)."""
+    return format_score(reader(raw, VerdictSpec()).score)
 
 
 _VERDICT_READERS: Mapping[str, VerdictReader] = MappingProxyType(
@@ -172,7 +173,10 @@ _REGISTRY: Mapping[str, Mapping[str, ReplyParser]] = MappingProxyType(
         ),
         "essay": MappingProxyType({"identity": _identity}),
         "evaluation": MappingProxyType(
-            {name: functools.partial(_score_text, name) for name in _VERDICT_READERS}
+            {
+                name: functools.partial(_default_scale_text, reader)
+                for name, reader in _VERDICT_READERS.items()
+            }
         ),
     }
 )
@@ -218,10 +222,9 @@ def parse_reply(stage: str, name: str, raw: str, spec: VerdictSpec | None = None
 
     ``spec`` is the evaluation template's verdict label and scale (0-10 and ``SCORE`` when None).
     """
-    parser = _lookup(stage, name)
     if stage == "evaluation":
-        return _score_text(resolve_parser_name(stage, name), raw, spec)
-    return parser(raw)
+        return format_score(read_verdict(name, raw, spec or VerdictSpec()).score)
+    return _lookup(stage, name)(raw)
 
 
 def read_verdict(name: str, raw: str, spec: VerdictSpec) -> Verdict:

@@ -1,5 +1,7 @@
 """The ``GET /v1/status`` document as types (pure): the daemon builds one, every reader shows it.
 
+Field names are the JSON keys, in order, so the flat parts serialise with ``asdict``.
+
 The service fills a :class:`ServiceStatus`; the server answers its :meth:`~ServiceStatus.to_json`;
 ``daydreamctl status`` (text and rich views) and the sd_notify ``STATUS=`` line read the answer
 back with :meth:`~ServiceStatus.from_json`. The JSON shape::
@@ -31,7 +33,7 @@ concurrency or ``in_flight`` as None (unknown, and shown so), since the views te
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daydreamd.core.problems import Problem
@@ -125,17 +127,7 @@ class ModelStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of one model."""
-        return {
-            "in_flight": self.in_flight,
-            "concurrency": self.concurrency,
-            "max_concurrency": self.max_concurrency,
-            "requests_per_minute": self.requests_per_minute,
-            "requests_last_minute": self.requests_last_minute,
-            "provider": self.provider,
-            "paused": self.paused,
-            "cost_usd": self.cost_usd,
-            "unpriced_calls": self.unpriced_calls,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, value: object) -> ModelStatus:
@@ -162,7 +154,7 @@ class ParkedStatus:
 
     def to_json(self) -> dict[str, Any]:
         """``{"resumes_in_s": seconds}``."""
-        return {"resumes_in_s": self.resumes_in_s}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, value: object) -> ParkedStatus:
@@ -180,7 +172,7 @@ class BudgetStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of one budget."""
-        return {"budget_usd": self.budget_usd, "spent_usd": self.spent_usd, "exhausted": self.exhausted}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, value: object) -> BudgetStatus:
@@ -254,13 +246,7 @@ class ProblemStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The shape of :meth:`Problem.to_dict <daydreamd.core.problems.Problem.to_dict>`."""
-        return {
-            "level": self.level,
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "message": self.message,
-        }
+        return asdict(self)
 
     @classmethod
     def from_problem(cls, problem: Problem) -> ProblemStatus:
@@ -304,16 +290,7 @@ class RebuildStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The ``last_rebuild`` object."""
-        return {
-            "at": self.at,
-            "reason": self.reason,
-            "fingerprint": self.fingerprint,
-            "ok": self.ok,
-            "duration_ms": self.duration_ms,
-            "added": self.added,
-            "retired": self.retired,
-            "revived": self.revived,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, value: object) -> RebuildStatus | None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from daydreamd.core.errors import ParseError
@@ -389,9 +389,7 @@ def read_complex(raw: str, spec: VerdictSpec) -> Verdict:
     if not answer and not any(lines):
         raise _fail("no verdict found: the reply has no non-empty line", "complex", "no_verdict")
     verdict = decide(candidates, spec, "complex")
-    return Verdict(
-        verdict.score, verdict.line, verdict.text, verdict.kind, verdict.set_aside, (*steps, *verdict.steps)
-    )
+    return replace(verdict, steps=(*steps, *verdict.steps))
 
 
 def read_last_line(raw: str, spec: VerdictSpec) -> Verdict:
@@ -416,9 +414,8 @@ def read_last_line(raw: str, spec: VerdictSpec) -> Verdict:
                 "conflict",
                 [*doubt, chosen],
             )
-        verdict = decide([chosen], spec, "in_last_line")
         step = f"line {chosen.line} is the bottom-most labelled score in the last {TAIL_LINES} lines"
-        return Verdict(verdict.score, verdict.line, verdict.text, verdict.kind, (), (step,))
+        return replace(decide([chosen], spec, "in_last_line"), steps=(step,))
     where = f"last line: {lines[tail[-1]][:80]!r}" if tail else "the reply has no non-empty line"
     raise _fail(
         f"no '{spec.label}: N' line among the last {TAIL_LINES} non-empty lines ({where})",

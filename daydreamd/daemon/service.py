@@ -49,6 +49,7 @@ from daydreamd.daemon.watcher import Trigger, rebuild_loop, watch_tree
 from daydreamd.llm.registry import check_settings, make_provider, needs_session
 from daydreamd.storage.atomic import remove_stale_temps
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.layout import DataLayout
 from daydreamd.storage.store import Store
 
 log = structlog.get_logger("daydreamd")
@@ -240,18 +241,18 @@ class Service:
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
         """Stop claiming new work (all, or one model); in-flight calls go on."""
-        self._check_model(request.llm_model_id)
-        self.pool.set_paused(request.llm_model_id, True)
-        log.info("paused", model=request.llm_model_id or "*", requested_by=request.requested_by)
-        self.bus.publish("paused", model=request.llm_model_id)
-        return self._pause_state()
+        return self._set_paused(request, paused=True)
 
     async def resume(self, request: PauseRequest) -> dict[str, Any]:
         """Start claiming again (all, or one model)."""
+        return self._set_paused(request, paused=False)
+
+    def _set_paused(self, request: PauseRequest, *, paused: bool) -> dict[str, Any]:
         self._check_model(request.llm_model_id)
-        self.pool.set_paused(request.llm_model_id, False)
-        log.info("resumed", model=request.llm_model_id or "*", requested_by=request.requested_by)
-        self.bus.publish("resumed", model=request.llm_model_id)
+        self.pool.set_paused(request.llm_model_id, paused)
+        event = "paused" if paused else "resumed"
+        log.info(event, model=request.llm_model_id or "*", requested_by=request.requested_by)
+        self.bus.publish(event, model=request.llm_model_id)
         return self._pause_state()
 
     def _check_model(self, model_id: str | None) -> None:
@@ -375,10 +376,9 @@ async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessi
 def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
     """Remove half-written temp files a killed process left: in the folders of the generations it
     was running (only those can hold one), the cohort folders and the data folder itself."""
-    gens = GensStore(data_dir)
-    folders = [gens.directory(stage, gen_id) for stage, gen_id in running]
-    cohorts = data_dir / "cohorts"
-    folders += [data_dir, *(p for p in cohorts.iterdir() if p.is_dir())] if cohorts.is_dir() else [data_dir]
+    layout = DataLayout(data_dir)
+    folders = [layout.gen_dir(stage, gen_id) for stage, gen_id in running]
+    folders += [data_dir, layout.cohorts, *(layout.cohort_dir(c) for c in layout.cohort_ids())]
     return sum(remove_stale_temps(folder) for folder in folders)
 
 

@@ -75,7 +75,7 @@ class _Parents:
 
 def read_rows_from_files(data_dir: Path, *, cohort_id: str | None) -> Loaded:
     """Score rows rebuilt from ``data/gens/**`` alone (new and old-pipeline metadata)."""
-    ctx, warnings = RowContext.load(data_dir, cohort_id)
+    ctx = RowContext.load(data_dir, cohort_id)
     gen_ids = sorted(ctx.members) if ctx.members is not None else ctx.gens.gen_ids(Stage.EVALUATION)
     parents = _Parents(ctx.gens)
     rows = []
@@ -83,7 +83,7 @@ def read_rows_from_files(data_dir: Path, *, cohort_id: str | None) -> Loaded:
         row = _file_row(ctx, parents, gid)
         if row is not None:
             rows.append(row)
-    return Loaded(ctx.fill_concepts(rows), "files", warnings)
+    return Loaded(ctx.fill_concepts(rows), "files", [])
 
 
 def _file_row(ctx: RowContext, parents: _Parents, gid: str) -> ScoreRow | None:

@@ -43,7 +43,7 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_score_max(raw_dir: Path) -> tuple[dict[str, float], list[str]]:
+def load_score_max(raw_dir: Path) -> dict[str, float]:
     """The top of each evaluation template's scale: its ``score_max`` column, else what its text says.
 
     The loader decides each template's scale (:mod:`daydreamd.core.scales`) and reports bad
@@ -54,14 +54,13 @@ def load_score_max(raw_dir: Path) -> tuple[dict[str, float], list[str]]:
 
     raw = read_raw_dir(raw_dir)
     if raw.missing:
-        return {}, []
+        return {}
     experiment, _ = load_experiment(raw)
-    maxima = {
+    return {
         template.template_id: template.verdict.scale.maximum
         for template in experiment.templates
         if template.stage is Stage.EVALUATION and template.verdict is not None
     }
-    return maxima, []
 
 
 def cohort_members(data_dir: Path, cohort_id: str) -> set[str]:
@@ -99,15 +98,14 @@ class RowContext:
     cohorts_of: dict[str, tuple[str, ...]]
 
     @classmethod
-    def load(cls, data_dir: Path, cohort_id: str | None) -> tuple[RowContext, list[str]]:
-        """Read the shared inputs for one cohort (or every cohort: None); returns warnings too."""
-        score_max, warnings = load_score_max(DataLayout(data_dir).raw_dir)
+    def load(cls, data_dir: Path, cohort_id: str | None) -> RowContext:
+        """Read the shared inputs for one cohort (or every cohort: None)."""
+        score_max = load_score_max(DataLayout(data_dir).raw_dir)
         members = cohort_members(data_dir, cohort_id) if cohort_id is not None else None
         cohorts_of = all_memberships(data_dir) if cohort_id is None else {}
-        context = cls(
+        return cls(
             data_dir, GensStore(data_dir), score_max, combo_concepts(data_dir), cohort_id, members, cohorts_of
         )
-        return context, warnings
 
     def cohorts(self, gen_id: str, fallback: str = "") -> tuple[str, ...]:
         """The cohorts an evaluation belongs to (``fallback`` when no membership lists it)."""
