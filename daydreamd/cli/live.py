@@ -13,7 +13,7 @@ imported inside the verbs, so loading this module stays cheap.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,7 +21,14 @@ import click
 from daydreamd.cli.common import print_json, scope_body, service
 from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option, model_option, template_option
 from daydreamd.core.stages import State
-from daydreamd.core.status import ModelStatus, PoolStatus, ProblemStatus, ServiceStatus, StageCounts
+from daydreamd.core.status import (
+    ModelStatus,
+    PoolStatus,
+    ProblemStatus,
+    ServiceStatus,
+    StageCounts,
+    parent_changed_note,
+)
 
 if TYPE_CHECKING:
     from daydreamd.cli.common import Context
@@ -211,6 +218,8 @@ def _print_status(result: ServiceStatus) -> None:
     if result.in_flight is not None:
         click.echo(f"in flight: {result.in_flight}{_pool_note(result.pool)}")
     _print_models(result.models)
+    for stage, count in result.parent_changed.items():
+        click.echo(parent_changed_note(stage, count))
     if result.errors:
         click.echo(f"problems in data/1_raw ({len(result.errors)}):")
         for error in result.errors:
@@ -262,12 +271,35 @@ def _located(error: ProblemStatus) -> str:
     return f"{where}: {level}{error.message or ''}"
 
 
+def parse_lines(parse: object, history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """How the reply was parsed (for a score: its line, what was set aside) and what re-parses changed."""
+    lines = []
+    if isinstance(parse, Mapping) and parse.get("key"):
+        lines.append(f"parsed by  {parse.get('key')}")
+        verdict = parse.get("verdict")
+        if isinstance(verdict, Mapping):
+            lines.append(f"score from line {verdict.get('line')}: {verdict.get('text')}")
+            lines.append(f"set aside  {verdict.get('set_aside')} other line(s) with numbers")
+            lines.extend(f"  {candidate}" for candidate in verdict.get("set_aside_first") or [])
+        if parse.get("error_kind"):
+            lines.append(f"parse failed: {parse.get('error_kind')}")
+            lines.extend(f"  {candidate}" for candidate in parse.get("candidates") or [])
+    for entry in history:
+        lines.append(
+            f"re-parsed {entry.get('at')} ({entry.get('reason')}): {entry.get('old_state')} "
+            f"{entry.get('old_parsed')!r} -> {entry.get('new_state')} {entry.get('new_parsed')!r}"
+        )
+    return lines
+
+
 def _print_generation(row: Mapping[str, Any]) -> None:
-    extra = ("attempt_log", "parents", "files", "reply_tail")
+    extra = ("attempt_log", "parents", "files", "reply_tail", "parse", "parse_history")
     fields = {key: value for key, value in row.items() if key not in extra and value not in (None, "")}
     width = max((len(key) for key in fields), default=0)
     for key, value in fields.items():
         click.echo(f"{key:<{width}}  {value}")
+    for line in parse_lines(row.get("parse"), row.get("parse_history") or []):
+        click.echo(line)
     attempts = row.get("attempt_log") or []
     if attempts:
         click.echo(f"attempt log ({len(attempts)}):")

@@ -6,7 +6,8 @@ live in their own modules, which :class:`VerbGroup` imports only when one of the
 (or listed, for ``--help``), see :data:`LAZY_VERBS`:
 
 * :mod:`daydreamd.cli.live`: ``status``, ``approve``, ``revoke``, ``show`` (the service's socket);
-* :mod:`daydreamd.cli.ops`: ``plan``, ``pause``, ``resume``, ``retry``, ``limits``, ``watch``;
+* :mod:`daydreamd.cli.ops`: ``plan``, ``pause``, ``resume``, ``retry``, ``reparse``, ``limits``,
+  ``watch``;
 * :mod:`daydreamd.cli.logs`: ``logs`` (reads the service's log file);
 * :mod:`daydreamd.cli.results`: ``results``, ``report`` (offline, over the scores).
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 LAZY_VERBS: dict[str, str] = {
     **dict.fromkeys(("status", "approve", "revoke", "show"), "daydreamd.cli.live"),
-    **dict.fromkeys(("plan", "pause", "resume", "retry", "limits", "watch"), "daydreamd.cli.ops"),
+    **dict.fromkeys(("plan", "pause", "resume", "retry", "reparse", "limits", "watch"), "daydreamd.cli.ops"),
     "logs": "daydreamd.cli.logs",
     **dict.fromkeys(("results", "report"), "daydreamd.cli.results"),
 }

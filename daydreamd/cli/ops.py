@@ -1,4 +1,5 @@
-"""``daydreamctl``'s operating verbs: ``plan``, ``pause``, ``resume``, ``retry``, ``limits``, ``watch``.
+"""``daydreamctl``'s operating verbs: ``plan``, ``pause``, ``resume``, ``retry``, ``reparse``, ``limits``,
+``watch``.
 
 Each is one request to the service's socket (``watch`` follows the event stream); the service
 decides, these send and print. The live verbs (``status``, ``approve``, ``revoke``, ``show``) are in
@@ -27,7 +28,7 @@ KIND_CHOICE = click.Choice(FAILURE_KINDS)
 
 def register(cli: click.Group) -> None:
     """Add the operating verbs to ``cli``."""
-    for command in (plan, pause, resume, retry, limits, watch):
+    for command in (plan, pause, resume, retry, reparse, limits, watch):
         cli.add_command(command)
 
 
@@ -206,6 +207,41 @@ def retry(
         print_json(result)
     else:
         click.echo(f"retrying {result.get('retried', 0):,} failed generation(s)")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--stage", type=STAGE_CHOICE, help="Only this stage.")
+@template_option
+@json_option
+@click.pass_obj
+def reparse(obj: Context, stage: str | None, template_id: str | None, as_json: bool) -> None:
+    """Parse finished generations' saved replies again, with the parsers in force; no model is called.
+
+    The service does this by itself when a template's parser, its version, its verdict label or
+    its scale changes; use this after fixing a parser by hand, or to check one. A value that
+    changes is kept in the generation's history (`daydreamctl show`); a reply that no longer
+    parses fails as parse_error, and a failed parse that now works becomes done. Parse-failed
+    generations are included. --template needs --stage.
+
+    \b
+    Examples:
+      daydreamctl reparse --stage evaluation
+      daydreamctl reparse --stage evaluation --template novelty
+    """
+    if template_id and not stage:
+        raise click.UsageError("--template needs --stage (template ids are per stage)")
+    body: dict[str, Any] = {k: v for k, v in (("stage", stage), ("template_id", template_id)) if v}
+    with service(obj) as client:
+        result = client.post("/v1/reparses", body | {"requested_by": current_user()})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"re-parsed {result.get('checked', 0):,} generation(s) of {result.get('templates', 0)} template(s): "
+        f"{result.get('changed', 0):,} changed ({result.get('now_failed', 0):,} now fail, "
+        f"{result.get('now_done', 0):,} now parse)"
+        + (f"; {result['no_reply']:,} had no saved reply" if result.get("no_reply") else "")
+    )
 
 
 @click.command(context_settings=CONTEXT)

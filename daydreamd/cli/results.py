@@ -101,8 +101,10 @@ def results(
       analysis/variance_analysis.csv    spread across judges, templates and replicates
       evaluation_scores_by_template_model.csv   (--all only) the cross-experiment pivot
 
-    std is the population standard deviation; a template's scale is its score_max column in
-    evaluation_templates.csv (default 10).
+    std is the population standard deviation; a template's scale is the one `daydreamctl
+    validate` prints for it (its score_max column, else what its text asks for, else 0-10).
+    For one cohort, the first lines say whether it is complete; a partial cohort's means are
+    over its done evaluations only.
 
     \b
     Examples:
@@ -110,7 +112,7 @@ def results(
       daydreamctl results --cohort cohort_3f2a9c1d0b7e --json
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
     """
-    from daydreamd.core.results import build_tables, top_essays
+    from daydreamd.core.results import build_tables, completeness, top_essays
     from daydreamd.storage.layout import DataLayout
     from daydreamd.storage.score_inputs import ResultsError
     from daydreamd.storage.scores import load_scores, paused_gc, write_tables
@@ -126,6 +128,7 @@ def results(
         scores, loaded = load_scores(
             data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=scope, from_files=from_files
         )
+        whole = None if scope is None else completeness(_progress(settings, scope, from_files=from_files))
         with paused_gc():
             tables = build_tables(scores, cross_experiment=scope is None)
             directory = out or DataLayout(data_dir).reports_dir(scope)
@@ -148,6 +151,8 @@ def results(
         "evaluations": len(scores),
         "scored": scores.scored,
         "failed": scores.failed,
+        "completeness": whole.to_json() if whole is not None else None,
+        "completeness_note": whole.sentence() if whole is not None else None,
         "failures_by_kind": scores.failures_by_kind(),
         "tables": {t.path: {"path": str(p), "rows": len(t.rows)} for t, p in zip(tables, paths, strict=True)},
         "top_essays": [_top_dict(t) for t in top_essays(scores, top)],
@@ -162,6 +167,17 @@ def results(
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     _print_results(summary, tables, show=sys.stdout.isatty() if show is None else show)
+
+
+def _progress(settings: Settings, cohort_id: str, *, from_files: bool) -> dict[str, dict[str, int]]:
+    """Per stage, the cohort's size and its generations per state (from the files or the run state)."""
+    from daydreamd.storage.score_db import progress_from_db
+    from daydreamd.storage.score_files import progress_from_files
+
+    data_dir = settings.paths.data_dir
+    if from_files:
+        return progress_from_files(data_dir, cohort_id)
+    return progress_from_db(settings.paths.state_db, data_dir, cohort_id)
 
 
 def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool = True) -> str:
@@ -220,6 +236,8 @@ def _print_results(summary: dict[str, Any], tables: Sequence[Table], *, show: bo
         f"{summary['scored']:,} scored, "
         f"{summary['failed']:,} failed" + (f" ({failures})" if failures else "")
     )
+    if summary["completeness_note"]:
+        click.echo(summary["completeness_note"])
     click.echo(f"wrote {len(tables)} tables to {summary['out_dir']} in {summary['seconds']:.1f} s")
     for table in tables:
         click.echo(f"  {table.path} ({len(table.rows):,} rows)")
@@ -342,8 +360,6 @@ def report(
     from daydreamd.storage.atomic import write_atomic
     from daydreamd.storage.cohort_files import read_manifest
     from daydreamd.storage.layout import DataLayout
-    from daydreamd.storage.score_db import progress_from_db
-    from daydreamd.storage.score_files import progress_from_files
     from daydreamd.storage.score_inputs import ResultsError
     from daydreamd.storage.scores import load_scores, paused_gc
 
@@ -356,10 +372,7 @@ def report(
         scores, loaded = load_scores(
             data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=scope, from_files=from_files
         )
-        if from_files:
-            progress = progress_from_files(data_dir, scope)
-        else:
-            progress = progress_from_db(settings.paths.state_db, data_dir, scope)
+        progress = _progress(settings, scope, from_files=from_files)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
     path = out or DataLayout(data_dir).report_html(scope)

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from daydreamd.core.stages import STAGES
-from daydreamd.core.status import ServiceStatus
+from daydreamd.core.status import ServiceStatus, parent_changed_note
 
 Status = ServiceStatus | Mapping[str, Any]
 """A status, or its JSON as the socket answered it."""
@@ -126,6 +126,8 @@ def render_status(status: Status) -> RenderableType:
                 style="red" if budget.exhausted else "",
             )
         )
+    for stage, count in status.parent_changed.items():
+        notes.append(Text(parent_changed_note(stage, count), style="yellow"))
     if status.errors:
         notes.append(Text(f"problems in data/1_raw ({len(status.errors)}):", style="bold red"))
         for e in status.errors:

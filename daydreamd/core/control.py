@@ -175,6 +175,28 @@ class RetryRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReparseRequest:
+    """Parse finished generations' saved replies again: all LLM templates, one stage, or one template."""
+
+    stage: str | None = None
+    template_id: str | None = None
+    requested_by: str = ""
+
+    @classmethod
+    def from_json(cls, body: object) -> ReparseRequest:
+        """Validate a decoded JSON body (400 naming the field at fault)."""
+        fields = _object(body, ("stage", "template_id", "requested_by"))
+        request = cls(
+            stage=_optional_choice(fields, "stage", STAGE_NAMES),
+            template_id=_optional_text(fields, "template_id"),
+            requested_by=_requested_by(fields.get("requested_by", "")),
+        )
+        if request.template_id is not None and request.stage is None:
+            raise bad_request("template_id: needs stage (template ids are per stage)")
+        return request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PauseRequest:
     """Pause or resume claiming: for every model (``llm_model_id`` None) or one."""
 
@@ -271,6 +293,10 @@ class Control(Protocol):
 
     async def retry(self, request: RetryRequest) -> dict[str, Any]:
         """Send matching failed generations back to queued; returns ``{"retried": n}``."""
+        ...
+
+    async def reparse(self, request: ReparseRequest) -> dict[str, Any]:
+        """Re-parse finished generations from their saved replies (no call); returns the counts."""
         ...
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:

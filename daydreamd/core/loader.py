@@ -306,14 +306,11 @@ def _load_verdict(out: _Collector, row: Row, file: str, text: str | None, active
             declared.minimum,
             declared.maximum,
         ):
-            out.add(
-                relpath,
+            message = (
                 f"score scale {declared.label} disagrees with the template text, which says {said.label} "
-                f"({display} line {said.line}); the row's columns win",
-                line=row.line,
-                column="score_max",
-                active=False,
+                f"({display} line {said.line}); the row's columns win"
             )
+            out.problems.append(warning(out.raw.display(relpath), message, line=row.line, column="score_max"))
         return VerdictSpec(label=label, scale=declared)
     if inferred.warning and text is not None:
         out.problems.append(warning(display, f"score scale: {inferred.warning}"))

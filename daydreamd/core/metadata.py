@@ -9,6 +9,14 @@ Schema (version 1; keys are stable, new keys may be added)::
     model                   the provider's model string sent in the request (null for copy)
     parameters              {"max_tokens", "temperature"} sent with the call (null for copy)
     parser                  the parser's registered name
+    parse                   null (not parsed yet), or how parsed.txt was made: {"key", "parser",
+                            "version", "verdict"}; "key" is what the text depends on (parser, its
+                            version, and for evaluations the verdict label and scale: a change
+                            re-parses the saved reply); "verdict" for evaluations is {"line",
+                            "text", "kind", "set_aside", "set_aside_first"}; a failed parse has
+                            "error_kind" and "candidates" instead; copy generations {"key": "copy"}
+    parse_history           earlier results of re-parsing this reply, oldest first: {"at", "key",
+                            "status", "parsed", "error"} (absent until the first re-parse)
     mode                    "llm" or "copy"
     status                  "replied" (reply saved, not yet checked/parsed), "done" or "failed"
     error                   null, or {"kind": <failure kind>, "message": ...}

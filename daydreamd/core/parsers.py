@@ -40,10 +40,16 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from daydreamd.core.errors import ParseError
+from daydreamd.core.experiment import Generator
 from daydreamd.core.verdicts import Verdict, VerdictSpec, read_complex, read_last_line
+
+if TYPE_CHECKING:
+    from daydreamd.core.experiment import Template
 
 STAGES: tuple[str, ...] = ("draft", "essay", "evaluation")
 
@@ -236,6 +242,74 @@ def read_verdict(name: str, raw: str, spec: VerdictSpec) -> Verdict:
 def parser_version(stage: str, name: str) -> int:
     """The version of a registered parser (see :data:`PARSER_VERSIONS`)."""
     return PARSER_VERSIONS[(stage, resolve_parser_name(stage, name))]
+
+
+# --- parsing a saved reply, with what it depends on ----------------------------------------------
+
+COPY_KEY = "copy"
+"""The parse key of copy generations: their text is the parent's, no parser is involved."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A reply's ``parsed.txt`` text, the parse key it was made under, and where it came from."""
+
+    text: str
+    key: str
+    provenance: dict[str, object]
+    """For ``metadata.json`` and the run state: parser, version, key and, for a score, its line."""
+
+    @property
+    def score(self) -> float | None:
+        """The score, for an evaluation."""
+        verdict = self.provenance.get("verdict")
+        return float(self.text) if verdict is not None else None
+
+
+def parse_key(stage: str, name: str, spec: VerdictSpec | None) -> str:
+    """Everything the parsed text of a saved reply depends on besides the reply itself.
+
+    A finished generation whose key differs from its template's current key is re-parsed (its
+    parser, its version, or for evaluations the verdict label or scale changed).
+    """
+    resolved = resolve_parser_name(stage, name)
+    key = f"{stage}/{resolved}@{PARSER_VERSIONS.get((stage, resolved), 0)}"
+    if stage == "evaluation":
+        spec = spec or VerdictSpec()
+        key += f"/{spec.label}/{spec.scale.minimum:g}-{spec.scale.maximum:g}"
+    return key
+
+
+def template_parse_key(template: Template) -> str:
+    """The parse key of a template's generations (:data:`COPY_KEY` for copy templates)."""
+    if template.generator is Generator.COPY:
+        return COPY_KEY
+    return parse_key(str(template.stage), template.parser, template.verdict)
+
+
+def parse_saved(stage: str, name: str, raw: str, spec: VerdictSpec | None = None) -> Parsed:
+    """Parse a reply with its provenance, or raise :class:`ParseError` (whose provenance is
+    :func:`failure_provenance`)."""
+    if stage != "evaluation":
+        return Parsed(
+            parse_reply(stage, name, raw), parse_key(stage, name, spec), _made_by(stage, name, spec)
+        )
+    verdict = read_verdict(name, raw, spec or VerdictSpec())
+    provenance = _made_by(stage, name, spec) | {"verdict": verdict.provenance()}
+    return Parsed(format_score(verdict.score), parse_key(stage, name, spec), provenance)
+
+
+def failure_provenance(
+    stage: str, name: str, spec: VerdictSpec | None, error: ParseError
+) -> dict[str, object]:
+    """What a failed parse records: the key it ran under, why it failed, and the candidates."""
+    return _made_by(stage, name, spec) | {"error_kind": error.kind, "candidates": list(error.candidates[:5])}
+
+
+def _made_by(stage: str, name: str, spec: VerdictSpec | None) -> dict[str, object]:
+    resolved = resolve_parser_name(stage, name)
+    version = PARSER_VERSIONS.get((stage, resolved), 0)
+    return {"parser": resolved, "version": version, "key": parse_key(stage, name, spec), "verdict": None}
 
 
 def format_score(score: float) -> str:

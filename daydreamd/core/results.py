@@ -14,9 +14,10 @@ table, the top essays, the means the terminal shows).
 Conventions, fixed here and pinned by tests:
 
 * **std** is the *population* standard deviation (divide by n): see ``agreement``.
-* **Scales.** Each evaluation template scores on 0..``score_max`` (10 unless the template's
-  ``score_max`` column says otherwise, e.g. 9). Means in ``final_results`` are of raw scores;
-  *top* means a score at the template's own maximum, *high* a score at or above 80 % of it.
+* **Scales.** Each evaluation template scores on 0..``score_max``: its ``score_max`` column, else
+  the scale its text asks for (:mod:`daydreamd.core.scales`), else 10. Means in
+  ``final_results`` are of raw scores; *top* means a score at the template's own maximum,
+  *high* a score at or above 80 % of it.
 * **Failed evaluations** are rows with ``score`` None and an ``error_kind``: listed in
   ``aggregated_scores``, counted as ``failed`` in the summaries, never averaged.
 * **Paths** are relative to the data directory (as in ``metadata.json``): an essay's text is
@@ -32,7 +33,7 @@ the CSV and per-essay work stays in Python either way).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from daydreamd.core.agreement import agreement_tables
@@ -358,3 +359,40 @@ def group_means(table: Table, analysis_type: str) -> list[dict[str, Cell]]:
         if record["analysis_type"] == analysis_type:
             out.append({k: v for k, v in record.items() if v != "" and k != "analysis_type"})
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """How much of a cohort's evaluation stage has finished: results say it before any mean."""
+
+    total: int
+    done: int
+    failed: int
+
+    @property
+    def partial(self) -> bool:
+        """True while some of the cohort's evaluations are not done (failed ones count as not done)."""
+        return self.done < self.total
+
+    def sentence(self) -> str:
+        """One line for a person: complete, or partial with what the means are (and are not) over."""
+        if not self.partial:
+            return f"complete: all {self.total:,} evaluations of the cohort are done"
+        unfinished = self.total - self.done - self.failed
+        return (
+            f"PARTIAL: {self.done:,} of {self.total:,} evaluations done, {self.failed:,} failed, "
+            f"{unfinished:,} not finished; every mean is over the done evaluations only, "
+            "not the cohort's"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """For ``results --json``."""
+        return {"total": self.total, "done": self.done, "failed": self.failed, "partial": self.partial}
+
+
+def completeness(progress: Mapping[str, Mapping[str, int]]) -> Completeness | None:
+    """The evaluation stage's completeness from per-stage progress counts (None without any)."""
+    counts = progress.get("evaluation")
+    if not counts:
+        return None
+    return Completeness(counts.get("total", 0), counts.get("done", 0), counts.get("failed", 0))

@@ -7,9 +7,9 @@ per evaluation template and judge, replicates in order) and per group (exact sum
 top/high and failed counts). The tables (:mod:`daydreamd.core.results`,
 :mod:`daydreamd.core.agreement`) work from these indexes.
 
-**Scales.** Each evaluation template scores on 0..``score_max`` (10 unless the template's
-``score_max`` column says otherwise, e.g. 9). *Top* means a score at the template's own maximum,
-*high* a score at or above 80 % of it (:func:`is_top`, :func:`high_floor`).
+**Scales.** Each evaluation template scores on 0..``score_max``: its ``score_max`` column, else the
+scale its text asks for (:mod:`daydreamd.core.scales`), else 10. *Top* means a score at the
+template's own maximum, *high* a score at or above 80 % of it (:func:`is_top`, :func:`high_floor`).
 
 Performance: rows are NamedTuples (immutable like a frozen dataclass, built in 1.3 s per million
 instead of 3.2 s, and sorted by plain tuple order: the field order *is* the table order), and

@@ -23,7 +23,8 @@ back with :meth:`~ServiceStatus.from_json`. The JSON shape::
      "errors": [{"level": "error", "file": "1_raw/x.csv", "line": 3, "column": null, "message": "..."}],
      "last_rebuild": {"at": ..., "reason": ..., "fingerprint": ..., "ok": true, "duration_ms": ...,
                       "added": 0, "retired": 0, "revived": 0},      # {} before the first rebuild
-     "rebuilds": 1}
+     "rebuilds": 1,
+     "parent_changed": {"essay": 2}}                          # made from a re-parsed, changed parent
 
 ``from_json`` never raises: the readers always tolerated a partial document (a daemon of
 another version, a test's hand-written one). Missing counts read as 0; a missing limit, pool
@@ -337,6 +338,9 @@ class ServiceStatus:
     """Problems in data/1_raw, errors first."""
     last_rebuild: RebuildStatus | None = None
     rebuilds: int = 0
+    parent_changed: Mapping[str, int] = field(default_factory=dict)
+    """Per stage, finished generations made from a parent text that a re-parse has since changed
+    (flagged, not re-run)."""
 
     def stage(self, stage: str) -> StageCounts:
         """The counts of ``stage`` (zeros when the document has none)."""
@@ -360,6 +364,7 @@ class ServiceStatus:
             "errors": [error.to_json() for error in self.errors],
             "last_rebuild": self.last_rebuild.to_json() if self.last_rebuild is not None else {},
             "rebuilds": self.rebuilds,
+            "parent_changed": dict(self.parent_changed),
         }
 
     @classmethod
@@ -388,9 +393,18 @@ class ServiceStatus:
             errors=tuple(ProblemStatus.from_json(e) for e in errors) if isinstance(errors, list) else (),
             last_rebuild=RebuildStatus.from_json(doc.get("last_rebuild")),
             rebuilds=_int(doc.get("rebuilds")),
+            parent_changed=_counts(doc.get("parent_changed")),
         )
 
     @classmethod
     def coerce(cls, value: ServiceStatus | Mapping[str, Any]) -> ServiceStatus:
         """``value`` itself, or read from its JSON."""
         return value if isinstance(value, ServiceStatus) else cls.from_json(value)
+
+
+def parent_changed_note(stage: str, count: int) -> str:
+    """The line saying that finished work was made from a parent text a re-parse changed."""
+    return (
+        f"{count:,} finished {stage} generation(s) were made from a parent whose parsed text a "
+        "re-parse has since changed (kept as they are; not re-run)"
+    )

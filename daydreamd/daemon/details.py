@@ -1,17 +1,20 @@
 """One generation in full, as ``GET /v1/generations/{gen_id}`` and ``daydreamctl show`` present it.
 
 The run-state row with its attempts, the chain of its parents, the files it has on disk with
-their sizes, and the end of its reply when it failed (what a person needs to see why).
+their sizes, how its reply was parsed (for a score: the line it came from) with every value a
+re-parse replaced, and the end of its reply when it failed (what a person needs to see why).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio.to_thread
 
 from daydreamd.core.stages import State
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.parse_state import ParseState
 from daydreamd.storage.store import Store
 
 PARENT_FIELDS = ("gen_id", "stage", "state", "template_id", "llm_model_id")
@@ -33,7 +36,17 @@ async def generation_detail(store: Store, gens: GensStore, gen_id: str) -> dict[
         parents.append({k: parent[k] for k in PARENT_FIELDS})
         parent_id = parent["parent_gen_id"]
     files, tail = await anyio.to_thread.run_sync(_files_and_tail, gens, row)
-    return {**row, "parents": parents, "files": files, "reply_tail": tail}
+    info = row.pop("parse_info", None)
+    history = await ParseState(store).history(gen_id)
+    parse = json.loads(info) if info else None
+    return {
+        **row,
+        "parse": parse,
+        "parse_history": history,
+        "parents": parents,
+        "files": files,
+        "reply_tail": tail,
+    }
 
 
 def _files_and_tail(gens: GensStore, row: dict[str, Any]) -> tuple[dict[str, int], str | None]:

@@ -17,6 +17,7 @@ through :meth:`Pool.snapshot`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -274,6 +275,8 @@ class Pool:
                 error_message=outcome.message or None,
                 attempts=tuple(attempts),
                 score=outcome.score,
+                parse_key=_parse_key(outcome.parse),
+                parse_info=json.dumps(outcome.parse, separators=(",", ":")) if outcome.parse else None,
             )
             try:
                 committed = await self.commits.commit(completion)
@@ -405,6 +408,11 @@ class Pool:
             tokens=dict(counters.tokens),
             cost_usd=dict(counters.cost),
         )
+
+
+def _parse_key(parse: dict[str, Any] | None) -> str | None:
+    key = parse.get("key") if parse else None
+    return key if isinstance(key, str) else None
 
 
 def _call_model(claim: Claim) -> str | None:

@@ -32,7 +32,7 @@ from daydreamd.core.errors import ParseError, TemplateError
 from daydreamd.core.experiment import Generator
 from daydreamd.core.jobs import Job
 from daydreamd.core.metadata import SCHEMA, Durations, can_reuse_reply, input_sha256, utc_now
-from daydreamd.core.parsers import parse_reply
+from daydreamd.core.parsers import COPY_KEY, failure_provenance, parse_saved, template_parse_key
 from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
@@ -57,6 +57,8 @@ class Outcome:
     usage: Usage | None = None
     score: float | None = None
     """An evaluation's score (its parsed.txt), for the run state."""
+    parse: dict[str, Any] | None = None
+    """How parsed.txt was made (``metadata.json``'s ``parse``): key, parser, version, provenance."""
 
 
 def score_of(stage: Stage, parsed: str | None) -> float | None:
@@ -88,6 +90,7 @@ class _Run:
     files: dict[str, str | None] = field(
         default_factory=lambda: {"prompt": None, "raw": None, "parsed": None}
     )
+    parse: dict[str, Any] | None = None
 
 
 Checkpoint = Callable[[str, str], None]
@@ -191,6 +194,7 @@ class Runner:
             parent_text = normalize_newlines(parent_text)
         if job.template.generator is Generator.COPY:
             assert parent_text is not None
+            run.parse = {"key": COPY_KEY}
             return self._succeed(run, parent_text)
         t = time.monotonic()
         try:
@@ -209,12 +213,19 @@ class Runner:
             and previous is not None
             and previous.get("status") == "done"
             and previous.get("input_sha256") == run.input_sha256
+            and _parse_key(previous) == template_parse_key(job.template)
             and (directory / PARSED).exists()
         ):
             attempts = int(previous.get("attempts") or 0)
             score = score_of(job.stage, store.read_parsed(job.stage, job.gen_id))
             return Outcome(
-                gen_id=job.gen_id, stage=job.stage, ok=True, reused_reply=True, attempts=attempts, score=score
+                gen_id=job.gen_id,
+                stage=job.stage,
+                ok=True,
+                reused_reply=True,
+                attempts=attempts,
+                score=score,
+                parse=previous.get("parse"),
             )
         store.remove_parsed(job.stage, job.gen_id)
         if not run.fresh and can_reuse_reply(previous, run.input_sha256, raw_exists):
@@ -253,15 +264,16 @@ class Runner:
         if problem is not None:
             run.parse_ms = _ms(t)
             return self._fail(run, *problem)
+        stage, name, spec = str(job.stage), job.template.parser, job.template.verdict
         try:
-            parsed = parse_reply(
-                str(job.stage), job.template.parser, normalize_newlines(text), job.template.verdict
-            )
+            parsed = parse_saved(stage, name, normalize_newlines(text), spec)
         except ParseError as exc:
             run.parse_ms = _ms(t)
+            run.parse = failure_provenance(stage, name, spec, exc)
             return self._fail(run, FailureKind.PARSE_ERROR, str(exc))
         run.parse_ms = _ms(t)
-        return self._succeed(run, parsed)
+        run.parse = parsed.provenance
+        return self._succeed(run, parsed.text)
 
     def _save_reply(self, run: _Run, reply: Reply) -> None:
         """prompt.txt, then metadata (status ``replied``), then raw.txt.
@@ -290,6 +302,7 @@ class Runner:
             reused_reply=run.reused,
             usage=_usage(run.reply),
             score=score_of(job.stage, parsed),
+            parse=run.parse,
         )
 
     def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:
@@ -311,6 +324,7 @@ class Runner:
             attempts=run.attempts,
             reused_reply=run.reused,
             usage=_usage(run.reply),
+            parse=run.parse,
         )
 
     def _metadata(self, run: _Run, status: str, error: dict[str, str] | None) -> dict[str, Any]:
@@ -328,6 +342,7 @@ class Runner:
             "model": job.model.model if job.model is not None else None,
             "parameters": job.settings.call_parameters() if llm else None,
             "parser": job.template.parser,
+            "parse": run.parse,
             "mode": str(job.template.generator),
             "replicate": g.replicate,
             "status": status,
@@ -367,6 +382,13 @@ def check_reply(settings: StageSettings, text: str, reply: dict[str, Any]) -> tu
             f"the reply has {len(lines)} non-empty lines; min_lines is {settings.min_lines}",
         )
     return None
+
+
+def _parse_key(metadata: dict[str, Any]) -> str | None:
+    """The parse key a saved run recorded (None before keys were recorded: re-parse it)."""
+    parse = metadata.get("parse")
+    key = parse.get("key") if isinstance(parse, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def _ms(t0: float) -> float:

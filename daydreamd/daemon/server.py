@@ -31,6 +31,7 @@ from daydreamd.core.control import (
     ControlError,
     LimitsRequest,
     PauseRequest,
+    ReparseRequest,
     RetryRequest,
     bad_request,
 )
@@ -65,6 +66,7 @@ def make_app(control: Control, *, on_error: Callable[[BaseException], None] | No
     app.router.add_post("/v1/revocations", _revocations)
     app.router.add_post("/v1/plans", _plans)
     app.router.add_post("/v1/retries", _retries)
+    app.router.add_post("/v1/reparses", _reparses)
     app.router.add_post("/v1/pause", _pause)
     app.router.add_post("/v1/resume", _resume)
     app.router.add_get("/v1/limits", _get_limits)
@@ -119,6 +121,10 @@ async def _plans(request: web.Request) -> web.Response:
 
 async def _retries(request: web.Request) -> web.Response:
     return _json(await request.app[CONTROL].retry(RetryRequest.from_json(await _body(request))))
+
+
+async def _reparses(request: web.Request) -> web.Response:
+    return _json(await request.app[CONTROL].reparse(ReparseRequest.from_json(await _body(request))))
 
 
 async def _pause(request: web.Request) -> web.Response:

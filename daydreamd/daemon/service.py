@@ -28,7 +28,14 @@ import structlog
 
 from daydreamd import __version__
 from daydreamd.core.config import Settings, load_settings
-from daydreamd.core.control import ApprovalRequest, ControlError, LimitsRequest, PauseRequest, RetryRequest
+from daydreamd.core.control import (
+    ApprovalRequest,
+    ControlError,
+    LimitsRequest,
+    PauseRequest,
+    ReparseRequest,
+    RetryRequest,
+)
 from daydreamd.core.errors import DaydreamError
 from daydreamd.core.estimates import plan_hash
 from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
@@ -41,6 +48,7 @@ from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
 from daydreamd.daemon.planner import PlanContext, make_plan
 from daydreamd.daemon.pool import Pool
 from daydreamd.daemon.rebuild import Current, Rebuilder
+from daydreamd.daemon.reparse import Reparser, reparsable
 from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchdog_loop
 from daydreamd.daemon.server import make_app, start_unix_site, stop
@@ -62,6 +70,7 @@ class Summary:
     counts: dict[str, StageCounts] = field(default_factory=dict)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     recent_errors: dict[str, int] = field(default_factory=dict)
+    parent_changed: dict[str, int] = field(default_factory=dict)
 
 
 class Service:
@@ -78,6 +87,9 @@ class Service:
         self.rebuilder = Rebuilder(self.live, store, self.current)
         self.bus = EventBus()
         self.pool = Pool(settings=self.live, store=store, runner=runner, current=self.current, bus=self.bus)
+        self.reparser = Reparser(store, runner.store, self.bus)
+        self.reparse_due = anyio.Event()
+        """Set after a rebuild: the re-parser checks whether a template's parse key moved."""
         self.trigger = Trigger()
         self.stop_watching = anyio.Event()
         self.started = time.monotonic()
@@ -96,6 +108,7 @@ class Service:
             counts={stage: StageCounts.from_counts(states) for stage, states in counts.items()},
             failures=await self.store.failures_by_kind(),
             recent_errors=await self.store.recent_errors(),
+            parent_changed=await self.reparser.state.parent_changed(),
         )
 
     async def keep_summary_fresh(self) -> None:
@@ -122,7 +135,22 @@ class Service:
                 added=last.added,
                 retired=last.retired,
             )
+        self.reparse_due.set()
         self.pool.wake()
+
+    async def keep_parses_current(self) -> None:
+        """After each rebuild, re-parse what a changed parser, label or scale affects (never fatal)."""
+        while True:
+            await self.reparse_due.wait()
+            self.reparse_due = anyio.Event()
+            build = self.current.build
+            if build is None:
+                continue
+            try:
+                if await self.reparser.after_rebuild(build.experiment) is not None:
+                    await self.refresh_summary()
+            except Exception:  # files or the database failed; the next rebuild tries again
+                log.exception("reparse_failed")
 
     # -- the Control protocol ------------------------------------------------------------------
 
@@ -144,6 +172,7 @@ class Service:
             recent_errors=summary.recent_errors,
             errors=self.current.errors(),
             last_rebuild=self.current.last,
+            parent_changed=summary.parent_changed,
             rebuilds=self.current.rebuilds,
         )
 
@@ -238,6 +267,25 @@ class Service:
         self.pool.wake()
         await self.refresh_summary()
         return {"retried": retried}
+
+    async def reparse(self, request: ReparseRequest) -> dict[str, Any]:
+        """Parse the saved replies of matching finished generations again; no model is called."""
+        build = self.current.build
+        if build is None:
+            raise ControlError(409, "conflict", "there is no cohort yet: fix the errors in data/1_raw first")
+        templates = [
+            t
+            for t in reparsable(build.experiment)
+            if (request.stage is None or str(t.stage) == request.stage)
+            and (request.template_id is None or t.template_id == request.template_id)
+        ]
+        if request.template_id is not None and not templates:
+            raise ControlError(404, "not_found", f"no {request.stage} LLM template {request.template_id!r}")
+        summary = await self.reparser.run(
+            templates, reason=f"requested by {request.requested_by or 'unknown'}"
+        )
+        await self.refresh_summary()
+        return summary.to_json()
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
         """Stop claiming new work (all, or one model); in-flight calls go on."""
@@ -425,6 +473,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                     tg.start_soon(watch, settings.raw_dir, service.trigger)
                     tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
                     tg.start_soon(service.keep_summary_fresh)
+                    tg.start_soon(service.keep_parses_current)
                     await service.pool.run()
                     tg.cancel_scope.cancel()
             finally:

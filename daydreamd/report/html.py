@@ -27,7 +27,7 @@ import jinja2
 from markupsafe import Markup
 
 from daydreamd.core.agreement import AGREEMENT_LIMITS, DISAGREEMENT, variance_analysis
-from daydreamd.core.results import TopEssay, top_essays
+from daydreamd.core.results import TopEssay, completeness, top_essays
 from daydreamd.core.scores import SCORE_MAX_DEFAULT, Scores, column_name
 from daydreamd.core.table import format_number
 
@@ -73,6 +73,7 @@ def render_report(data: ReportData) -> str:
         warnings=data.warnings,
         definition=_definition(data.manifest),
         progress=_progress(data.progress),
+        completeness=completeness(data.progress),
         heatmap=_heatmap(scores),
         distributions=_distributions(scores),
         agreement=_agreement(scores),

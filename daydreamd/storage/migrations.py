@@ -100,10 +100,40 @@ M003_OPERATIONS = """
         CREATE INDEX generations_approval ON generations (approval_id);
 """
 
+M004_PARSE = """
+        ALTER TABLE generations ADD COLUMN parse_key TEXT;   -- what parsed.txt depends on: parser@version (+ label, scale)
+        ALTER TABLE generations ADD COLUMN parse_info TEXT;  -- JSON: how it was parsed (the score's line, what was set aside)
+        ALTER TABLE generations ADD COLUMN parent_changed INTEGER NOT NULL DEFAULT 0;  -- 1: its parent's parsed text changed since
+        CREATE INDEX generations_template ON generations (stage, template_id);
+        CREATE INDEX generations_parent_changed ON generations (stage) WHERE parent_changed = 1 AND retired = 0;
+        CREATE TABLE template_parse_keys (                   -- the parse key last applied to each template's generations
+            stage       TEXT NOT NULL,
+            template_id TEXT NOT NULL,
+            parse_key   TEXT NOT NULL,
+            PRIMARY KEY (stage, template_id)
+        );
+        CREATE TABLE parse_history (                         -- every re-parse that changed a generation, old and new
+            id          INTEGER PRIMARY KEY,
+            gen_id      TEXT NOT NULL,
+            at          TEXT NOT NULL,
+            old_key     TEXT,
+            new_key     TEXT NOT NULL,
+            old_state   TEXT NOT NULL,
+            new_state   TEXT NOT NULL,
+            old_parsed  TEXT,
+            new_parsed  TEXT,
+            old_score   REAL,
+            new_score   REAL,
+            reason      TEXT NOT NULL
+        );
+        CREATE INDEX parse_history_gen ON parse_history (gen_id);
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
     ("m003_operations", M003_OPERATIONS),
+    ("m004_parse", M004_PARSE),
 )
 """(name, SQL script) in order. Append only."""
 

@@ -29,7 +29,7 @@ STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
-    "score, fresh"
+    "score, fresh, parse_key, parse_info, parent_changed"
 )
 
 
@@ -85,6 +85,10 @@ class Completion:
     attempts: tuple[AttemptRow, ...] = ()
     score: float | None = None
     """An evaluation's score, recorded so results come from SQLite without reading files."""
+    parse_key: str | None = None
+    """What parsed.txt depends on (see :func:`daydreamd.core.parsers.parse_key`)."""
+    parse_info: str | None = None
+    """JSON of how it was parsed (``metadata.json``'s ``parse``)."""
 
 
 class Store:
@@ -112,7 +116,7 @@ class Store:
             await db.close()
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` (take the write lock first), commit or roll back.
 
         Tasks share one connection, so transactions are serialised here: two interleaved
@@ -140,7 +144,7 @@ class Store:
 
     async def set_fact(self, key: str, value: str) -> None:
         """Record a fact durably."""
-        async with self._write() as db:
+        async with self.transaction() as db:
             await db.execute("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)", (key, value))
 
     # -- membership ----------------------------------------------------------------------------
@@ -164,7 +168,7 @@ class Store:
             )
             for g in cohort.generations
         )
-        async with self._write() as db:
+        async with self.transaction() as db:
             await db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS incoming (gen_id TEXT PRIMARY KEY, stage TEXT, stage_rank INTEGER, "
                 "parent_gen_id TEXT, combo_id TEXT, template_id TEXT, llm_model_id TEXT, replicate INTEGER, mode TEXT)"
@@ -216,7 +220,7 @@ class Store:
     ) -> tuple[int, int]:
         """Queue the matching pending generations of the current cohort; returns (approval id, matched)."""
         where, params = _scope(stage, template_id, llm_model_id)
-        async with self._write() as db:
+        async with self.transaction() as db:
             approval_id = await self._record_approval(
                 db, "approve", stage, template_id, llm_model_id, limit, requested_by, cohort_id
             )
@@ -238,7 +242,7 @@ class Store:
     ) -> int:
         """Send queued (not started) generations back to pending; returns how many."""
         where, params = _scope(stage, template_id, llm_model_id)
-        async with self._write() as db:
+        async with self.transaction() as db:
             approval_id = await self._record_approval(
                 db, "revoke", stage, template_id, llm_model_id, None, requested_by, None
             )
@@ -284,7 +288,7 @@ class Store:
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        async with self._write() as db:
+        async with self.transaction() as db:
             approval_id = await self._record_approval(
                 db, "retry", stage or "*", template_id, llm_model_id, None, requested_by, None
             )
@@ -381,7 +385,7 @@ class Store:
 
     async def recover(self) -> int:
         """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``."""
-        async with self._write() as db:
+        async with self.transaction() as db:
             return await _changes(
                 db,
                 "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE state = 'running'",
@@ -412,7 +416,7 @@ class Store:
             model_filter += f" AND (g.approval_id IS NULL OR g.approval_id NOT IN ({marks}))"
             params.extend(exclude_approvals)
         params.append(limit)
-        async with self._write() as db:
+        async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE generations SET state = 'running', lease_token = lease_token + 1, lease_expires = ?, "
                 "started_at = ?, updated_at = ? WHERE gen_id IN (SELECT g.gen_id FROM generations g "
@@ -439,7 +443,7 @@ class Store:
         if not completions:
             return []
         now = utc_now()
-        async with self._write() as db:
+        async with self.transaction() as db:
             holding: set[tuple[str, int]] = set()
             for start in range(0, len(completions), 500):
                 chunk = completions[start : start + 500]
@@ -453,7 +457,8 @@ class Store:
             fresh = [c for c, ok in zip(completions, committed, strict=True) if ok]
             await db.executemany(
                 "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
-                "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0 "
+                "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0, "
+                "parse_key = ?, parse_info = ?, parent_changed = 0 "
                 "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                 [
                     (
@@ -464,6 +469,8 @@ class Store:
                         c.score if c.ok else None,
                         now,
                         now,
+                        c.parse_key,
+                        c.parse_info,
                         c.gen_id,
                         c.token,
                     )
@@ -483,7 +490,7 @@ class Store:
         params = [(utc_now(), c.generation.gen_id, c.token) for c in claims]
         if not params:
             return 0
-        async with self._write() as db:
+        async with self.transaction() as db:
             before = self.db.total_changes
             await db.executemany(
                 "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? "
@@ -569,7 +576,7 @@ class Store:
     async def save_limits(self, limits: dict[str, float]) -> None:
         """Record learned per-model concurrency."""
         now = utc_now()
-        async with self._write() as db:
+        async with self.transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO model_limits (llm_model_id, concurrency, updated_at) VALUES (?, ?, ?)",
                 [(model, value, now) for model, value in limits.items()],

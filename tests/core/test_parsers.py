@@ -583,3 +583,50 @@ def test_identity_property(raw: str) -> None:
     """identity never alters a reply."""
     assert parse_reply("draft", "", raw) == raw
     assert parse_reply("essay", "identity", raw) == raw
+
+
+# --- parse keys and provenance -------------------------------------------------------------------
+
+
+def test_the_parse_key_names_everything_the_parsed_text_depends_on() -> None:
+    """Parser, version and (for evaluations) label and scale; a change to any gives a new key."""
+    from daydreamd.core.parsers import PARSER_VERSIONS, parse_key
+    from daydreamd.core.scales import Scale
+
+    version = PARSER_VERSIONS[("evaluation", "complex")]
+    nine = VerdictSpec(scale=Scale(0, 9))
+    assert parse_key("evaluation", "complex", nine) == f"evaluation/complex@{version}/SCORE/0-9"
+    assert parse_key("evaluation", "complex", None) == f"evaluation/complex@{version}/SCORE/0-10"
+    assert parse_key("draft", "", None) == "draft/identity@1"
+    keys = {
+        parse_key("evaluation", "complex", nine),
+        parse_key("evaluation", "in_last_line", nine),
+        parse_key("evaluation", "complex", VerdictSpec(label="VERDICT", scale=Scale(0, 9))),
+        parse_key("evaluation", "complex", VerdictSpec(scale=Scale(1, 9))),
+    }
+    assert len(keys) == 4
+
+
+def test_parse_saved_records_where_the_score_came_from() -> None:
+    from daydreamd.core.parsers import parse_saved
+    from daydreamd.core.scales import Scale
+
+    raw = "<think>\nTotal score: 4 + 4 = 8.\n</think>\nNovelty (3/5)\n**SCORE: 7/9**\n"
+    parsed = parse_saved("evaluation", "complex", raw, VerdictSpec(scale=Scale(0, 9)))
+    assert (parsed.text, parsed.score, parsed.key.endswith("/SCORE/0-9")) == ("7.0", 7.0, True)
+    verdict = parsed.provenance["verdict"]
+    assert isinstance(verdict, dict)
+    assert (verdict["line"], verdict["text"], verdict["set_aside"]) == (5, "SCORE: 7/9", 2)
+    draft = parse_saved("draft", "identity", "text")
+    assert (draft.text, draft.score, draft.provenance["verdict"]) == ("text", None, None)
+
+
+def test_a_failed_parse_records_why_and_the_candidates() -> None:
+    from daydreamd.core.parsers import failure_provenance
+
+    raw = "SCORE: 6\nSCORE: 7\n"
+    with pytest.raises(ParseError) as info:
+        read_verdict("in_last_line", raw, VerdictSpec())
+    assert info.value.kind == "conflict" and len(info.value.candidates) == 2
+    record = failure_provenance("evaluation", "in_last_line", VerdictSpec(), info.value)
+    assert record["error_kind"] == "conflict" and record["candidates"] == list(info.value.candidates)

@@ -105,7 +105,8 @@ def test_the_row_declares_the_scale_and_a_disagreeing_text_is_a_warning(tmp_path
     template = next(t for t in experiment.templates if t.stage is Stage.EVALUATION)  # type: ignore[attr-defined]
     assert (template.verdict.scale.minimum, template.verdict.scale.maximum) == (1, 10)
     assert template.verdict.scale.source is ScaleSource.CSV
-    assert any("disagrees with the template text, which says 0-9" in p for p in problems), problems
+    (disagreement,) = [p for p in problems if "disagrees with the template text, which says 0-9" in p]
+    assert "warning" in disagreement and "inactive" not in disagreement and "csv:2" in disagreement
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,7 @@ FULL: dict[str, Any] = {
         "revived": 0,
     },
     "rebuilds": 1,
+    "parent_changed": {"essay": 2},
 }
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
+import pytest
 
 from tests.fakellm import FakeLlm
 from tests.integration.daemon import Daemon, fast_config
@@ -62,3 +66,46 @@ async def test_tables_and_report_from_a_finished_run(tmp_path: Path) -> None:
     assert not any(
         f'{attr}="http' in html or f"{attr}='http" in html for attr in ("src", "href")
     )  # nothing fetched
+
+
+UPSTREAM_RAW = Path(__file__).parents[3] / "shared" / "corpus" / "upstream-daydreaming" / "1_raw"
+
+
+@pytest.mark.skipif(not UPSTREAM_RAW.is_dir(), reason="the upstream corpus is not beside this checkout")
+async def test_the_real_corpus_scores_on_its_own_scale(tmp_path: Path) -> None:
+    """The real corpus, unchanged: both active judges score on 0-9, so perfect_score_paths.csv lists
+    exactly the evaluations that scored 9 of 9, and a partial cohort says it is partial."""
+    shutil.copytree(UPSTREAM_RAW, tmp_path / "data" / "1_raw")
+    daemon = Daemon(tmp_path, fast_config(None, provider="mock"))
+    try:
+        await daemon.start()
+        await daemon.approve("draft", template_id="creative-synthesis-v2")
+        await daemon.approve("essay")
+        await daemon.approve("evaluation")
+
+        def settled(status: dict[str, Any] | None) -> bool:
+            if status is None:
+                return False
+            drafts, evaluations = status["stages"]["draft"], status["stages"]["evaluation"]
+            return drafts["done"] == 75 and evaluations["done"] + evaluations["failed"] == 4 * 75
+
+        await daemon.wait_for(settled, deadline_s=120, what="75 drafts and their 300 evaluations")
+        rows = (await daemon.get("/v1/generations", stage="evaluation", state="done", limit=5000))[
+            "generations"
+        ]
+        assert await daemon.stop() == 0
+    finally:
+        daemon.close()
+    nines = {(r["parent_gen_id"], r["template_id"], r["llm_model_id"]) for r in rows if r["score"] == 9.0}
+    assert len(rows) == 300 and 0 < len(nines) < 300
+    out = tmp_path / "results"
+    done = await anyio.to_thread.run_sync(lambda: ctl(daemon, "results", "--out", str(out)))
+    assert done.returncode == 0, done.stderr
+    assert "PARTIAL: 300 of 2,100 evaluations done, 0 failed" in done.stdout
+    with (out / "summary" / "perfect_score_paths.csv").open(newline="") as handle:
+        perfect = list(csv.DictReader(handle))
+    listed = {(r["essay_gen_id"], r["evaluation_template"], r["evaluation_model"]) for r in perfect}
+    assert listed == nines
+    assert {r["score"] for r in perfect} == {"9"}
+    with (out / "parsing" / "aggregated_scores.csv").open(newline="") as handle:
+        assert {r["score_max"] for r in csv.DictReader(handle)} == {"9"}
