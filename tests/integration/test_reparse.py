@@ -8,6 +8,7 @@ generation's history, a ``reparsed`` event, and the children of changed drafts f
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import subprocess
@@ -200,3 +201,10 @@ async def test_an_older_parser_version_is_reparsed_at_startup(tmp_path: Path, da
         assert change["old_parsed"] == f"{before[gen_id]['score'] + 0.5:.1f}"
         (logged,) = reparse_logs(daemon)
         assert (logged["checked"], logged["changed"], logged["reason"]) == (36, 36, "parse key changed")
+        assert await daemon.stop() == 0
+        out = tmp_path / "results"
+        done = await anyio.to_thread.run_sync(lambda: ctl(daemon, "results", "--out", str(out)))
+        assert done.returncode == 0, done.stderr
+        with (out / "parsing" / "aggregated_scores.csv").open(newline="") as handle:
+            table = {row["gen_id"]: float(row["score"]) for row in csv.DictReader(handle)}
+        assert table == {g: r["score"] for g, r in before.items()}

@@ -100,6 +100,27 @@ def test_parse_prints_the_score_or_the_error(tmp_path: Path) -> None:
     assert code == 1 and "in_last_line" in err
 
 
+def test_parse_explain_shows_the_decision_and_the_score_line(tmp_path: Path) -> None:
+    """--explain names what was set aside, the verdict's line and the score; --scale is the template's."""
+    reply = tmp_path / "raw.txt"
+    reply.write_text("<think>\nTotal score: 4 + 4 = 8.\n</think>\nNovelty (3/5)\n**SCORE: 7/9**\n")
+    code, out, err = run(
+        "parse", "--stage", "evaluation", "--parser", "complex", "--scale", "0-9", "--explain", str(reply)
+    )
+    assert code == 0, err
+    assert "3 line(s) inside reasoning blocks set aside" in out
+    assert "score 7.0 from line 5: SCORE: 7/9" in out
+    assert "set aside line 2 (reasoning, 4)" in out
+    code, out, _ = run(
+        "parse", "--stage", "evaluation", "--parser", "complex", "--scale", "0-9", "--json", str(reply)
+    )
+    assert code == 0 and json.loads(out)["verdict"]["line"] == 5
+    code, _, err = run("parse", "--stage", "evaluation", "--parser", "complex", str(reply))
+    assert code == 1 and "no verdict" in err and "other scale" in err  # 7/9 is not a 0-10 score
+    code, _, err = run("parse", "--stage", "evaluation", "--parser", "complex", "--scale", "9-0", str(reply))
+    assert code == 2 and "--scale" in err
+
+
 def test_render_writes_prompts_without_calling_anything(data: Path) -> None:
     """render writes every draft prompt; essays wait for their drafts; copy essays have none."""
     code, out, _ = run("render", "--data", str(data), "--json")
