@@ -218,6 +218,8 @@ def _print_status(result: ServiceStatus) -> None:
     if result.in_flight is not None:
         click.echo(f"in flight: {result.in_flight}{_pool_note(result.pool)}")
     _print_models(result.models)
+    for trouble in result.pool.troubles:
+        click.echo(trouble.describe())
     for stage, count in result.parent_changed.items():
         click.echo(parent_changed_note(stage, count))
     if result.errors:

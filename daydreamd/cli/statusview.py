@@ -126,6 +126,8 @@ def render_status(status: Status) -> RenderableType:
                 style="red" if budget.exhausted else "",
             )
         )
+    for trouble in pool.troubles:
+        notes.append(Text(trouble.describe(), style="bold red"))
     for stage, count in status.parent_changed.items():
         notes.append(Text(parent_changed_note(stage, count), style="yellow"))
     if status.errors:

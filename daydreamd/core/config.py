@@ -134,6 +134,14 @@ class PoolSettings:
     """On SIGTERM, how long in-flight calls may finish before they are released."""
     quota_park_s: float = 900.0
     """After a quota failure (402), how long that provider's work waits before it is tried again."""
+    outage_failures: int = 3
+    """Outage failures in a row (no answer, or 5xx) after which the provider counts as down."""
+    outage_probe_s: float = 5.0
+    """While the provider is down, the first wait before one probe call (doubling after each failed probe)."""
+    outage_probe_cap_s: float = 120.0
+    """The longest wait between probes."""
+    outage_requeues: int = 20
+    """How often one generation may go back to the queue because its calls failed during an outage."""
     models: tuple[tuple[str, LimitOverrides], ...] = ()
     """Per-model overrides, ``[pool.models.<llm_model_id>]``."""
     providers: tuple[tuple[str, LimitOverrides], ...] = ()
@@ -340,6 +348,7 @@ def _check_values(settings: Settings, source: str) -> None:
     for key, value in (
         ("pool.concurrency", settings.pool.concurrency),
         ("pool.model_concurrency", settings.pool.model_concurrency),
+        ("pool.outage_failures", settings.pool.outage_failures),
         ("retry.rate_limit_tries", settings.retry.rate_limit_tries),
         ("retry.transient_tries", settings.retry.transient_tries),
     ):

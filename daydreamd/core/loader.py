@@ -19,7 +19,7 @@ from daydreamd.core.experiment import DESCRIPTION_LEVELS, Concept, Experiment, G
 from daydreamd.core.parsers import is_registered, parser_names, resolve_parser_name
 from daydreamd.core.problems import Level, Problem, error, warning
 from daydreamd.core.scales import Scale, ScaleSource, infer_scale
-from daydreamd.core.snapshot import RawFiles
+from daydreamd.core.snapshot import RawFiles, escaped_name
 from daydreamd.core.stages import STAGES, Stage, parse_stage
 from daydreamd.core.templates import check_template
 from daydreamd.core.verdicts import DEFAULT_LABEL, VerdictSpec
@@ -113,6 +113,8 @@ def load_experiment(raw: RawFiles) -> tuple[Experiment, tuple[Problem, ...]]:
         return Experiment(fingerprint=raw.fingerprint), tuple(out.problems)
     for path, reason in raw.unreadable:
         out.add(path, f"cannot read file: {reason}")
+    for name in raw.bad_names:
+        out.add(escaped_name(name), _bad_name_message(name))
     concepts = _load_concepts(out)
     templates = tuple(t for stage in STAGES for t in _load_templates(out, stage))
     models = _load_models(out)
@@ -125,6 +127,17 @@ def load_experiment(raw: RawFiles) -> tuple[Experiment, tuple[Problem, ...]]:
     )
     _warn_empty_axes(out, experiment)
     return experiment, tuple(out.problems)
+
+
+def _bad_name_message(name: bytes) -> str:
+    """What is wrong with a name that is not valid UTF-8, and how to rename it from a shell."""
+    kind = "folder" if name.endswith(b"/") else "file"
+    base = escaped_name(name.rstrip(b"/").rsplit(b"/", 1)[-1])
+    return (
+        f"the {kind} name is not valid UTF-8 (each bad byte is shown as \\xNN), so it is not read and "
+        f"nothing can refer to it; rename it to a UTF-8 name (in its folder: mv $'{base}' NEW_NAME) "
+        "or move it out of the experiment"
+    )
 
 
 def check_id(out: _Collector, relpath: str, row: Row, column: str, *, active: bool) -> str | None:

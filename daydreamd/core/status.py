@@ -187,6 +187,53 @@ class BudgetStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Trouble:
+    """Something outside the service that holds work back, until it clears by itself."""
+
+    what: str
+    """``provider_down``, ``data_dir_unwritable`` or ``state_db_unwritable``."""
+    since: str
+    """When it started (ISO-8601 UTC)."""
+    message: str = ""
+    next_try_in_s: float | None = None
+    """For a provider that is down: seconds until the next probe call."""
+    waiting: int = 0
+    """Writes (replies, commits) held in memory until it clears."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of one trouble."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: object) -> Trouble:
+        """A trouble from JSON."""
+        info = _mapping(value)
+        return cls(
+            what=str(info.get("what") or ""),
+            since=str(info.get("since") or ""),
+            message=str(info.get("message") or ""),
+            next_try_in_s=_optional_number(info.get("next_try_in_s")),
+            waiting=_int(info.get("waiting")),
+        )
+
+    def describe(self) -> str:
+        """One line for a person."""
+        words = {
+            "provider_down": "provider down",
+            "data_dir_unwritable": "paused: data dir not writable",
+            "state_db_unwritable": "state database not writable",
+        }
+        text = f"{words.get(self.what, self.what)} since {self.since}"
+        if self.message:
+            text += f" ({self.message})"
+        if self.next_try_in_s is not None:
+            text += f", next probe in {self.next_try_in_s:.0f} s"
+        if self.waiting:
+            text += f"; {self.waiting} write(s) held until it clears"
+        return text + "; resumes by itself"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolStatus:
     """The worker pool: its global limit, pauses, parking, outcomes and budgets."""
 
@@ -200,6 +247,8 @@ class PoolStatus:
     """Generations finished since start: ``done`` or their failure kind."""
     budgets: Mapping[str, BudgetStatus] = field(default_factory=dict)
     """Budgeted approvals by id (as text: JSON keys are strings)."""
+    troubles: tuple[Trouble, ...] = ()
+    """What holds work back now (a provider outage, a disk or database that takes no writes)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``pool`` object."""
@@ -210,6 +259,7 @@ class PoolStatus:
             "parked": {name: parked.to_json() for name, parked in self.parked.items()},
             "outcomes": dict(self.outcomes),
             "budgets": {approval: budget.to_json() for approval, budget in self.budgets.items()},
+            "troubles": [trouble.to_json() for trouble in self.troubles],
         }
 
     @classmethod
@@ -217,6 +267,7 @@ class PoolStatus:
         """The pool from JSON."""
         pool = _mapping(value)
         paused_models = pool.get("paused_models")
+        troubles = pool.get("troubles")
         return cls(
             concurrency=_optional_int(pool.get("concurrency")),
             paused=bool(pool.get("paused")),
@@ -226,6 +277,7 @@ class PoolStatus:
             parked={str(k): ParkedStatus.from_json(v) for k, v in _mapping(pool.get("parked")).items()},
             outcomes=_counts(pool.get("outcomes")),
             budgets={str(k): BudgetStatus.from_json(v) for k, v in _mapping(pool.get("budgets")).items()},
+            troubles=tuple(Trouble.from_json(t) for t in troubles) if isinstance(troubles, list) else (),
         )
 
 

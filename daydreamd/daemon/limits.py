@@ -5,12 +5,16 @@ A global concurrency over every generation in progress; per model an adaptive co
 a requests-per-minute window; per provider another window. Claiming can be paused for every
 model or for some, and a quota failure parks all LLM work for a while. The values come from
 the settings in force; :meth:`PoolLimits.apply` follows a change without touching calls in flight.
+
+The windows survive restarts: :meth:`PoolLimits.seed` starts them from the requests the run
+state knows of (``Store.recent_requests``), and :meth:`PoolLimits.recent_requests` is what a
+stopping service saves, so a quick restart never sends a second minute's budget in one minute.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -54,6 +58,8 @@ class PoolLimits:
         self.paused_models: set[str] = set()
         self.parked_until: float | None = None
         self._learned: dict[str, float] = {}
+        self._seeds: dict[str, list[float]] = {}
+        """Per model, monotonic times of requests made before this process started (see :meth:`seed`)."""
 
     # -- settings and learned levels -----------------------------------------------------------
 
@@ -74,6 +80,36 @@ class PoolLimits:
         """Every model's learned concurrency level, to save."""
         return {model_id: state.limit.value for model_id, state in self.models.items()}
 
+    def seed(self, requests: Mapping[str, Sequence[float]]) -> None:
+        """Start the rate windows from earlier requests: per model, Unix times (``Store.recent_requests``).
+
+        Each model's window gets its own, each provider's window those of its models; windows
+        made later (on first use) get them then.
+        """
+        offset = time.monotonic() - time.time()
+        self._seeds = {model: [t + offset for t in stamps] for model, stamps in requests.items() if stamps}
+        for model_id, state in self.models.items():
+            state.window.seed(self._seeds.get(model_id, ()))
+        for provider, window in self.providers.items():
+            window.seed(self._provider_seeds(provider))
+
+    def recent_requests(self) -> dict[str, list[float]]:
+        """Per model, Unix times of the requests in its window now (seeded ones included): to save
+        when the service stops, so the next one starts from them."""
+        offset = time.monotonic() - time.time()
+        found = {model: [t - offset for t in stamps] for model, stamps in self._seeds.items()}
+        found.update(
+            {model_id: [t - offset for t in state.window.stamps()] for model_id, state in self.models.items()}
+        )
+        horizon = time.time() - RPM_WINDOW_S
+        kept = {model: [t for t in stamps if t > horizon] for model, stamps in found.items()}
+        return {model: stamps for model, stamps in kept.items() if stamps}
+
+    def _provider_seeds(self, provider: str) -> list[float]:
+        """The seeded requests of every model of ``provider``."""
+        mine = [stamps for model, stamps in self._seeds.items() if self._provider_of(model) == provider]
+        return [t for stamps in mine for t in stamps]
+
     # -- models and windows --------------------------------------------------------------------
 
     def model(self, model_id: str) -> ModelState:
@@ -92,6 +128,7 @@ class PoolLimits:
                 window=SlidingWindow(limits.requests_per_minute, RPM_WINDOW_S),
                 provider=self._provider_of(model_id),
             )
+            state.window.seed(self._seeds.get(model_id, ()))
             self.models[model_id] = state
         return state
 
@@ -102,6 +139,7 @@ class PoolLimits:
         if window is None:
             rpm = self._settings.current.pool.provider_rpm(state.provider)
             window = self.providers[state.provider] = SlidingWindow(rpm, RPM_WINDOW_S)
+            window.seed(self._provider_seeds(state.provider))
         return [state.window, window]
 
     # -- slots ---------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ concurrency; per-model concurrency that adapts (halved once per episode of 429s,
 Retry-After; grown back slowly on success; never below 1); and requests per minute per model
 and per provider, never exceeded in any sliding 60-second window, checked before every HTTP
 attempt including retries. A quota failure parks all LLM work for ``pool.quota_park_s``
-instead of hammering the provider. Approvals with a spent budget (:mod:`~daydreamd.daemon.budgets`)
-start no more calls.
+instead of hammering the provider; an outage opens the provider's circuit breaker
+(:mod:`~daydreamd.daemon.breaker`), which holds every call and claim until a probe gets an
+answer, and sends the generations whose calls failed meanwhile back to the queue. Approvals
+with a spent budget (:mod:`~daydreamd.daemon.budgets`) start no more calls.
 
 Only work whose parent is done is claimed, parents first. Every claim carries a fencing token
 (see ``store``); completions are committed in batches (:mod:`~daydreamd.daemon.commits`). On
@@ -32,11 +34,13 @@ from daydreamd.core.jobs import Jobs
 from daydreamd.core.pricing import Price, configured_prices, price_for
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import Stage, State
-from daydreamd.core.status import ModelStatus, ParkedStatus, PoolStatus
+from daydreamd.core.status import ModelStatus, ParkedStatus, PoolStatus, Trouble
+from daydreamd.daemon.breaker import Breaker, BreakerState
 from daydreamd.daemon.budgets import Budgets
 from daydreamd.daemon.commits import CommitBatcher
 from daydreamd.daemon.counters import Counters
 from daydreamd.daemon.events import EventBus
+from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
 from daydreamd.daemon.ratelimit import SlidingWindow, acquire_all
 from daydreamd.daemon.runner import Outcome, Runner
@@ -47,6 +51,8 @@ from daydreamd.storage.store import AttemptRow, Claim, Completion, Store
 
 log = structlog.get_logger("daydreamd.daemon.pool")
 IDLE_POLL_S = 1.0
+RECONCILE_S = 30.0
+"""How often running rows without an owner in this process are looked for."""
 
 
 class JobSource(Protocol):
@@ -81,12 +87,16 @@ class PoolSnapshot:
 class _GatedProvider:
     """Waits for every rate window that applies before each attempt, then asks the provider."""
 
-    def __init__(self, inner: Provider, windows: list[SlidingWindow], limits: PoolLimits) -> None:
+    def __init__(
+        self, inner: Provider, windows: list[SlidingWindow], limits: PoolLimits, breaker: Breaker
+    ) -> None:
         self._inner = inner
         self._windows = windows
         self._limits = limits
+        self._breaker = breaker
 
     async def complete(self, request: LlmRequest) -> Reply:
+        await self._breaker.permit()
         await self._limits.wait_unparked()
         await acquire_all(self._windows)
         return await self._inner.complete(request)
@@ -113,6 +123,12 @@ class Pool:
         self.budgets = Budgets()
         self.counters = Counters()
         self.commits = CommitBatcher(store)
+        self.breaker = Breaker()
+        self.state_db = Health("state_db_unwritable")
+        """Whether the run state takes writes (completions wait and retry while it does not)."""
+        self._reconciled = time.monotonic()
+        self._requeues: Counter[str] = Counter()
+        """Generations sent back to the queue because of an outage, and how often."""
         self.in_flight: dict[str, Claim] = {}
         """Every claimed generation not yet committed."""
         self._wake = anyio.Event()
@@ -121,6 +137,7 @@ class Pool:
         """Bumped when new work may have become ready: a claim that started earlier proves nothing."""
         self._idle = anyio.Event()
         self._stopping = False
+        self.breaker.configure(settings.current.pool)
         settings.subscribe(self._settings_changed)
 
     # -- control -------------------------------------------------------------------------------
@@ -140,6 +157,7 @@ class Pool:
     def _settings_changed(self, settings: Settings) -> None:
         """Apply reloaded limits without touching in-flight calls (SIGHUP, or a live change)."""
         self.limits.apply(settings)
+        self.breaker.configure(settings.pool)
         self.wake()
 
     def set_paused(self, model_id: str | None, paused: bool) -> None:
@@ -175,6 +193,7 @@ class Pool:
             workers.start_soon(self.commits.run)
             while not self._stopping:
                 try:
+                    await self._reconcile()
                     await self._fill(workers)
                 except Exception:  # a failed claim must not stop the pool; it tries again
                     log.exception("claim_failed")
@@ -206,10 +225,11 @@ class Pool:
         queries while the others run.
         """
         jobs = self.current.jobs
-        if jobs is None or self.limits.paused:
+        if jobs is None or self.limits.paused or self.runner.disk.failing or self.state_db.failing:
             return
         exhausted = self.exhausted_approvals()
-        candidates = [("copy", None), *(("llm", model.model_id) for model in jobs.models())]
+        llm = [] if not self.breaker.closed else [("llm", model.model_id) for model in jobs.models()]
+        candidates = [("copy", None), *llm]
         for mode, model_id in candidates:
             free = self.limits.free()
             if free <= 0:
@@ -262,8 +282,12 @@ class Pool:
         g = claim.generation
         bound = log.bind(gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         attempts: list[AttemptRow] = []
+        outages = self.breaker.opened_count
         try:
             outcome = await self._run(claim, attempts, bound)
+            if self.breaker.caused(outcome.kind, outages) and self._requeues[g.gen_id] < self._max_requeues:
+                await self._requeue(claim, attempts, outcome, bound)
+                return
             completion = Completion(
                 gen_id=g.gen_id,
                 token=claim.token,
@@ -278,10 +302,8 @@ class Pool:
                 parse_key=_parse_key(outcome.parse),
                 parse_info=json.dumps(outcome.parse, separators=(",", ":")) if outcome.parse else None,
             )
-            try:
-                committed = await self.commits.commit(completion)
-            except Exception:  # the files are saved; a restart recovers the row and re-parses them
-                bound.exception("commit_failed")
+            committed = await self._commit(completion, bound)
+            if committed is None:
                 return
             self.counters.generation(
                 str(g.stage), str(State.DONE) if outcome.ok else str(outcome.kind), time.monotonic()
@@ -307,6 +329,49 @@ class Pool:
                 self._idle.set()
             self.wake(new_work=g.stage is not Stage.EVALUATION)
 
+    async def _commit(self, completion: Completion, bound: Any) -> bool | None:
+        """Commit a completion, retrying while the run state takes no writes (a full disk, a lock
+        another process holds), so the row never stays ``running`` without its owner. None: an
+        unexpected error (logged); the in-process reconciler sends the row back to the queue."""
+        try:
+            return await self.state_db.retrying(lambda: self.commits.commit(completion), is_db_fault)
+        except Exception:
+            bound.exception("commit_failed")
+            return None
+
+    async def _reconcile(self) -> None:
+        """Every so often, send back to the queue any ``running`` row this process does not own
+        (a commit that failed for good, a worker that died): not only at startup."""
+        now = time.monotonic()
+        if now - self._reconciled < RECONCILE_S:
+            return
+        self._reconciled = now
+        orphans = [gen_id for _, gen_id in await self.store.running() if gen_id not in self.in_flight]
+        if orphans:
+            requeued = await self.store.requeue(orphans)
+            log.warning("orphans_requeued", count=requeued, first=orphans[:5])
+
+    @property
+    def _max_requeues(self) -> int:
+        return self.settings.current.pool.outage_requeues
+
+    async def _requeue(self, claim: Claim, attempts: list[AttemptRow], outcome: Outcome, bound: Any) -> None:
+        g = claim.generation
+        self._requeues[g.gen_id] += 1
+        completion = Completion(
+            gen_id=g.gen_id,
+            token=claim.token,
+            llm_model_id=g.llm_model_id,
+            ok=False,
+            requeue=True,
+            error_message=f"requeued: the provider was down ({outcome.message})",
+            attempts=tuple(attempts),
+        )
+        if await self._commit(completion, bound) is None:
+            return
+        bound.warning("generation_requeued", reason="provider_down", times=self._requeues[g.gen_id])
+        self.bus.publish("generation_requeued", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
+
     async def _run(self, claim: Claim, attempts: list[AttemptRow], bound: Any) -> Outcome:
         g = claim.generation
         jobs = self.current.jobs
@@ -319,10 +384,16 @@ class Pool:
         provider = None
         if job.model is not None:
             windows = self.limits.windows(g.llm_model_id)
-            provider = _GatedProvider(self.runner.provider, windows, self.limits)
+            provider = _GatedProvider(self.runner.provider, windows, self.limits, self.breaker)
 
         def on_attempt(record: AttemptRecord) -> None:
             attempts.append(_attempt_row(record))
+            last_try = record.outcome != "ok" and record.delay_s is None
+            change = self.breaker.record(g.gen_id, record.outcome, record.status, last_try=last_try)
+            if change is not None:
+                self.breaker.announce(change, bound, self.bus)
+                if change.state is BreakerState.CLOSED:
+                    self.wake()
             cost = self.counters.attempt(g.llm_model_id, record, self._price(g.llm_model_id))
             if cost is not None:
                 self.budgets.record(claim.approval_id, cost)
@@ -371,6 +442,11 @@ class Pool:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def troubles(self) -> tuple[Trouble, ...]:
+        """What holds work back now: the provider down, the data folder or the run state unwritable."""
+        found = (self.breaker.trouble(), self.runner.disk.trouble(), self.state_db.trouble())
+        return tuple(t for t in found if t is not None)
+
     def snapshot(self) -> PoolSnapshot:
         """Limits and counters now, frozen."""
         now = time.monotonic()
@@ -400,6 +476,7 @@ class Pool:
                 parked={"all": ParkedStatus(resumes_in_s=round(parked, 1))} if parked else {},
                 outcomes=dict(counters.outcomes),
                 budgets=self.budgets.statuses(set(self.exhausted_approvals())),
+                troubles=self.troubles(),
             ),
             models=models,
             spent_usd=counters.spent_usd(),

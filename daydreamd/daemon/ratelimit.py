@@ -19,7 +19,9 @@ Two independent pieces, composed by the worker pool:
   The bound holds for the instants at which requests are *recorded* here. The server sees them
   after a varying network delay, so two requests that are exactly ``window_s`` apart here may
   look closer there; callers that fear this pass a slightly longer ``window_s`` (61 s for a
-  60 s server costs under 2 % of throughput).
+  60 s server costs under 2 % of throughput). A window outlives its process through
+  :meth:`SlidingWindow.stamps` and :meth:`SlidingWindow.seed`: a restart starts from the
+  requests the previous process made, not from an empty window.
 
 - :class:`AdaptiveLimit` learns how many calls a model takes at once: multiplicative decrease on
   a 429 (once per episode, honouring ``Retry-After``), slow additive increase on success, never
@@ -35,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import anyio
@@ -133,6 +135,20 @@ class SlidingWindow:
         # is at index n - limit, and it leaves once now - stamp >= window_s.
         blocking = self._stamps[len(self._stamps) - self._limit]
         return max(_MIN_WAIT_S, self._window_s - (now - blocking))
+
+    def stamps(self) -> list[float]:
+        """The clock times of the requests in the window that ends now, oldest first (to save)."""
+        self._prune(self._clock.now())
+        return list(self._stamps)
+
+    def seed(self, stamps: Iterable[float]) -> None:
+        """Count requests made before this window existed (a previous process's, as clock times):
+        they hold their share of the budget until they leave the window. A time later than now
+        counts as now, so a seed can delay requests but never admit one early."""
+        now = self._clock.now()
+        merged = sorted([*self._stamps, *(min(float(t), now) for t in stamps if math.isfinite(t))])
+        self._stamps = deque(merged)
+        self._prune(now)
 
     def try_acquire(self) -> float:
         """Record one request if it fits now and return 0.0; otherwise record nothing and return

@@ -11,7 +11,10 @@ For every stage and both modes the steps are the same::
 a failure never leaves a stale one. ``raw.txt`` is saved the moment a reply arrives, before it
 is checked or parsed, and a saved reply for the same input (prompt, model, parameters) is
 re-checked and re-parsed instead of paying for a new call: a crash between the call and the
-parse costs nothing. File work runs in a worker thread, one batch per step.
+parse costs nothing. File work runs in a worker thread, one batch per step. When the data
+folder takes no writes (a full or read-only disk), a step is tried again with backoff until it
+works, with the reply kept in memory; :attr:`Runner.disk` says so meanwhile (the pool then claims
+nothing new), and nothing is paid twice.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -37,10 +40,13 @@ from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.core.templates import Renderer
+from daydreamd.daemon.health import Health, is_disk_fault
 from daydreamd.llm.calls import AttemptHook, call_with_retries
 from daydreamd.llm.checks import content_problem
 from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
 from daydreamd.storage.gens import METADATA, PARSED, PROMPT, RAW, GensStore
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +127,8 @@ class Runner:
         # fsynced to a busy disk, or the provider's concurrency would sit idle.
         self._prepare_threads = anyio.CapacityLimiter(8)
         self._save_threads = anyio.CapacityLimiter(32)
+        self.disk = Health("data_dir_unwritable")
+        """Whether the data folder takes writes (see :mod:`daydreamd.daemon.health`)."""
 
     async def run(
         self,
@@ -144,7 +152,7 @@ class Runner:
                 one in force, which a reload may have changed).
         """
         run = _Run(job, fresh=fresh)
-        early = await anyio.to_thread.run_sync(self._prepare, run, limiter=self._prepare_threads)
+        early = await self._durably(self._prepare, run, limiter=self._prepare_threads)
         if early is not None:
             return early
         if run.reply is None:
@@ -169,12 +177,17 @@ class Runner:
             except CallFailure as failure:
                 run.llm_ms = _ms(t)
                 run.attempts = failure.attempts
-                return await anyio.to_thread.run_sync(
-                    self._fail_call, run, failure, limiter=self._save_threads
-                )
+                return await self._durably(self._fail_call, run, failure, limiter=self._save_threads)
             run.llm_ms = _ms(t)
-            return await anyio.to_thread.run_sync(self._finish, run, reply, limiter=self._save_threads)
-        return await anyio.to_thread.run_sync(self._finish, run, None, limiter=self._save_threads)
+            return await self._durably(self._finish, run, reply, limiter=self._save_threads)
+        return await self._durably(self._finish, run, None, limiter=self._save_threads)
+
+    async def _durably(self, step: Callable[..., _T], *args: Any, limiter: anyio.CapacityLimiter) -> _T:
+        """Run a file step in a worker thread; while the disk refuses writes, keep what it holds in
+        memory and try again with backoff (the step is idempotent: files are written whole)."""
+        return await self.disk.retrying(
+            lambda: anyio.to_thread.run_sync(step, *args, limiter=limiter), is_disk_fault
+        )
 
     # -- steps (run in a worker thread) ----------------------------------------------------------
 

@@ -199,6 +199,7 @@ def status_line(status: ServiceStatus | Mapping[str, Any]) -> str:
         parts.append(f"{_plural(len(pool.paused_models), 'model')} paused")
     if pool.parked:
         parts.append("parked")
+    parts.extend(trouble.what.replace("_", " ") for trouble in pool.troubles)
     if status.spent_usd > 0:
         parts.append(f"${status.spent_usd:.2f} spent")
     return one_line(" | ".join(parts))

@@ -42,6 +42,7 @@ from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
 from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.details import generation_detail
 from daydreamd.daemon.events import EventBus
+from daydreamd.daemon.limits import RPM_WINDOW_S
 from daydreamd.daemon.lock import instance_lock
 from daydreamd.daemon.logconfig import configure_logging
 from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
@@ -58,7 +59,7 @@ from daydreamd.llm.registry import check_settings, make_provider, needs_session
 from daydreamd.storage.atomic import remove_stale_temps
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.layout import DataLayout
-from daydreamd.storage.store import Store
+from daydreamd.storage.store import Store, UnreadableStateError
 
 log = structlog.get_logger("daydreamd")
 
@@ -289,19 +290,39 @@ class Service:
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
         """Stop claiming new work (all, or one model); in-flight calls go on."""
-        return self._set_paused(request, paused=True)
+        return await self._set_paused(request, paused=True)
 
     async def resume(self, request: PauseRequest) -> dict[str, Any]:
         """Start claiming again (all, or one model)."""
-        return self._set_paused(request, paused=False)
+        return await self._set_paused(request, paused=False)
 
-    def _set_paused(self, request: PauseRequest, *, paused: bool) -> dict[str, Any]:
+    async def _set_paused(self, request: PauseRequest, *, paused: bool) -> dict[str, Any]:
         self._check_model(request.llm_model_id)
         self.pool.set_paused(request.llm_model_id, paused)
+        limits = self.pool.limits
+        await self.store.save_pauses(limits.paused, limits.paused_models)  # a restart keeps them
         event = "paused" if paused else "resumed"
         log.info(event, model=request.llm_model_id or "*", requested_by=request.requested_by)
         self.bus.publish(event, model=request.llm_model_id)
         return self._pause_state()
+
+    async def restore_pauses(self) -> None:
+        """At startup: what was paused stays paused until ``resume``."""
+        paused, models = await self.store.pauses()
+        for model_id in models:
+            self.pool.set_paused(model_id, True)
+        if paused:
+            self.pool.set_paused(None, True)
+        if paused or models:
+            log.warning("still_paused", all=paused, models=models, resume_with="daydreamctl resume")
+
+    async def save_rate_windows(self) -> None:
+        """As the service stops: save the requests in its rate windows for the next start."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.save_recent_requests(self.pool.limits.recent_requests())
+        except Exception:  # the next start then counts the recorded attempts instead
+            log.exception("rate_windows_not_saved")
 
     def _check_model(self, model_id: str | None) -> None:
         """A model id that is not in llm_models.csv is a typo; acting on it would do nothing."""
@@ -430,13 +451,25 @@ def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
     return sum(remove_stale_temps(folder) for folder in folders)
 
 
-async def serve(settings: Settings, env: Mapping[str, str]) -> int:
-    """Run the service until SIGTERM/SIGINT; return the exit code."""
+async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool = False) -> int:
+    """Run the service until SIGTERM/SIGINT; return the exit code.
+
+    ``new_state``: an unreadable run state is renamed aside and a new one started (else an error).
+    """
     config_dir = settings.config_path.parent if settings.config_path else None
     notifier = Notifier.from_env(env)
-    with instance_lock(settings.paths.state_db):
-        async with Store.open(settings.paths.state_db) as store, _http_session(settings) as session:
+    state_db = settings.paths.state_db
+    with instance_lock(state_db):
+        async with (
+            Store.open(state_db, set_aside_unreadable=new_state) as store,
+            _http_session(settings) as session,
+        ):
+            if (aside := store.set_aside) is not None:
+                log.warning(
+                    "state_set_aside", state_db=str(state_db), moved_to=str(aside.path), reason=aside.reason
+                )
             swept = _sweep_temps(settings.paths.data_dir, await store.running())
+            recent = await store.recent_requests(RPM_WINDOW_S)  # before recover(): dead claims count too
             recovered = await store.recover()
             provider = make_provider(settings.llm, env=env, config_dir=config_dir, session=session)
             runner = Runner(
@@ -447,6 +480,8 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
             )
             service = Service(settings, store, runner)
             await service.pool.restore_limits()
+            service.pool.limits.seed(recent)
+            await service.restore_pauses()
             log.info(
                 "service_starting",
                 version=__version__,
@@ -475,6 +510,7 @@ async def serve(settings: Settings, env: Mapping[str, str]) -> int:
                     tg.start_soon(service.keep_summary_fresh)
                     tg.start_soon(service.keep_parses_current)
                     await service.pool.run()
+                    await service.save_rate_windows()
                     tg.cancel_scope.cancel()
             finally:
                 service.bus.close()  # streaming clients end now, not at the server's timeout
@@ -529,18 +565,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", "-c", type=Path, help="config file (default: ./config.toml if present)")
     parser.add_argument("--data", type=Path, help="directory containing 1_raw/ (overrides paths.data_dir)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--new-state",
+        action="store_true",
+        help="if the run state file is unreadable (empty or damaged), rename it to "
+        "<name>.unreadable-<time> and start a new, empty one; a readable state is used as it is",
+    )
     parser.add_argument("--version", action="version", version=f"daydreamd {__version__}")
     args = parser.parse_args(argv)
     config = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
+    logging_on = False
     try:
         settings = load_settings(config.resolve() if config else None, os.environ, data_dir=args.data)
         check_settings(settings)
         configure_logging(log_file=settings.paths.log_file, level=args.log_level)
-        code = anyio.run(serve, settings, dict(os.environ))
+        logging_on = True
+        code = anyio.run(partial(serve, settings, dict(os.environ), new_state=args.new_state))
     except DaydreamError as exc:
-        print(f"daydreamd: {exc}", file=sys.stderr)
+        message = _unreadable_state(exc) if isinstance(exc, UnreadableStateError) else str(exc)
+        if logging_on:
+            log.error("startup_failed", error=message)
+        print(f"daydreamd: {message}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def _unreadable_state(exc: UnreadableStateError) -> str:
+    """What is wrong with the run state and the ways out, in one message."""
+    return (
+        f"{exc}. Nothing was changed. Restore it from a backup, or start a new, empty run state: "
+        "move the file away, or start once with --new-state "
+        f"(it renames the file to {exc.path.name}.unreadable-<time>). With a new state, approve the work "
+        "again: the files under data/ are kept and saved replies are reused, not paid for twice."
+    )
 
 
 if __name__ == "__main__":

@@ -129,11 +129,24 @@ M004_PARSE = """
         CREATE INDEX parse_history_gen ON parse_history (gen_id);
 """
 
+M005_ATTEMPT_TIMES = """
+        CREATE INDEX attempts_finished ON attempts (finished_at);  -- requests of the last minute (rate windows at startup), recent errors
+"""
+
+M006_LAST_GOOD_RAW = """
+        CREATE TABLE last_good_raw (                         -- the files of 1_raw that last built a cohort (facts: raw.last_good, their fingerprint)
+            path TEXT PRIMARY KEY,                           -- relative to 1_raw, POSIX
+            data BLOB NOT NULL
+        );
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
     ("m003_operations", M003_OPERATIONS),
     ("m004_parse", M004_PARSE),
+    ("m005_attempt_times", M005_ATTEMPT_TIMES),
+    ("m006_last_good_raw", M006_LAST_GOOD_RAW),
 )
 """(name, SQL script) in order. Append only."""
 

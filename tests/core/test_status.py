@@ -56,6 +56,15 @@ FULL: dict[str, Any] = {
         "parked": {"all": {"resumes_in_s": 42.5}},
         "outcomes": {"done": 16, "parse_error": 1},
         "budgets": {"1": {"budget_usd": 2.0, "spent_usd": 1.25, "exhausted": False}},
+        "troubles": [
+            {
+                "what": "provider_down",
+                "since": "2026-01-01T00:00:00Z",
+                "message": "",
+                "next_try_in_s": 4.5,
+                "waiting": 0,
+            }
+        ],
     },
     "spent_usd": 1.5,
     "rates_per_minute": {"draft": 4.5},

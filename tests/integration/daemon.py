@@ -61,13 +61,13 @@ class Daemon:
         self.client = ServiceClient(self.socket, timeout=10.0)
         self.stdout = root / "daemon.out"
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the process (without waiting for it to be ready)."""
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start the process (without waiting for it to be ready); ``args`` go to ``daydreamd``."""
         env = {**os.environ, "DD_TEST_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
         env.pop("DD_COHORT", None)
         out = self.stdout.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daydreamd", "--config", str(self.config)],
+            [sys.executable, "-m", "daydreamd", "--config", str(self.config), *args],
             cwd=self.root,
             env=env,
             stdout=out,
@@ -76,9 +76,9 @@ class Daemon:
         out.close()
         return self.process
 
-    async def start(self, deadline_s: float = 20.0) -> dict[str, Any]:
+    async def start(self, *args: str, deadline_s: float = 20.0) -> dict[str, Any]:
         """Start and wait until the socket answers ``/v1/status``."""
-        self.spawn()
+        self.spawn(*args)
         return await self.wait_for(
             lambda s: s is not None, deadline_s=deadline_s, what="the service to answer"
         )
