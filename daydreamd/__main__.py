@@ -1,5 +1,5 @@
 """``python -m daydreamd``: the same as the ``daydreamd`` command."""
 
-from daydreamd.daemon.service import main
+from daydreamd.daemon.lifecycle import main
 
 main()

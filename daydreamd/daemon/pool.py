@@ -47,6 +47,7 @@ from daydreamd.daemon.runner import Outcome, Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.llm.calls import AttemptRecord
 from daydreamd.llm.types import LlmRequest, Provider, Reply
+from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import AttemptRow, Claim, Completion, Store
 
 log = structlog.get_logger("daydreamd.daemon.pool")
@@ -173,7 +174,7 @@ class Pool:
 
     async def restore_limits(self) -> None:
         """Resume learned per-model concurrency from the run state, and the spend of budgets."""
-        self.limits.restore(await self.store.load_limits())
+        self.limits.restore(await RestartMemory(self.store).load_limits())
         await self.refresh_budgets()
 
     async def refresh_budgets(self) -> None:
@@ -438,7 +439,7 @@ class Pool:
         learned = self.limits.learned()
         if learned:
             with anyio.CancelScope(shield=True):
-                await self.store.save_limits(learned)
+                await RestartMemory(self.store).save_limits(learned)
 
     # -- reading -------------------------------------------------------------------------------
 

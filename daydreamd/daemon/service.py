@@ -1,33 +1,21 @@
-"""``daydreamd``: the service's composition root, its lifecycle and its control surface.
+"""The running service: its parts composed, and its control surface (what the socket answers).
 
-Startup: settings -> logging -> the instance lock -> the run state (migrated; dead claims
-recovered) -> one check of ``1_raw`` (changes made while the service was down are applied)
--> the control socket -> the watcher, the rebuild loop and the pool in one task group.
-SIGTERM/SIGINT stop claiming, let in-flight calls finish within ``pool.grace_s``, release the
-rest and exit 0. SIGHUP reloads limits and stage settings without dropping in-flight calls.
+:class:`Service` owns the rebuilder, the pool, the re-parser and the event bus, keeps the counts
+``status`` shows fresh, and implements :class:`~daydreamd.core.control.Control`. The process
+around it (startup, signals, shutdown) is :mod:`daydreamd.daemon.lifecycle`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import random
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import structlog
 
 from daydreamd import __version__
-from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.config import Settings
 from daydreamd.core.control import (
     ApprovalRequest,
     ControlError,
@@ -36,30 +24,22 @@ from daydreamd.core.control import (
     ReparseRequest,
     RetryRequest,
 )
-from daydreamd.core.errors import DaydreamError
 from daydreamd.core.estimates import plan_hash
 from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
 from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.details import generation_detail
 from daydreamd.daemon.events import EventBus
-from daydreamd.daemon.limits import RPM_WINDOW_S
-from daydreamd.daemon.lock import instance_lock
-from daydreamd.daemon.logconfig import configure_logging
 from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
 from daydreamd.daemon.planner import PlanContext, make_plan
 from daydreamd.daemon.pool import Pool
 from daydreamd.daemon.rebuild import Current, Rebuilder
 from daydreamd.daemon.reparse import Reparser, reparsable
 from daydreamd.daemon.runner import Runner
-from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchdog_loop
-from daydreamd.daemon.server import make_app, start_unix_site, stop
-from daydreamd.daemon.settings import LiveSettings, reloadable
-from daydreamd.daemon.watcher import Trigger, rebuild_loop, watch_tree
-from daydreamd.llm.registry import check_settings, make_provider, needs_session
-from daydreamd.storage.atomic import remove_stale_temps
+from daydreamd.daemon.settings import LiveSettings
+from daydreamd.daemon.watcher import Trigger
 from daydreamd.storage.gens import GensStore
-from daydreamd.storage.layout import DataLayout
-from daydreamd.storage.store import Store, UnreadableStateError
+from daydreamd.storage.restart_memory import RestartMemory
+from daydreamd.storage.store import Store
 
 log = structlog.get_logger("daydreamd")
 
@@ -300,7 +280,9 @@ class Service:
         self._check_model(request.llm_model_id)
         self.pool.set_paused(request.llm_model_id, paused)
         limits = self.pool.limits
-        await self.store.save_pauses(limits.paused, limits.paused_models)  # a restart keeps them
+        await RestartMemory(self.store).save_pauses(
+            limits.paused, limits.paused_models
+        )  # a restart keeps them
         event = "paused" if paused else "resumed"
         log.info(event, model=request.llm_model_id or "*", requested_by=request.requested_by)
         self.bus.publish(event, model=request.llm_model_id)
@@ -308,7 +290,7 @@ class Service:
 
     async def restore_pauses(self) -> None:
         """At startup: what was paused stays paused until ``resume``."""
-        paused, models = await self.store.pauses()
+        paused, models = await RestartMemory(self.store).pauses()
         for model_id in models:
             self.pool.set_paused(model_id, True)
         if paused:
@@ -320,7 +302,7 @@ class Service:
         """As the service stops: save the requests in its rate windows for the next start."""
         try:
             with anyio.CancelScope(shield=True):
-                await self.store.save_recent_requests(self.pool.limits.recent_requests())
+                await RestartMemory(self.store).save_recent_requests(self.pool.limits.recent_requests())
         except Exception:  # the next start then counts the recorded attempts instead
             log.exception("rate_windows_not_saved")
 
@@ -430,175 +412,3 @@ def _scope(request: ApprovalRequest) -> dict[str, Any]:
         "limit": request.limit,
         "requested_by": request.requested_by,
     }
-
-
-@asynccontextmanager
-async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession | None]:
-    if not needs_session(settings.llm):
-        yield None
-        return
-    connector = aiohttp.TCPConnector(limit=max(settings.pool.concurrency, 1), enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield session
-
-
-def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
-    """Remove half-written temp files a killed process left: in the folders of the generations it
-    was running (only those can hold one), the cohort folders and the data folder itself."""
-    layout = DataLayout(data_dir)
-    folders = [layout.gen_dir(stage, gen_id) for stage, gen_id in running]
-    folders += [data_dir, layout.cohorts, *(layout.cohort_dir(c) for c in layout.cohort_ids())]
-    return sum(remove_stale_temps(folder) for folder in folders)
-
-
-async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool = False) -> int:
-    """Run the service until SIGTERM/SIGINT; return the exit code.
-
-    ``new_state``: an unreadable run state is renamed aside and a new one started (else an error).
-    """
-    config_dir = settings.config_path.parent if settings.config_path else None
-    notifier = Notifier.from_env(env)
-    state_db = settings.paths.state_db
-    with instance_lock(state_db):
-        async with (
-            Store.open(state_db, set_aside_unreadable=new_state) as store,
-            _http_session(settings) as session,
-        ):
-            if (aside := store.set_aside) is not None:
-                log.warning(
-                    "state_set_aside", state_db=str(state_db), moved_to=str(aside.path), reason=aside.reason
-                )
-            swept = _sweep_temps(settings.paths.data_dir, await store.running())
-            recent = await store.recent_requests(RPM_WINDOW_S)  # before recover(): dead claims count too
-            recovered = await store.recover()
-            provider = make_provider(settings.llm, env=env, config_dir=config_dir, session=session)
-            runner = Runner(
-                store=GensStore(settings.paths.data_dir),
-                provider=provider,
-                policy=settings.retry,
-                rng=random.Random(),
-            )
-            service = Service(settings, store, runner)
-            await service.pool.restore_limits()
-            service.pool.limits.seed(recent)
-            await service.restore_pauses()
-            log.info(
-                "service_starting",
-                version=__version__,
-                recovered=recovered,
-                temp_files_removed=swept,
-                pid=os.getpid(),
-                data_dir=str(settings.paths.data_dir),
-                provider=settings.llm.provider,
-            )
-            await service.rebuild("startup")
-            site = await start_unix_site(
-                make_app(service, on_error=_log_handler_error), settings.paths.socket
-            )
-            log.info("service_ready", socket=str(settings.paths.socket), cohort_id=service.current.cohort_id)
-            notifier.ready(status_line(await service.status()))
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_signals, service, env, notifier)
-                    tg.start_soon(watchdog_loop, notifier, notifier.watchdog_interval())
-                    tg.start_soon(status_loop, notifier, service.status)
-                    watch = partial(
-                        watch_tree, debounce_ms=settings.watch.debounce_ms, stop=service.stop_watching
-                    )
-                    tg.start_soon(watch, settings.raw_dir, service.trigger)
-                    tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
-                    tg.start_soon(service.keep_summary_fresh)
-                    tg.start_soon(service.keep_parses_current)
-                    await service.pool.run()
-                    await service.save_rate_windows()
-                    tg.cancel_scope.cancel()
-            finally:
-                service.bus.close()  # streaming clients end now, not at the server's timeout
-                with anyio.CancelScope(shield=True):
-                    await stop(site)
-            log.info("service_stopped")
-    return 0
-
-
-async def _signals(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                _reload(service, env, notifier)
-                continue
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            notifier.stopping("stopping: finishing in-flight calls")
-            service.stop_watching.set()
-            service.pool.stop()
-            return
-
-
-def _reload(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:
-    """SIGHUP: new limits and stage settings; paths and the provider stay as they are."""
-    notifier.reloading()
-    try:
-        fresh = load_settings(service.settings.config_path, env)
-        check_settings(fresh)
-    except DaydreamError as exc:
-        log.error("reload_failed", error=str(exc))
-        notifier.ready(f"reload failed, previous settings kept: {exc}")
-        return
-    settings = reloadable(service.settings, fresh)
-    service.live.replace(settings)  # the rebuilder, the pool and its retries read these from now on
-    service.current.build = None  # stage settings are part of gen_ids: rebuild under the new ones
-    service.trigger.fire("reload")
-    log.info("config_reloaded", concurrency=settings.pool.concurrency)
-    notifier.ready()
-
-
-def _log_handler_error(exc: BaseException) -> None:
-    log.error("control_request_failed", error=repr(exc), exc_info=exc)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: ``daydreamd --config PATH``."""
-    parser = argparse.ArgumentParser(
-        prog="daydreamd",
-        description="Run the daydreamd service in the foreground: watch data/1_raw, keep the cohort current, "
-        "and run approved generations. Control it with daydreamctl.",
-    )
-    parser.add_argument("--config", "-c", type=Path, help="config file (default: ./config.toml if present)")
-    parser.add_argument("--data", type=Path, help="directory containing 1_raw/ (overrides paths.data_dir)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument(
-        "--new-state",
-        action="store_true",
-        help="if the run state file is unreadable (empty or damaged), rename it to "
-        "<name>.unreadable-<time> and start a new, empty one; a readable state is used as it is",
-    )
-    parser.add_argument("--version", action="version", version=f"daydreamd {__version__}")
-    args = parser.parse_args(argv)
-    config = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
-    logging_on = False
-    try:
-        settings = load_settings(config.resolve() if config else None, os.environ, data_dir=args.data)
-        check_settings(settings)
-        configure_logging(log_file=settings.paths.log_file, level=args.log_level)
-        logging_on = True
-        code = anyio.run(partial(serve, settings, dict(os.environ), new_state=args.new_state))
-    except DaydreamError as exc:
-        message = _unreadable_state(exc) if isinstance(exc, UnreadableStateError) else str(exc)
-        if logging_on:
-            log.error("startup_failed", error=message)
-        print(f"daydreamd: {message}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
-
-
-def _unreadable_state(exc: UnreadableStateError) -> str:
-    """What is wrong with the run state and the ways out, in one message."""
-    return (
-        f"{exc}. Nothing was changed. Restore it from a backup, or start a new, empty run state: "
-        "move the file away, or start once with --new-state "
-        f"(it renames the file to {exc.path.name}.unreadable-<time>). With a new state, approve the work "
-        "again: the files under data/ are kept and saved replies are reused, not paid for twice."
-    )
-
-
-if __name__ == "__main__":
-    main()

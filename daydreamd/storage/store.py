@@ -10,9 +10,8 @@ generation that comes back is still done.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +21,11 @@ import aiosqlite
 import anyio
 
 from daydreamd.core.cohort import Cohort, Generation
-from daydreamd.core.errors import DaydreamError
 from daydreamd.core.stages import STAGES, Stage, State
 from daydreamd.core.timestamps import utc_now
-from daydreamd.storage.atomic import fsync_dir
-from daydreamd.storage.migrations import migrate
+from daydreamd.storage.statefile import SetAside, UnreadableStateError, connect_state, set_aside
 
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
-SQLITE_HEADER = b"SQLite format 3\x00"
-RECENT_REQUESTS_FACT = "pool.recent_requests"
-"""The rate windows a stopping service saved: ``{"saved_at": t, "models": {id: [t, ...]}}`` (Unix times)."""
-PAUSES_FACT = "pool.paused"
-"""What is paused: ``{"all": bool, "models": [id, ...]}``, so a restart keeps it paused."""
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
@@ -101,23 +93,6 @@ class Completion:
     """Back to the queue instead of failed (its calls failed while the provider was down)."""
 
 
-class UnreadableStateError(DaydreamError):
-    """The run state file exists but cannot be used: empty, not SQLite, or damaged. It is left as it is."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"the run state {path} is unreadable: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class SetAside:
-    """An unreadable run state that was renamed aside so a new one could start."""
-
-    path: Path
-    reason: str
-
-
 class Store:
     """The SQLite run state. Open it with ``async with Store.open(path) as store``."""
 
@@ -141,12 +116,12 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         aside = None
         try:
-            db = await _connect(path)
+            db = await connect_state(path)
         except UnreadableStateError as exc:
             if not set_aside_unreadable:
                 raise
             aside = SetAside(set_aside(path), exc.reason)
-            db = await _connect(path)
+            db = await connect_state(path)
         try:
             store = cls(db)
             store.set_aside = aside
@@ -616,179 +591,6 @@ class Store:
             (time.time() - since_s,),
         ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
-
-    # -- learned limits ------------------------------------------------------------------------
-
-    async def load_limits(self) -> dict[str, float]:
-        """Learned per-model concurrency, so a restart resumes at the known-good level."""
-        async with self.db.execute("SELECT llm_model_id, concurrency FROM model_limits") as cursor:
-            return {row[0]: row[1] for row in await cursor.fetchall()}
-
-    async def save_limits(self, limits: dict[str, float]) -> None:
-        """Record learned per-model concurrency."""
-        now = utc_now()
-        async with self.transaction() as db:
-            await db.executemany(
-                "INSERT OR REPLACE INTO model_limits (llm_model_id, concurrency, updated_at) VALUES (?, ?, ?)",
-                [(model, value, now) for model, value in limits.items()],
-            )
-
-    # -- what a restart keeps: recent requests, pauses -----------------------------------------
-
-    async def recent_requests(self, window_s: float, *, now: float | None = None) -> dict[str, list[float]]:
-        """Per model, when (Unix times, oldest first) its requests of the last ``window_s`` seconds
-        were sent, as far as the run state knows: a restart refills its rate windows with them.
-
-        Three sources, none counted twice: the windows the last service to stop cleanly saved
-        (:meth:`save_recent_requests`; exact); attempts recorded after that save, at their
-        ``finished_at`` (a request leaves before its reply ends, so never too early); and one
-        request at ``now`` for each LLM generation still ``running``, whose dead process may have
-        had it on the wire unrecorded. Call it before :meth:`recover`.
-        """
-        now = time.time() if now is None else now
-        since = now - window_s
-        found: dict[str, list[float]] = {}
-        saved_at, saved = _saved_requests(await self.get_fact(RECENT_REQUESTS_FACT))
-        for model, stamps in saved.items():
-            found.setdefault(model, []).extend(t for t in stamps if t > since)
-        async with self.db.execute(
-            "SELECT llm_model_id, finished_at FROM attempts WHERE finished_at > ?", (max(since, saved_at),)
-        ) as cursor:
-            for model, finished_at in await cursor.fetchall():
-                found.setdefault(str(model), []).append(float(finished_at))
-        async with self.db.execute(
-            "SELECT llm_model_id FROM generations WHERE state = 'running' AND mode = 'llm'"
-        ) as cursor:
-            for (model,) in await cursor.fetchall():
-                found.setdefault(str(model), []).append(now)
-        return {model: sorted(stamps) for model, stamps in found.items() if stamps}
-
-    async def save_recent_requests(
-        self, requests: Mapping[str, Sequence[float]], *, now: float | None = None
-    ) -> None:
-        """Record the rate windows (per model, Unix times of its requests) as the service stops."""
-        value = {
-            "saved_at": time.time() if now is None else now,
-            "models": {model: list(stamps) for model, stamps in requests.items() if stamps},
-        }
-        await self.set_fact(RECENT_REQUESTS_FACT, json.dumps(value, sort_keys=True))
-
-    async def pauses(self) -> tuple[bool, list[str]]:
-        """Whether claiming is paused for every model, and the models paused one by one."""
-        try:
-            value = json.loads(await self.get_fact(PAUSES_FACT) or "{}")
-            return bool(value.get("all", False)), sorted(str(m) for m in value.get("models", []))
-        except (ValueError, TypeError, AttributeError):  # an unreadable record: say paused, not run
-            return True, []
-
-    async def save_pauses(self, paused: bool, models: Iterable[str]) -> None:
-        """Record what is paused, so a restart stays paused until ``resume``."""
-        await self.set_fact(PAUSES_FACT, json.dumps({"all": paused, "models": sorted(models)}))
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    """A checked, migrated connection to the state at ``path`` (created whole when missing)."""
-    if not _existing(path):
-        await _create(path)
-    db = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        await _prepare(db, check=True)
-    except sqlite3.DatabaseError as exc:
-        await db.close()
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            raise UnreadableStateError(path, f"SQLite says {str(exc)!r}") from None
-        raise
-    except _Damaged as exc:
-        await db.close()
-        raise UnreadableStateError(path, f"SQLite's quick check found {exc}") from None
-    except BaseException:
-        await db.close()
-        raise
-    return db
-
-
-class _Damaged(Exception):
-    """``PRAGMA quick_check`` did not answer ``ok``."""
-
-
-async def _prepare(db: aiosqlite.Connection, *, check: bool) -> None:
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA busy_timeout=10000")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    db.row_factory = aiosqlite.Row
-    if check:  # about 1.3 s per million generations; corruption found now, not mid-run
-        async with db.execute("PRAGMA quick_check(1)") as cursor:
-            row = await cursor.fetchone()
-        if row is None or row[0] != "ok":
-            raise _Damaged(repr(row[0] if row else None))
-    await migrate(db)
-
-
-async def _create(path: Path) -> None:
-    """A new, migrated state at ``path``, built under a temporary name and renamed into place."""
-    temp = _fresh_temp(path)
-    db = await aiosqlite.connect(temp, isolation_level=None)
-    try:
-        await _prepare(db, check=False)
-    finally:
-        await db.close()  # the last connection: SQLite checkpoints the WAL into the file
-    temp.replace(path)
-    fsync_dir(path.parent)
-
-
-def _fresh_temp(path: Path) -> Path:
-    """The temporary name a new state is built under, cleared of what an interrupted build left."""
-    temp = path.with_name(f".{path.name}.new")
-    for leftover in (temp, *_companions(temp)):
-        leftover.unlink(missing_ok=True)
-    return temp
-
-
-def _existing(path: Path) -> bool:
-    """Whether a state file exists; raise :class:`UnreadableStateError` for one that is unusable on
-    sight (empty, or not SQLite; SQLite itself finds the rest)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return False
-    if size == 0:
-        raise UnreadableStateError(path, "the file is empty (0 bytes)")
-    with path.open("rb") as file:
-        if file.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise UnreadableStateError(path, "the file is not an SQLite database (no SQLite header)")
-    return True
-
-
-def _companions(path: Path) -> tuple[Path, Path]:
-    """SQLite's write-ahead log and shared-memory index files of ``path``."""
-    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
-
-
-def set_aside(path: Path) -> Path:
-    """Rename an unreadable state (and its -wal/-shm) to ``<name>.unreadable-<UTC time>``; return it."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.unreadable-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.unreadable-{stamp}-{n}")
-        n += 1
-    path.replace(aside)
-    for companion, moved in zip(_companions(path), _companions(aside), strict=True):
-        if companion.exists():
-            companion.replace(moved)
-    fsync_dir(path.parent)
-    return aside
-
-
-def _saved_requests(raw: str | None) -> tuple[float, dict[str, list[float]]]:
-    """(saved_at, per-model Unix times) of a :data:`RECENT_REQUESTS_FACT`; an unreadable one is none."""
-    try:
-        value = json.loads(raw or "{}")
-        models = {str(m): [float(t) for t in stamps] for m, stamps in value.get("models", {}).items()}
-        return float(value.get("saved_at", 0.0)), models
-    except (ValueError, TypeError, AttributeError):
-        return 0.0, {}
 
 
 def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tuple[str, list[str]]:

@@ -685,7 +685,7 @@ def test_daydreamctl_and_the_daemon_refuse_a_bad_provider_at_once(
     from click.testing import CliRunner
 
     from daydreamd.cli.main import cli
-    from daydreamd.daemon.service import main as daemon_main
+    from daydreamd.daemon.lifecycle import main as daemon_main
 
     result = CliRunner().invoke(cli, ["--config", str(config), "validate", "--data", str(tmp_path)])
     assert result.exit_code == 1

@@ -24,6 +24,7 @@ from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.storage import migrations
 from daydreamd.storage.migrations import M001_INITIAL, M002_SCORES, migrate
+from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import AttemptRow, Completion, Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -315,7 +316,7 @@ async def test_upgrade_from_m001_with_the_live_registry_leaves_a_working_store(
     assert m001_snapshot(path) == before
     async with Store.open(path) as store:
         assert await store.get_fact("fingerprint.applied") == "fp-1"
-        assert await store.load_limits() == {"gemini_25_flash": 2.5}
+        assert await RestartMemory(store).load_limits() == {"gemini_25_flash": 2.5}
         rows = await store.generations(stage=None, state=None, limit=1000)
         assert len(rows) == 63
         assert all(row["score"] is None for row in rows)

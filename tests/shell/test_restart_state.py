@@ -22,14 +22,9 @@ from daydreamd.core.config import PoolSettings, Settings
 from daydreamd.daemon.limits import RPM_WINDOW_S, PoolLimits
 from daydreamd.daemon.ratelimit import SlidingWindow
 from daydreamd.daemon.settings import LiveSettings
-from daydreamd.storage.store import (
-    PAUSES_FACT,
-    RECENT_REQUESTS_FACT,
-    AttemptRow,
-    Completion,
-    Store,
-    UnreadableStateError,
-)
+from daydreamd.storage.restart_memory import PAUSES_FACT, RECENT_REQUESTS_FACT, RestartMemory
+from daydreamd.storage.statefile import UnreadableStateError
+from daydreamd.storage.store import AttemptRow, Completion, Store
 from tests.core.test_ratelimit import FakeClock
 
 NOW = 1_700_000_000.0
@@ -123,7 +118,7 @@ async def test_recent_requests_come_from_attempts_and_dead_claims(tmp_path: Path
         await _row(store, "r1", "m", state="running")
         await _row(store, "r2", "m", state="running", mode="copy")  # a copy calls nothing
         await _row(store, "q1", "m", state="queued")
-        recent = await store.recent_requests(61.0, now=NOW)
+        recent = await RestartMemory(store).recent_requests(61.0, now=NOW)
         assert recent == {"m": [NOW - 59.0, NOW - 1.0, NOW], "n": [NOW - 0.5]}
         async with store.db.execute(
             "EXPLAIN QUERY PLAN SELECT llm_model_id, finished_at FROM attempts WHERE finished_at > ?", (NOW,)
@@ -135,7 +130,9 @@ async def test_saved_windows_replace_the_attempts_they_already_hold(tmp_path: Pa
     async with Store.open(tmp_path / "s.sqlite") as store:
         await _attempts(store, "g1", "m", [NOW - 30.0, NOW - 20.0])
         # a clean stop at NOW - 15 saved its windows: exact send times, one request unanswered
-        await store.save_recent_requests({"m": [NOW - 31.0, NOW - 21.0, NOW - 16.0], "old": [NOW - 99.0]})
+        await RestartMemory(store).save_recent_requests(
+            {"m": [NOW - 31.0, NOW - 21.0, NOW - 16.0], "old": [NOW - 99.0]}
+        )
         await store.set_fact(
             RECENT_REQUESTS_FACT,
             json.dumps(
@@ -143,25 +140,27 @@ async def test_saved_windows_replace_the_attempts_they_already_hold(tmp_path: Pa
             ),
         )
         await _attempts(store, "g2", "m", [NOW - 5.0])  # a later process, killed before it could save
-        assert await store.recent_requests(61.0, now=NOW) == {
+        assert await RestartMemory(store).recent_requests(61.0, now=NOW) == {
             "m": [NOW - 31.0, NOW - 21.0, NOW - 16.0, NOW - 5.0]
         }
 
         await store.set_fact(RECENT_REQUESTS_FACT, "not json")  # a damaged record: the attempts count
-        assert await store.recent_requests(61.0, now=NOW) == {"m": [NOW - 30.0, NOW - 20.0, NOW - 5.0]}
+        assert await RestartMemory(store).recent_requests(61.0, now=NOW) == {
+            "m": [NOW - 30.0, NOW - 20.0, NOW - 5.0]
+        }
 
 
 async def test_pauses_are_kept_in_the_run_state(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     async with Store.open(path) as store:
-        assert await store.pauses() == (False, [])
-        await store.save_pauses(False, {"b", "a"})
+        assert await RestartMemory(store).pauses() == (False, [])
+        await RestartMemory(store).save_pauses(False, {"b", "a"})
     async with Store.open(path) as store:
-        assert await store.pauses() == (False, ["a", "b"])
-        await store.save_pauses(True, [])
-        assert await store.pauses() == (True, [])
+        assert await RestartMemory(store).pauses() == (False, ["a", "b"])
+        await RestartMemory(store).save_pauses(True, [])
+        assert await RestartMemory(store).pauses() == (True, [])
         await store.set_fact(PAUSES_FACT, "[")  # unreadable: paused rather than running
-        assert await store.pauses() == (True, [])
+        assert await RestartMemory(store).pauses() == (True, [])
 
 
 # -- an unreadable state file --------------------------------------------------------------------
@@ -234,7 +233,7 @@ async def test_a_new_state_appears_whole_and_a_half_built_one_is_cleared(tmp_pat
     path = tmp_path / "s.sqlite"
     (tmp_path / ".s.sqlite.new").write_bytes(b"left by a crash")
     async with Store.open(path) as store:
-        assert await store.pauses() == (False, [])
+        assert await RestartMemory(store).pauses() == (False, [])
     assert _names(tmp_path) == ["s.sqlite"]
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -25,6 +25,7 @@ from daydreamd.core.cohort import Cohort, Generation
 from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import RawFiles, read_raw_dir
 from daydreamd.core.stages import STAGES, Stage, State
+from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import (
     GENERATION_COLUMNS,
     AttemptRow,
@@ -799,13 +800,13 @@ class TestReading:
         """save_limits/load_limits round-trip floats, update per model and survive a reopen."""
         path = tmp_path / "run.sqlite"
         async with Store.open(path) as store:
-            assert await store.load_limits() == {}
-            await store.save_limits({GEN_MODEL: 2.5, JUDGE_MODEL: 1.0})
-            assert await store.load_limits() == {GEN_MODEL: 2.5, JUDGE_MODEL: 1.0}
-            await store.save_limits({GEN_MODEL: 3.75})
-            await store.save_limits({})
+            assert await RestartMemory(store).load_limits() == {}
+            await RestartMemory(store).save_limits({GEN_MODEL: 2.5, JUDGE_MODEL: 1.0})
+            assert await RestartMemory(store).load_limits() == {GEN_MODEL: 2.5, JUDGE_MODEL: 1.0}
+            await RestartMemory(store).save_limits({GEN_MODEL: 3.75})
+            await RestartMemory(store).save_limits({})
         async with Store.open(path) as store:
-            assert await store.load_limits() == {GEN_MODEL: 3.75, JUDGE_MODEL: 1.0}
+            assert await RestartMemory(store).load_limits() == {GEN_MODEL: 3.75, JUDGE_MODEL: 1.0}
 
 
 # -- concurrency -----------------------------------------------------------------------------------
