@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
@@ -57,14 +57,7 @@ class ReparseSummary:
 
     def to_json(self) -> dict[str, int]:
         """The counts, as the control API and the event carry them."""
-        return {
-            "templates": self.templates,
-            "checked": self.checked,
-            "changed": self.changed,
-            "now_failed": self.now_failed,
-            "now_done": self.now_done,
-            "no_reply": self.no_reply,
-        }
+        return asdict(self)
 
 
 def reparsable(experiment: Experiment) -> list[Template]:

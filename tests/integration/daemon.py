@@ -170,3 +170,14 @@ class Daemon:
             self.process.kill()
             self.process.wait(timeout=10)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """``daydreamctl ARGS`` against this daemon's config (a real process; blocking: run it in a thread)."""
+    return subprocess.run(
+        [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=daemon.root,
+    )

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,15 +102,6 @@ def varied_reply(request: RecordedRequest) -> str:
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    """Every daemon a test starts is killed and cleaned up, whatever happens."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 @pytest_asyncio.fixture(name="gated")

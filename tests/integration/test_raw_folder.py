@@ -9,25 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.integration.daemon import EXAMPLE_RAW, Daemon, fast_config
 
 SEEN_S = 5.0
 """How soon an edit must show in the status ("within a few seconds")."""
 MODELS = "1_raw/llm_models.csv"
-
-
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def make(daemons: list[Daemon], root: Path) -> Daemon:

@@ -11,17 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import pytest
 
 from tests.fakellm import FakeLlm, RecordedRequest, default_reply
-from tests.integration.daemon import Daemon, fast_config
+from tests.integration.daemon import Daemon, ctl, fast_config
 from tests.integration.test_operations import watching
 
 
@@ -30,24 +26,6 @@ def two_verdicts(request: RecordedRequest) -> str:
     text = default_reply(request)
     score = int(text.rsplit("SCORE: ", 1)[1])
     return text + f"VERDICT: {9 - score}\n"
-
-
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
-
-
-def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=daemon.root,
-    )
 
 
 async def evaluations(daemon: Daemon) -> dict[str, dict[str, Any]]:

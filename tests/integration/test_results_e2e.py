@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import anyio.to_thread
 import pytest
 
 from tests.fakellm import FakeLlm
-from tests.integration.daemon import Daemon, fast_config
+from tests.integration.daemon import Daemon, ctl, fast_config
 
 TABLES = (
     "parsing/aggregated_scores.csv",
@@ -23,16 +21,6 @@ TABLES = (
     "analysis/judge_agreement.csv",
     "analysis/variance_analysis.csv",
 )
-
-
-def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daydreamd.cli.main", "--config", str(daemon.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=daemon.root,
-    )
 
 
 async def test_tables_and_report_from_a_finished_run(tmp_path: Path) -> None:

@@ -9,11 +9,10 @@ import stat
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio.to_thread
-import pytest
 import pytest_asyncio
 
 from tests.fakellm import FakeLlm, FaultKind
@@ -24,15 +23,6 @@ from tests.integration.daemon import API_KEY, Daemon, fast_config
 async def _fake() -> AsyncIterator[FakeLlm]:
     async with FakeLlm() as fake:
         yield fake
-
-
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    """Every daemon a test starts is killed and cleaned up, whatever happens."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:

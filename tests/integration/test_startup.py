@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,6 @@ from tests.integration.daemon import API_KEY, Daemon, fast_config
 WRITER = "gemini_25_flash"  # writes drafts and essays
 JUDGE = "sonnet_4"
 JUDGE_MODEL = "anthropic/claude-sonnet-4"
-
-
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    """Every daemon a test starts is killed and cleaned up, whatever happens."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:

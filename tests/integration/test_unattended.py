@@ -25,14 +25,6 @@ OUTAGE = "outage_failures = 3\noutage_probe_s = 0.2\noutage_probe_cap_s = 1.0\n"
 LLM_GENERATIONS = 9 + 9 + 36  # the example: drafts, LLM essays (the copy essays make no call), evaluations
 
 
-@pytest.fixture(name="daemons")
-def _daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
-
-
 def troubles(status: dict[str, Any] | None) -> list[str]:
     return [t["what"] for t in (status or {}).get("pool", {}).get("troubles", [])]
 
