@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,32 @@ class Shape:
     evaluation_templates: int = 2
     generation_models: int = 3
     judge_models: int = 2
+
+
+def concepts_for(combos: int, k: int = 2) -> int:
+    """The fewest concepts whose k-subsets number at least ``combos`` (drafts per template and model)."""
+    if combos < 1 or k < 1:
+        raise ValueError(f"need at least one combo of at least one concept, got combos={combos}, k={k}")
+    concepts = k
+    while math.comb(concepts, k) < combos:
+        concepts += 1
+    return concepts
+
+
+def drafts_only(drafts_per_model: int, generation_models: int = 1, k: int = 2) -> Shape:
+    """One draft template on ``generation_models`` models, at least ``drafts_per_model`` drafts each.
+
+    No essay or evaluation templates and no judges: the cohort is drafts only (the loader warns
+    about the missing stages, which is expected here).
+    """
+    return Shape(
+        concepts=concepts_for(drafts_per_model, k),
+        draft_templates=1,
+        essay_templates=0,
+        evaluation_templates=0,
+        generation_models=generation_models,
+        judge_models=0,
+    )
 
 
 def _paragraph(index: int) -> str:

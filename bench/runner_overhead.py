@@ -2,10 +2,15 @@
 
 What is measured
     ``--count`` draft generations (default 5,000) go through ``Runner.run`` — render, one HTTP
-    call to the fake LLM server, checks, parse, four atomic file writes — with ``--concurrency``
-    (default 64) in flight, against ``tests/fakellm.py`` running as a separate process at 0 ms
-    latency. Reported per run: wall seconds, generations per second, and this process's CPU
-    time (user + system, all threads) per generation. The server's CPU is not included.
+    call to the fake LLM server, checks, parse, five atomic file writes (``prompt.txt``,
+    ``raw.txt``, ``metadata.json`` as ``replied``, ``parsed.txt``, ``metadata.json`` as ``done``)
+    with five fsyncs (see ``daydreamd.daemon.runner``) — with ``--concurrency`` (default 64) in
+    flight, against ``tests/fakellm.py`` running as a separate process at 0 ms latency. Reported
+    per run: wall seconds, generations per second, this process's CPU time per generation (user
+    + system, all threads; also split), and fsyncs per generation. The server's CPU is not
+    included. On a filesystem where creating a file is slow (ext4 without a journal skips
+    recently deleted inodes, so a machine that just deleted many files pays up to ~0.4 ms of
+    kernel time per new file), the five new files of each generation dominate the kernel time.
 
 Target
     Under 1 ms of runner CPU per generation.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -74,6 +80,15 @@ async def run_once(url: str, data_dir: Path, jobs: list[Job], concurrency: int) 
                 outcome = await runner.run(job)
                 failures += not outcome.ok
 
+        fsyncs = 0
+        real_fsync = os.fsync
+
+        def counting_fsync(fd: Any) -> None:
+            nonlocal fsyncs
+            fsyncs += 1
+            real_fsync(fd)
+
+        os.fsync = counting_fsync
         wall0, cpu0 = time.perf_counter(), time.process_time()
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         async with anyio.create_task_group() as tg:
@@ -81,12 +96,14 @@ async def run_once(url: str, data_dir: Path, jobs: list[Job], concurrency: int) 
                 tg.start_soon(worker)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        os.fsync = real_fsync
     return {
         "wall_s": round(wall, 3),
         "generations_per_s": round(len(jobs) / wall, 1),
         "cpu_ms_per_generation": round(cpu * 1000 / len(jobs), 3),
         "user_ms_per_generation": round((usage1.ru_utime - usage0.ru_utime) * 1000 / len(jobs), 3),
         "system_ms_per_generation": round((usage1.ru_stime - usage0.ru_stime) * 1000 / len(jobs), 3),
+        "fsyncs_per_generation": round(fsyncs / len(jobs), 2),
         "failures": failures,
     }
 

@@ -15,13 +15,18 @@ In-process::
 
 Standalone (prints the base URL once listening, runs until SIGTERM/SIGINT)::
 
-    python -m tests.fakellm --port 8089 --latency-ms 50 --rpm 600
+    python -m tests.fakellm --port 8089 --latency-ms 50 --rpm 600 --model-rpm vendor/slow-model=30
 
 Knobs, applied in this order to each request: the RPM limit (429 with ``Retry-After``; the
-sliding 60-second window counts rejected requests too), the optional API key check (401), the
-request's own validity (400), then a fault chosen from the script queue, then ``fault_fn``, then
-``fault_rates`` (seeded RNG). Latency applies to everything the "model" answers (successes and
-faults), not to the gateway's own RPM/auth rejections.
+sliding 60-second window counts rejected requests too), then the per-model RPM limit of the
+request body's ``model`` (``model_rpm``; the same rules, one window per model; a request the
+global limit rejected is not counted in its model's window), the optional API key check (401),
+the request's own validity (400), then a fault chosen from the script queue, then ``fault_fn``,
+then ``fault_rates`` (seeded RNG). Latency applies to everything the "model" answers (successes
+and faults), not to the gateway's own RPM/auth rejections.
+
+``GET /_fake/stats`` answers the server's own counters as JSON (:meth:`FakeLlm.stats`): what a
+benchmark running the server in another process reads instead of trusting the client's count.
 
 A reply that does not fit ``max_tokens`` is cut and reported with ``finish_reason="length"``,
 as a real model would.
@@ -40,7 +45,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -118,6 +123,8 @@ class RecordedRequest:
     temperature: float | None
     status: int | None = None
     fault: FaultKind | None = None
+    answered_at: float | None = None
+    """When the answer was decided (the RPM/auth rejection, or after the latency), on ``clock``."""
 
 
 ReplyBuilder = Callable[[RecordedRequest], str]
@@ -167,6 +174,8 @@ class FakeLlm:
         host, port: where to listen; port 0 picks a free one (see :attr:`base_url`).
         latency_ms: fixed milliseconds, or ``(low, high)`` for uniform random latency.
         rpm: requests per minute before answering 429 (sliding window), ``None`` for no limit.
+        model_rpm: per-model requests per minute (by the body's ``model``), checked after ``rpm``;
+            a model not listed has no limit of its own.
         fault_rates: probability of each fault per request (drawn with the seeded RNG).
         fault_fn: ``f(request_number, request) -> fault or None``, for patterns by number.
         seed: seeds the RNG for latency and fault rates.
@@ -185,6 +194,7 @@ class FakeLlm:
         port: int = 0,
         latency_ms: float | tuple[float, float] = 0.0,
         rpm: int | None = None,
+        model_rpm: Mapping[str, int] | None = None,
         fault_rates: Mapping[FaultSpec, float] | None = None,
         fault_fn: FaultFn | None = None,
         seed: int = 0,
@@ -199,6 +209,7 @@ class FakeLlm:
         self.port = port
         self.latency_ms = latency_ms
         self.rpm = rpm
+        self.model_rpm = dict(model_rpm or {})
         self.fault_rates = [(as_fault(spec), rate) for spec, rate in (fault_rates or {}).items()]
         self.fault_fn = fault_fn
         self.reply_builder = reply_builder
@@ -213,6 +224,12 @@ class FakeLlm:
         self._rng = random.Random(seed)
         self._script: deque[Fault | None] = deque()
         self._window: deque[float] = deque()
+        self._model_windows: dict[str, deque[float]] = {}
+        self.in_progress = 0
+        self.max_in_progress = 0
+        self._seen = _BusiestWindow()
+        self._seen_by_model: dict[str, _BusiestWindow] = {}
+        self._by_model: dict[str, _ModelCounts] = {}
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
 
@@ -222,6 +239,7 @@ class FakeLlm:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/chat/completions", self._handle)
+        app.router.add_get("/_fake/stats", self._handle_stats)
         return app
 
     async def start(self) -> str:
@@ -286,17 +304,61 @@ class FakeLlm:
         return len(self.requests)
 
     def clear(self) -> None:
-        """Forget recorded requests, counters and pending scripted faults (not the RPM window)."""
+        """Forget recorded requests, counters and pending scripted faults (not the RPM windows)."""
         self.requests.clear()
         self.status_counts.clear()
         self.rate_limited_count = 0
         self._script.clear()
+        self.max_in_progress = self.in_progress
+        self._seen = _BusiestWindow()
+        self._seen_by_model.clear()
+        self._by_model.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """The server's own counters since the start (or :meth:`clear`), as ``GET /_fake/stats`` answers.
+
+        ``now`` is this server's ``clock`` when answering (times below are on the same clock);
+        ``requests`` counts every request received, ``status_counts`` the answers by HTTP status
+        (0: connection dropped); ``in_progress`` the requests received and not yet answered (the
+        "model" is working on them), ``max_in_progress`` the most at once; ``max_in_window`` the
+        most requests received in any 60 s window (rejected ones included, as the RPM limits count
+        them). ``models`` has the same per ``model`` field, with ``first_at`` (first request),
+        ``last_ok_at`` (the last 200 answer) and ``rpm`` (its own limit, or None).
+        """
+        return {
+            "now": self._clock(),
+            "requests": len(self.requests),
+            "status_counts": {str(status): n for status, n in sorted(self.status_counts.items())},
+            "rate_limited": self.rate_limited_count,
+            "in_progress": self.in_progress,
+            "max_in_progress": self.max_in_progress,
+            "max_in_window": self._seen.busiest,
+            "rpm": self.rpm,
+            "models": {
+                model: {
+                    "requests": counts.requests,
+                    "status_counts": {str(status): n for status, n in sorted(counts.status_counts.items())},
+                    "rate_limited": counts.status_counts.get(429, 0),
+                    "in_progress": counts.in_progress,
+                    "max_in_window": self._seen_by_model[model].busiest,
+                    "first_at": counts.first_at,
+                    "last_ok_at": counts.last_ok_at,
+                    "rpm": self.model_rpm.get(model),
+                }
+                for model, counts in sorted(self._by_model.items())
+            },
+        }
 
     # ---- request handling ------------------------------------------------------------------
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(self.stats()), content_type=_JSON)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request, await request.read())
         limited = self._rpm_retry_after(record.at)
+        if limited is None:
+            limited = self._model_rpm_retry_after(record.model, record.at)
         if limited is not None:
             return self._http_fault(record, Fault(kind=FaultKind.RATE_LIMIT, retry_after=str(limited)))
         if self.api_key is not None and record.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -306,8 +368,16 @@ class FakeLlm:
                 record, Fault(kind=FaultKind.INVALID_REQUEST, message="body must name model and max_tokens")
             )
         fault = self._pick_fault(record)
-        await self._sleep_latency()
-        return await self._answer(request, record, fault)
+        counts = self._model_counts(record.model)
+        self.in_progress += 1
+        counts.in_progress += 1
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            await self._sleep_latency()
+            return await self._answer(request, record, fault)
+        finally:
+            self.in_progress -= 1
+            counts.in_progress -= 1
 
     def _record(self, request: web.Request, raw: bytes) -> RecordedRequest:
         try:
@@ -330,19 +400,34 @@ class FakeLlm:
             temperature=_number(fields.get("temperature")),
         )
         self.requests.append(record)
+        self._seen.add(record.at)
+        counts = self._model_counts(record.model)
+        counts.requests += 1
+        self._seen_by_model[record.model or ""].add(record.at)
+        if counts.first_at is None:
+            counts.first_at = record.at
         return record
+
+    def _model_counts(self, model: str | None) -> _ModelCounts:
+        key = model or ""
+        counts = self._by_model.get(key)
+        if counts is None:
+            counts = self._by_model[key] = _ModelCounts()
+            self._seen_by_model[key] = _BusiestWindow()
+        return counts
 
     def _rpm_retry_after(self, now: float) -> int | None:
         """Count this request in the window; return the Retry-After seconds if over the limit."""
         if self.rpm is None:
             return None
-        window = self._window
-        while window and window[0] <= now - _WINDOW_S:
-            window.popleft()
-        over = len(window) >= self.rpm
-        retry_after = max(1, math.ceil(window[0] + _WINDOW_S - now)) if over else None
-        window.append(now)
-        return retry_after
+        return _window_retry_after(self._window, self.rpm, now)
+
+    def _model_rpm_retry_after(self, model: str | None, now: float) -> int | None:
+        """The same for the request's model, when it has a limit of its own."""
+        if model is None or model not in self.model_rpm:
+            return None
+        window = self._model_windows.setdefault(model, deque())
+        return _window_retry_after(window, self.model_rpm[model], now)
 
     def _pick_fault(self, record: RecordedRequest) -> Fault | None:
         if self._script:
@@ -368,9 +453,14 @@ class FakeLlm:
     def _finish(self, record: RecordedRequest, status: int, fault: FaultKind | None) -> None:
         record.status = status
         record.fault = fault
+        record.answered_at = self._clock()
         self.status_counts[status] += 1
         if status == 429:
             self.rate_limited_count += 1
+        counts = self._model_counts(record.model)
+        counts.status_counts[status] += 1
+        if status == 200:
+            counts.last_ok_at = record.answered_at
 
     def _error_message(self, record: RecordedRequest, message: str) -> str:
         if self.echo_auth_in_errors:
@@ -494,6 +584,42 @@ class FakeLlm:
         return response
 
 
+def _window_retry_after(window: deque[float], limit: int, now: float) -> int | None:
+    """Count a request at ``now`` in ``window``; the Retry-After seconds if it is over ``limit``."""
+    while window and window[0] <= now - _WINDOW_S:
+        window.popleft()
+    over = len(window) >= limit
+    retry_after = max(1, math.ceil(window[0] + _WINDOW_S - now)) if over else None
+    window.append(now)
+    return retry_after
+
+
+class _BusiestWindow:
+    """The most requests seen in any 60 s window (``(t - 60, t]``, as the RPM limits count)."""
+
+    def __init__(self) -> None:
+        self._stamps: deque[float] = deque()
+        self.busiest = 0
+
+    def add(self, now: float) -> None:
+        stamps = self._stamps
+        while stamps and stamps[0] <= now - _WINDOW_S:
+            stamps.popleft()
+        stamps.append(now)
+        self.busiest = max(self.busiest, len(stamps))
+
+
+@dataclass(slots=True)
+class _ModelCounts:
+    """Counters for one ``model`` field (``""``: requests that named none)."""
+
+    requests: int = 0
+    status_counts: Counter[int] = field(default_factory=Counter)
+    in_progress: int = 0
+    first_at: float | None = None
+    last_ok_at: float | None = None
+
+
 # ---- standalone mode ---------------------------------------------------------------------------
 
 
@@ -510,6 +636,19 @@ def _parse_fault_rate(text: str) -> tuple[FaultKind, float]:
     return FaultKind(kind.strip()), float(rate)
 
 
+def _parse_model_rpm(text: str) -> tuple[str, int]:
+    model, separator, rpm = text.rpartition("=")
+    if not separator or not model.strip():
+        raise argparse.ArgumentTypeError(f"expected MODEL=N, got {text!r}")
+    try:
+        limit = int(rpm)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL=N with an integer N, got {text!r}") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"the limit must be at least 1, got {text!r}")
+    return model.strip(), limit
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fakellm", description="Fault-injecting fake OpenAI-compatible server."
@@ -520,6 +659,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latency-ms", type=_parse_latency, default=0.0, help="fixed ms, or LOW-HIGH for uniform random"
     )
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute before 429")
+    parser.add_argument(
+        "--model-rpm",
+        type=_parse_model_rpm,
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="requests per minute for requests whose body names MODEL, before 429 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--api-key", default=None, help="require this bearer key (else 401)")
     parser.add_argument(
@@ -544,6 +691,7 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         latency_ms=args.latency_ms,
         rpm=args.rpm,
+        model_rpm=dict(args.model_rpm),
         fault_rates=dict(args.fault_rate),
         seed=args.seed,
         api_key=args.api_key,

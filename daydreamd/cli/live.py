@@ -213,7 +213,10 @@ def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> str
 
 
 def _print_status(result: ServiceStatus) -> None:
-    click.echo(f"cohort {result.cohort_id or '(none yet: see the errors below)'}")
+    none_yet = "(none yet: building it)" if result.cohort_progress else "(none yet: see the errors below)"
+    click.echo(f"cohort {result.cohort_id or none_yet}")
+    if result.cohort_progress is not None:
+        click.echo(result.cohort_progress.describe())
     _print_stage_table(result.stages)
     if result.in_flight is not None:
         click.echo(f"in flight: {result.in_flight}{_pool_note(result.pool)}")

@@ -112,6 +112,8 @@ def render_status(status: Status) -> RenderableType:
     if models is not None:
         parts.append(models)
     notes = []
+    if status.cohort_progress is not None:
+        notes.append(Text(status.cohort_progress.describe(), style="bold cyan"))
     if pool.paused:
         notes.append(Text("all work is paused (daydreamctl resume)", style="yellow"))
     for name, parked in pool.parked.items():

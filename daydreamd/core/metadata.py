@@ -33,6 +33,9 @@ Schema (version 1; keys are stable, new keys may be added)::
                             "served_model"}
     files                   {"prompt", "raw", "parsed"}: paths relative to the data directory,
                             null for files this generation does not have
+    parsed_sha256           hash of the parsed.txt written with this file (present when it was):
+                            parsed.txt is not fsynced, and a copy a power failure damaged is told
+                            apart by this hash and re-created from the reply (see storage.gens)
     daydreamd_version       the version that wrote the file
 """
 

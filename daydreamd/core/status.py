@@ -24,7 +24,9 @@ back with :meth:`~ServiceStatus.from_json`. The JSON shape::
      "last_rebuild": {"at": ..., "reason": ..., "fingerprint": ..., "ok": true, "duration_ms": ...,
                       "added": 0, "retired": 0, "revived": 0},      # {} before the first rebuild
      "rebuilds": 1,
-     "parent_changed": {"essay": 2}}                          # made from a re-parsed, changed parent
+     "parent_changed": {"essay": 2},                          # made from a re-parsed, changed parent
+     "cohort_progress": {"phase": "syncing", "reason": "watch", "started_at": ..., "elapsed_s": 4.2,
+                         "generations": 1304160, "done": 40000, "total": 948480}}   # null when not building
 
 ``from_json`` never raises: the readers always tolerated a partial document (a daemon of
 another version, a test's hand-written one). Missing counts read as 0; a missing limit, pool
@@ -364,6 +366,55 @@ class RebuildStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CohortProgress:
+    """A cohort being built and synced into the run state (until it is in force)."""
+
+    phase: str
+    """``reading`` (data/1_raw), ``building`` (ids of every generation), ``writing`` (the cohort's
+    files), ``comparing`` (with the membership in force), ``syncing`` (the changes into SQLite)."""
+    reason: str = ""
+    """What started the rebuild: ``startup``, ``watch``, ``reload``, ..."""
+    started_at: str = ""
+    elapsed_s: float = 0.0
+    generations: int = 0
+    """The new cohort's size, once built (0 before)."""
+    done: int = 0
+    """While syncing: changed generations written so far."""
+    total: int = 0
+    """While syncing: changed generations to write (added, revived and retired)."""
+
+    def describe(self) -> str:
+        """One line for a person, e.g. ``building cohort: syncing 40,000 of 1,304,160 changes``."""
+        if self.phase == "syncing":
+            return (
+                f"building cohort: syncing {self.done:,} of {self.total:,} changes "
+                f"({self.generations:,} generations, {self.elapsed_s:.0f} s)"
+            )
+        size = f"{self.generations:,} generations, " if self.generations else ""
+        return f"building cohort: {self.phase} ({size}{self.elapsed_s:.0f} s)"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``cohort_progress`` object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: object) -> CohortProgress | None:
+        """From JSON; None for null or ``{}`` (nothing is being built)."""
+        info = _mapping(value)
+        if not info:
+            return None
+        return cls(
+            phase=str(info.get("phase") or ""),
+            reason=str(info.get("reason") or ""),
+            started_at=str(info.get("started_at") or ""),
+            elapsed_s=_number(info.get("elapsed_s")),
+            generations=_int(info.get("generations")),
+            done=_int(info.get("done")),
+            total=_int(info.get("total")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceStatus:
     """What ``GET /v1/status`` answers (see the module docstring for the JSON)."""
 
@@ -393,6 +444,9 @@ class ServiceStatus:
     parent_changed: Mapping[str, int] = field(default_factory=dict)
     """Per stage, finished generations made from a parent text that a re-parse has since changed
     (flagged, not re-run)."""
+    cohort_progress: CohortProgress | None = None
+    """A cohort being built and synced now (None when none is): ``stages`` still count the
+    membership in force, ``cohort_id`` is the cohort in force (None at a first start)."""
 
     def stage(self, stage: str) -> StageCounts:
         """The counts of ``stage`` (zeros when the document has none)."""
@@ -417,6 +471,7 @@ class ServiceStatus:
             "last_rebuild": self.last_rebuild.to_json() if self.last_rebuild is not None else {},
             "rebuilds": self.rebuilds,
             "parent_changed": dict(self.parent_changed),
+            "cohort_progress": self.cohort_progress.to_json() if self.cohort_progress is not None else None,
         }
 
     @classmethod
@@ -446,6 +501,7 @@ class ServiceStatus:
             last_rebuild=RebuildStatus.from_json(doc.get("last_rebuild")),
             rebuilds=_int(doc.get("rebuilds")),
             parent_changed=_counts(doc.get("parent_changed")),
+            cohort_progress=CohortProgress.from_json(doc.get("cohort_progress")),
         )
 
     @classmethod

@@ -4,7 +4,12 @@
 the recorded attempts (reported cost, else tokens x price) when the service starts or a
 budgeted approval arrives, then counted as calls finish. An approval is exhausted when one more
 call at its average cost, with the calls already in flight, would pass its budget: its queued
-work stays queued.
+work stays queued. Until one of its calls has finished there is no average to go by, so a
+budgeted approval runs one call at a time until then: a first burst of calls of unknown cost
+cannot pass the budget by a whole round of concurrency.
+
+A call counts from the moment it starts (the pool checks as it starts each one); work the pool
+has merely read ahead is not started and costs nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class Budgets:
             spent, calls = self.spend[approval_id], self.calls[approval_id]
             per_call = spent / calls if calls else 0.0
             running = in_flight.get(approval_id, 0)
-            if spent + (running + 1) * per_call > budget or spent >= budget:
+            unknown = calls == 0 and running > 0  # no cost known yet: one call at a time
+            if unknown or spent + (running + 1) * per_call > budget or spent >= budget:
                 exhausted.append(approval_id)
         return exhausted
 

@@ -46,6 +46,10 @@ from daydreamd.storage.store import Store
 
 log = structlog.get_logger("daydreamd")
 
+FIRST_REBUILD_WAIT_S = 0.5
+"""How long the socket waits for the startup rebuild: a small cohort is in force when status first
+answers; a big one is still being built and synced, and status shows its progress."""
+
 
 @asynccontextmanager
 async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession | None]:
@@ -108,14 +112,26 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
                 data_dir=str(settings.paths.data_dir),
                 provider=settings.llm.provider,
             )
-            await service.rebuild("startup")
-            site = await start_unix_site(
-                make_app(service, on_error=_log_handler_error), settings.paths.socket
-            )
-            log.info("service_ready", socket=str(settings.paths.socket), cohort_id=service.current.cohort_id)
-            notifier.ready(status_line(await service.status()))
+            site = None
+            failed: list[BaseException] = []
             try:
                 async with anyio.create_task_group() as tg:
+                    # The first check of 1_raw runs beside the socket: a big cohort takes a while to
+                    # build and sync, and status shows its progress meanwhile. A small one is waited for.
+                    first = anyio.Event()
+                    tg.start_soon(_first_rebuild, service, first, failed, tg.cancel_scope)
+                    with anyio.move_on_after(FIRST_REBUILD_WAIT_S):
+                        await first.wait()
+                    site = await start_unix_site(
+                        make_app(service, on_error=_log_handler_error), settings.paths.socket
+                    )
+                    log.info(
+                        "service_ready",
+                        socket=str(settings.paths.socket),
+                        cohort_id=service.current.cohort_id,
+                        building=service.current.building is not None,
+                    )
+                    notifier.ready(status_line(await service.status()))
                     tg.start_soon(_signals, service, env, notifier)
                     tg.start_soon(watchdog_loop, notifier, notifier.watchdog_interval())
                     tg.start_soon(status_loop, notifier, service.status)
@@ -131,10 +147,26 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
                     tg.cancel_scope.cancel()
             finally:
                 service.bus.close()  # streaming clients end now, not at the server's timeout
-                with anyio.CancelScope(shield=True):
-                    await stop(site)
+                if site is not None:
+                    with anyio.CancelScope(shield=True):
+                        await stop(site)
+            if failed:  # the first rebuild failed: as fatal as before the socket ran beside it
+                raise failed[0]
             log.info("service_stopped")
     return 0
+
+
+async def _first_rebuild(
+    service: Service, done: anyio.Event, failed: list[BaseException], scope: anyio.CancelScope
+) -> None:
+    """The startup check of 1_raw; a failure stops the service (it is raised again by ``serve``)."""
+    try:
+        await service.rebuild("startup")
+    except Exception as exc:
+        failed.append(exc)
+        scope.cancel()
+    finally:
+        done.set()
 
 
 async def _signals(service: Service, env: Mapping[str, str], notifier: Notifier) -> None:

@@ -49,10 +49,12 @@ class PoolLimits:
         self.models: dict[str, ModelState] = {}
         self.providers: dict[str, SlidingWindow] = {}
         self.slots: set[str] = set()
-        """Generations holding a concurrency slot: from their claim until their reply arrives.
+        """Generations holding a concurrency slot: from their start until their reply is
+        durable on disk (or their run ended without one).
 
-        Saving and parsing a reply happen outside the slot, so disk latency never idles the
-        provider's concurrency.
+        So at most ``pool.concurrency`` replies are ever between the provider and the disk: when
+        the data folder stops taking writes, the replies that cannot be saved keep their slots
+        and nothing new starts. Parsing, the derived files and the commit happen outside the slot.
         """
         self.paused = False
         self.paused_models: set[str] = set()

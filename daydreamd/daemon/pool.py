@@ -1,20 +1,26 @@
-"""The worker pool: claim approved work from SQLite, run it through the runner within limits.
+"""The worker pool: start approved work within its limits, run it through the runner.
+
+Ready work is read from SQLite ahead of need into per-model lanes (:mod:`~daydreamd.daemon.scheduler`,
+:mod:`~daydreamd.storage.ready`); a generation starts (takes a slot, its places in the rate
+windows, and becomes ``running``) only when everything that limits it allows one more call now,
+so no slot ever waits for a rate window and one model's queue never blocks another's.
 
 Limits, all enforced here and nowhere else (kept by :mod:`~daydreamd.daemon.limits`): a global
 concurrency; per-model concurrency that adapts (halved once per episode of 429s, honouring
 Retry-After; grown back slowly on success; never below 1); and requests per minute per model
-and per provider, never exceeded in any sliding 60-second window, checked before every HTTP
-attempt including retries. A quota failure parks all LLM work for ``pool.quota_park_s``
-instead of hammering the provider; an outage opens the provider's circuit breaker
-(:mod:`~daydreamd.daemon.breaker`), which holds every call and claim until a probe gets an
-answer, and sends the generations whose calls failed meanwhile back to the queue. Approvals
-with a spent budget (:mod:`~daydreamd.daemon.budgets`) start no more calls.
+and per provider, never exceeded in any sliding 60-second window: a first attempt's place is
+taken as it starts, a retry waits for its own. A quota failure parks all LLM work for
+``pool.quota_park_s`` instead of hammering the provider; an outage opens the provider's circuit
+breaker (:mod:`~daydreamd.daemon.breaker`), which holds every call and start until a probe gets
+an answer, and sends the generations whose calls failed meanwhile back to the queue. An approval
+with a spent budget (:mod:`~daydreamd.daemon.budgets`) starts no more calls: its budget is
+checked as each of its calls starts, never for work merely read ahead.
 
-Only work whose parent is done is claimed, parents first. Every claim carries a fencing token
-(see ``store``); completions are committed in batches (:mod:`~daydreamd.daemon.commits`). On
-shutdown the pool stops claiming, lets in-flight calls finish within the grace period, and gives
-back whatever is left. What it has done is counted by :mod:`~daydreamd.daemon.counters` and read
-through :meth:`Pool.snapshot`.
+Only work whose parent is done is ready, parents' stages first. Every start carries a fencing
+token (see ``store``); completions are committed in batches (:mod:`~daydreamd.daemon.commits`).
+On shutdown the pool starts nothing more, lets in-flight calls finish within the grace period,
+and gives back whatever is left. What it has done is counted by
+:mod:`~daydreamd.daemon.counters` and read through :meth:`Pool.snapshot`.
 """
 
 from __future__ import annotations
@@ -44,14 +50,22 @@ from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
 from daydreamd.daemon.ratelimit import SlidingWindow, acquire_all
 from daydreamd.daemon.runner import Outcome, Runner
+from daydreamd.daemon.scheduler import Lanes
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.llm.calls import AttemptRecord
 from daydreamd.llm.types import LlmRequest, Provider, Reply
+from daydreamd.storage.ready import Key, Ready, ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import AttemptRow, Claim, Completion, Store
 
 log = structlog.get_logger("daydreamd.daemon.pool")
 IDLE_POLL_S = 1.0
+MIN_PAUSE_S = 0.005
+"""The shortest wait for a rate window to open (a window reports a few ms as 0 after rounding)."""
+CHILDREN_EVERY_S = 0.5
+"""How long finished parents wait, at most, for the lookup of their children while slots are full."""
+LANE_BATCH = 256
+"""Ready generations read per (mode, model) at a time."""
 RECONCILE_S = 30.0
 """How often running rows without an owner in this process are looked for."""
 
@@ -86,20 +100,35 @@ class PoolSnapshot:
 
 
 class _GatedProvider:
-    """Waits for every rate window that applies before each attempt, then asks the provider."""
+    """Waits for every rate window that applies before each attempt, then asks the provider.
+
+    With ``prepaid`` the first attempt's places in the windows were taken when the generation
+    was chosen to start (the scheduler starts only what may send at once); retries wait for
+    theirs here, holding their slot.
+    """
 
     def __init__(
-        self, inner: Provider, windows: list[SlidingWindow], limits: PoolLimits, breaker: Breaker
+        self,
+        inner: Provider,
+        windows: list[SlidingWindow],
+        limits: PoolLimits,
+        breaker: Breaker,
+        *,
+        prepaid: bool = False,
     ) -> None:
         self._inner = inner
         self._windows = windows
         self._limits = limits
         self._breaker = breaker
+        self._prepaid = prepaid
 
     async def complete(self, request: LlmRequest) -> Reply:
         await self._breaker.permit()
         await self._limits.wait_unparked()
-        await acquire_all(self._windows)
+        if self._prepaid:
+            self._prepaid = False
+        else:
+            await acquire_all(self._windows)
         return await self._inner.complete(request)
 
 
@@ -132,10 +161,18 @@ class Pool:
         """Generations sent back to the queue because of an outage, and how often."""
         self.in_flight: dict[str, Claim] = {}
         """Every claimed generation not yet committed."""
+        self.ready = ReadyWork(store)
+        self.lanes = Lanes(batch=LANE_BATCH)
+        """Ready work read ahead, per (mode, model): still ``queued`` in SQLite until it starts."""
+        self._forget = True
+        """Set when work may have become ready (or stopped being ready) in ways no lane knows of."""
+        self._exhausted: set[int] = set()
+        self._parents: list[str] = []
+        """Generations finished since the last look whose children may now be ready."""
+        self._children_at = 0.0
+        self._started: dict[str, Ready] = {}
+        """The ready row each claim in flight came from (to put a requeued one back)."""
         self._wake = anyio.Event()
-        self._dry: set[tuple[str, str | None]] = set()
-        self._epoch = 0
-        """Bumped when new work may have become ready: a claim that started earlier proves nothing."""
         self._idle = anyio.Event()
         self._stopping = False
         self.breaker.configure(settings.current.pool)
@@ -144,10 +181,10 @@ class Pool:
     # -- control -------------------------------------------------------------------------------
 
     def wake(self, *, new_work: bool = True) -> None:
-        """Look for work now: a slot freed, or (``new_work``) something may have become ready."""
+        """Look for work now: a slot freed, or (``new_work``) something may have become ready
+        that the lanes cannot know of (an approval, a retry, a rebuild, a change of limits)."""
         if new_work:
-            self._dry.clear()
-            self._epoch += 1
+            self._forget = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -193,12 +230,13 @@ class Pool:
         async with anyio.create_task_group() as workers:
             workers.start_soon(self.commits.run)
             while not self._stopping:
+                pause = IDLE_POLL_S
                 try:
                     await self._reconcile()
-                    await self._fill(workers)
+                    pause = await self._schedule(workers)
                 except Exception:  # a failed claim must not stop the pool; it tries again
                     log.exception("claim_failed")
-                with anyio.move_on_after(IDLE_POLL_S):
+                with anyio.move_on_after(max(pause, MIN_PAUSE_S)):
                     await self._wake.wait()
                 self._wake = anyio.Event()
             await self._drain(workers)
@@ -218,46 +256,130 @@ class Pool:
             released = await self.store.release(leftover)
         log.info("pool_stopped", released=released, outcomes=dict(self.counters.outcomes))
 
-    async def _fill(self, workers: anyio.abc.TaskGroup) -> None:
-        """Claim work for every free slot: per model within its limits, and copy work.
+    async def _schedule(self, workers: anyio.abc.TaskGroup) -> float:
+        """Read ready work that the lanes lack, then start what the limits allow now.
 
-        A (mode, model) whose claim came back short is *dry* until something can make new work
-        ready (an approval, a retry, a rebuild, a parent finishing), so an idle model costs no
-        queries while the others run.
+        Returns the seconds after which a rate window that holds work back opens (at most
+        ``IDLE_POLL_S``): the loop looks again then even if nothing wakes it.
         """
         jobs = self.current.jobs
         if jobs is None or self.limits.paused or self.runner.disk.failing or self.state_db.failing:
-            return
+            return IDLE_POLL_S
         exhausted = self.exhausted_approvals()
-        llm = [] if not self.breaker.closed else [("llm", model.model_id) for model in jobs.models()]
-        candidates = [("copy", None), *llm]
-        for mode, model_id in candidates:
-            free = self.limits.free()
-            if free <= 0:
-                return
-            if (mode, model_id) in self._dry:
-                continue
-            if model_id is not None:
-                free = self.limits.model_free(model_id, free, time.monotonic())
-                if free <= 0:
-                    continue
-            epoch = self._epoch
-            claims = await self.store.claim(
-                mode=mode,
-                llm_model_id=model_id,
-                limit=free,
-                lease_s=self.settings.current.pool.lease_s,
-                exclude_approvals=exhausted,
-            )
-            if len(claims) < free and epoch == self._epoch and not exhausted:
-                self._dry.add((mode, model_id))  # (a spent budget frees up as calls finish: not dry)
-            for claim in claims:
-                self._start(workers, claim)
+        if self._forget or set(exhausted) != self._exhausted:
+            self.lanes.forget()
+            self._parents.clear()
+            self._forget = False
+            self._exhausted = set(exhausted)
+        keys = [(mode, model.model_id) for model in jobs.models() for mode in ("copy", "llm")]
+        await self._read(keys, exhausted)
+        pause = await self._start_ready(workers, keys)
+        await self._read_children()
+        return pause
 
-    def _start(self, workers: anyio.abc.TaskGroup, claim: Claim) -> None:
+    async def _read_children(self) -> None:
+        """Add the now-ready children of generations that finished, when there is a free slot
+        they could take (or every ``CHILDREN_EVERY_S``): while the lanes fill every slot, the
+        lookup waits, and the parents it covers pile up into one query."""
+        now = time.monotonic()
+        if not self._parents or (self.limits.free() <= 0 and now - self._children_at < CHILDREN_EVERY_S):
+            return
+        self._children_at = now
+        parents, self._parents = self._parents, []
+        if self.lanes.add(await self.ready.children(parents), busy=self.in_flight):
+            self._wake.set()  # start them at once
+
+    async def _read(self, keys: list[Key], exhausted: list[int]) -> None:
+        """Bring the lanes of keys that may start up to date: keys never read (one probe for all of
+        them), and lanes running low."""
+        open_keys = [key for key in keys if self._may_read(key)]
+        unread = [key for key in open_keys if not self.lanes.known(key)]
+        if unread:
+            with_work = await self.ready.keys_with_work()
+            for key in unread:
+                if key not in with_work:
+                    self.lanes.fill(key, [], asked=1)
+        batch = self.lanes.batch
+        for key in open_keys:
+            if self.lanes.needs_read(key):
+                rows = await self.ready.ready(key, limit=batch, exclude_approvals=exhausted)
+                self.lanes.fill(key, rows, asked=batch, busy=self.in_flight)
+
+    def _may_read(self, key: Key) -> bool:
+        """Whether reading ``key``'s work can lead anywhere now (its calls are not all held)."""
+        mode, model_id = key
+        if mode == "copy":
+            return True
+        return (
+            self.breaker.closed
+            and model_id not in self.limits.paused_models
+            and self.limits.parked_for(time.monotonic()) is None
+        )
+
+    async def _start_ready(self, workers: anyio.abc.TaskGroup, keys: list[Key]) -> float:
+        """Choose work round-robin over the lanes whose limits allow it now, take its slots and
+        rate-window places, and start it (one transaction); what was revoked or retired since it
+        was read gives its slot back."""
+        blocked: list[float] = []
+        budgeted: Counter[int] = Counter(
+            c.approval_id for c in self.in_flight.values() if c.approval_id is not None
+        )
+
+        def may_start(key: Key) -> bool:
+            mode, model_id = key
+            if mode == "copy":
+                return True
+            if self.limits.model_free(model_id, 1, time.monotonic()) <= 0:
+                return False
+            wait = max(window.wait_time() for window in self.limits.windows(model_id))
+            if wait > 0:
+                blocked.append(wait)
+            return wait == 0
+
+        def allowed(ready: Ready) -> bool:
+            approval = ready.approval_id
+            return approval is None or approval not in self.budgets.exhausted(budgeted)
+
+        def take(ready: Ready) -> None:
+            model_id = ready.generation.llm_model_id if ready.mode == "llm" else None
+            self.limits.take(ready.gen_id, model_id)
+            if model_id is not None:
+                for window in self.limits.windows(model_id):
+                    window.try_acquire()  # may_start saw room in each, with no await since
+            if ready.approval_id is not None:
+                budgeted[ready.approval_id] += 1
+
+        chosen = self.lanes.choose(self._free(), keys, may_start=may_start, allowed=allowed, take=take)
+        if chosen:
+            try:
+                claims = await self.ready.start(
+                    chosen, lease_s=self.settings.current.pool.lease_s, now=time.time()
+                )
+            except BaseException:  # nothing started: give the slots back, read the lanes again
+                for ready in chosen:
+                    self.limits.release(ready.gen_id, _ready_model(ready))
+                self._forget = True
+                raise
+            started = {claim.generation.gen_id: claim for claim in claims}
+            for ready in chosen:
+                claim = started.get(ready.gen_id)
+                if claim is None:
+                    self.limits.release(ready.gen_id, _ready_model(ready))
+                else:
+                    self._start(workers, claim, ready)
+        return min([IDLE_POLL_S, *blocked])
+
+    def _free(self) -> int:
+        """Slots free now, and never more than would put ``2 x pool.concurrency`` generations
+        between start and commit: parsing and committing happen outside the slot, and this
+        bounds how many may wait for them (a run state that takes no writes, say)."""
+        concurrency = self.settings.current.pool.concurrency
+        return min(self.limits.free(), 2 * concurrency - len(self.in_flight))
+
+    def _start(self, workers: anyio.abc.TaskGroup, claim: Claim, ready: Ready) -> None:
         g = claim.generation
         self.in_flight[g.gen_id] = claim
-        self.limits.take(g.gen_id, _call_model(claim))
+        self._started[g.gen_id] = ready
         self.bus.publish("generation_started", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         workers.start_soon(self._work, claim, name=g.gen_id)
 
@@ -284,6 +406,7 @@ class Pool:
         bound = log.bind(gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         attempts: list[AttemptRow] = []
         outages = self.breaker.opened_count
+        done = False
         try:
             outcome = await self._run(claim, attempts, bound)
             if self.breaker.caused(outcome.kind, outages) and self._requeues[g.gen_id] < self._max_requeues:
@@ -306,6 +429,7 @@ class Pool:
             committed = await self._commit(completion, bound)
             if committed is None:
                 return
+            done = bool(committed) and outcome.ok
             self.counters.generation(
                 str(g.stage), str(State.DONE) if outcome.ok else str(outcome.kind), time.monotonic()
             )
@@ -326,9 +450,12 @@ class Pool:
         finally:
             self._release_slot(claim)
             self.in_flight.pop(g.gen_id, None)
+            self._started.pop(g.gen_id, None)
+            if done and g.stage is not Stage.EVALUATION:
+                self._parents.append(g.gen_id)  # its children may be ready now
             if not self.in_flight:
                 self._idle.set()
-            self.wake(new_work=g.stage is not Stage.EVALUATION)
+            self.wake(new_work=False)
 
     async def _commit(self, completion: Completion, bound: Any) -> bool | None:
         """Commit a completion, retrying while the run state takes no writes (a full disk, a lock
@@ -351,6 +478,7 @@ class Pool:
         if orphans:
             requeued = await self.store.requeue(orphans)
             log.warning("orphans_requeued", count=requeued, first=orphans[:5])
+            self.wake()
 
     @property
     def _max_requeues(self) -> int:
@@ -370,6 +498,9 @@ class Pool:
         )
         if await self._commit(completion, bound) is None:
             return
+        ready = self._started.get(g.gen_id)
+        if ready is not None:
+            self.lanes.add([ready], busy=())
         bound.warning("generation_requeued", reason="provider_down", times=self._requeues[g.gen_id])
         self.bus.publish("generation_requeued", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
 
@@ -385,7 +516,7 @@ class Pool:
         provider = None
         if job.model is not None:
             windows = self.limits.windows(g.llm_model_id)
-            provider = _GatedProvider(self.runner.provider, windows, self.limits, self.breaker)
+            provider = _GatedProvider(self.runner.provider, windows, self.limits, self.breaker, prepaid=True)
 
         def on_attempt(record: AttemptRecord) -> None:
             attempts.append(_attempt_row(record))
@@ -399,13 +530,12 @@ class Pool:
             if cost is not None:
                 self.budgets.record(claim.approval_id, cost)
             self._adapt(g.llm_model_id, record, bound)
-            if record.outcome == "ok":
-                self._release_slot(claim)
 
         try:
             return await self.runner.run(
                 job,
                 on_attempt=on_attempt,
+                on_reply_saved=lambda: self._release_slot(claim),
                 provider=provider,
                 fresh=claim.fresh,
                 policy=self.settings.current.retry,
@@ -453,6 +583,9 @@ class Pool:
         now = time.monotonic()
         limits, counters, pool_settings = self.limits, self.counters, self.settings.current.pool
         parked = limits.parked_for(now)
+        jobs = self.current.jobs
+        for model in jobs.models() if jobs is not None else ():
+            limits.model(model.model_id)  # every model of the experiment shows, run or not
         models = {}
         for model_id, state in sorted(limits.models.items()):
             configured = pool_settings.model_limits(model_id)
@@ -491,6 +624,11 @@ class Pool:
 def _parse_key(parse: dict[str, Any] | None) -> str | None:
     key = parse.get("key") if parse else None
     return key if isinstance(key, str) else None
+
+
+def _ready_model(ready: Ready) -> str | None:
+    """The model whose slot a chosen generation took (None for copy work)."""
+    return ready.generation.llm_model_id if ready.mode == "llm" else None
 
 
 def _call_model(claim: Claim) -> str | None:

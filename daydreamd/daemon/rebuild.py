@@ -15,26 +15,57 @@ cohort from that copy, and the pool, approvals and status go on while the errors
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import anyio.to_thread
 import structlog
 
 from daydreamd.core.build import Build, build_from_raw
+from daydreamd.core.cohort import Cohort, Generation
 from daydreamd.core.config import Settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.problems import Level, Problem
 from daydreamd.core.snapshot import read_raw_dir
-from daydreamd.core.status import ProblemStatus, RebuildStatus
+from daydreamd.core.status import CohortProgress, ProblemStatus, RebuildStatus
 from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.storage.cohort_files import write_cohort
 from daydreamd.storage.last_good import LastGoodRaw
-from daydreamd.storage.store import Store, SyncResult
+from daydreamd.storage.store import MembershipDiff, Store, SyncResult, membership_diff
 
 PENDING = "fingerprint.pending"
 APPLIED = "fingerprint.applied"
 log = structlog.get_logger("daydreamd.daemon.rebuild")
+
+
+@dataclass(slots=True)
+class Building:
+    """A rebuild in progress, as ``status`` shows it (:class:`CohortProgress`)."""
+
+    reason: str
+    phase: str = "reading"
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=utc_now)
+    generations: int = 0
+    done: int = 0
+    total: int = 0
+
+    def progress(self) -> CohortProgress:
+        """Where it is now."""
+        return CohortProgress(
+            phase=self.phase,
+            reason=self.reason,
+            started_at=self.started_at,
+            elapsed_s=round(time.monotonic() - self.started, 1),
+            generations=self.generations,
+            done=self.done,
+            total=self.total,
+        )
+
+    def synced(self, done: int, total: int) -> None:
+        """A sync chunk was committed."""
+        self.done, self.total = done, total
 
 
 @dataclass(slots=True)
@@ -48,6 +79,15 @@ class Current:
     """The last check that applied something (None before the first)."""
     rebuilds: int = 0
     rebuild_seconds: float = 0.0
+    building: Building | None = None
+    """The rebuild in progress (None when none is)."""
+    synced: Cohort | None = None
+    """The cohort whose membership this process synced last, while the run state still matches it
+    (None before the first sync, and while one is under way): rebuilds diff against it in memory."""
+
+    def progress(self) -> CohortProgress | None:
+        """The rebuild in progress, for ``status``."""
+        return self.building.progress() if self.building is not None else None
 
     @property
     def cohort_id(self) -> str | None:
@@ -63,14 +103,34 @@ class Current:
 class Rebuilder:
     """Applies the experiment directory's contents to the run state."""
 
-    def __init__(self, settings: LiveSettings, store: Store, current: Current) -> None:
+    def __init__(
+        self,
+        settings: LiveSettings,
+        store: Store,
+        current: Current,
+        on_synced: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.current = current
         self.last_good = LastGoodRaw(store)
+        self.on_synced = on_synced
+        """Called after a sync, before its cohort is put in force (the service re-reads its counts)."""
 
     async def check(self, *, reason: str) -> bool:
         """Rebuild if the files changed since they were last applied; True if a cohort was applied."""
+        if self.current.build is None:  # nothing in force (a start, a reload): show it from the start
+            self.current.building = Building(reason)
+        try:
+            return await self._check(reason=reason)
+        finally:
+            self.current.building = None
+
+    def _phase(self, phase: str) -> None:
+        if self.current.building is not None:
+            self.current.building.phase = phase
+
+    async def _check(self, *, reason: str) -> bool:
         t0 = time.monotonic()
         settings = self.settings.current
         raw = await anyio.to_thread.run_sync(read_raw_dir, settings.raw_dir)
@@ -78,8 +138,11 @@ class Rebuilder:
         applied = await self.store.get_fact(APPLIED)
         if fingerprint == applied and self.current.build is not None:
             return False
+        if self.current.building is None:
+            self.current.building = Building(reason)
         if fingerprint != applied:
             await self.store.set_fact(PENDING, fingerprint)
+        self._phase("building")
         build = await anyio.to_thread.run_sync(build_from_raw, raw, settings)
         self.current.problems = build.problems
         if build.cohort is None:
@@ -120,12 +183,33 @@ class Rebuilder:
         return result
 
     async def _sync(self, settings: Settings, build: Build, fingerprint: str) -> SyncResult:
-        """Write the cohort's files and make the run state's membership match it."""
-        assert build.cohort is not None
-        await anyio.to_thread.run_sync(write_cohort, settings.paths.data_dir, build.cohort)
+        """Write the cohort's files and make the run state's membership match it.
+
+        Only the difference is written, in chunks (:meth:`Store.sync_membership`): against the cohort
+        this process synced last when there is one (in memory), else against the run state.
+        """
+        cohort = build.cohort
+        assert cohort is not None
+        building = self.current.building
+        if building is not None:
+            building.generations = len(cohort.generations)
+        self._phase("writing")
+        await anyio.to_thread.run_sync(write_cohort, settings.paths.data_dir, cohort)
+        self._phase("comparing")
+        previous, self.current.synced = self.current.synced, None  # unknown until this sync completes
+        live = previous.generations if previous is not None else await self.store.live_gen_ids()
+        diff = await anyio.to_thread.run_sync(_diff, cohort, live)
+        self._phase("syncing")
+        if building is not None:
+            building.synced(0, len(diff.add) + len(diff.retire))
         modes = {(t.stage, t.template_id): str(t.generator) for t in build.experiment.templates}
-        result = await self.store.sync_membership(build.cohort, modes, fingerprint)
-        await self.store.set_fact("cohort.current", build.cohort.cohort_id)
+        result = await self.store.sync_membership(
+            cohort, modes, fingerprint, diff=diff, progress=building.synced if building else None
+        )
+        await self.store.set_fact("cohort.current", cohort.cohort_id)
+        self.current.synced = cohort
+        if self.on_synced is not None:  # status shows the new cohort's id with its counts, not older ones
+            await self.on_synced()
         return result
 
     async def _serve_last_good(self, settings: Settings, reason: str) -> None:
@@ -138,6 +222,7 @@ class Rebuilder:
         raw = await self.last_good.load(label=settings.raw_dir.name)
         if raw is None:
             return
+        self._phase("building")
         build = await anyio.to_thread.run_sync(build_from_raw, raw, settings)
         if build.cohort is None:  # e.g. checks added since it was saved: there is nothing good to serve
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
@@ -169,3 +254,9 @@ class Rebuilder:
             retired=sync.retired if sync else 0,
             revived=sync.revived if sync else 0,
         )
+
+
+def _diff(cohort: Cohort, live: Sequence[Generation] | Sequence[str]) -> MembershipDiff:
+    """The membership changes from ``live`` (generations or gen_ids) to ``cohort`` (in a worker thread)."""
+    ids = [g if isinstance(g, str) else g.gen_id for g in live]
+    return membership_diff(cohort.generations, ids)

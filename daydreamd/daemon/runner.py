@@ -15,6 +15,26 @@ parse costs nothing. File work runs in a worker thread, one batch per step. When
 folder takes no writes (a full or read-only disk), a step is tried again with backoff until it
 works, with the reply kept in memory; :attr:`Runner.disk` says so meanwhile (the pool then claims
 nothing new), and nothing is paid twice.
+
+Durability (power failure, kernel crash; a killed process loses nothing written). Five fsyncs
+per new reply, in this order (see :mod:`daydreamd.storage.gens`):
+
+1. ``prompt.txt`` (renamed into place, not fsynced), ``raw.txt`` and ``metadata.json`` with
+   status ``replied`` (each fsynced before its rename), then the folder: from here the reply and
+   the input hash it answers are on disk, before anything is checked, parsed or reported
+   (checkpoint ``reply_saved``). A crash before this point loses only the reply in memory.
+2. ``parsed.txt`` (not fsynced, its hash recorded as ``parsed_sha256``), ``metadata.json`` with
+   status ``done`` or ``failed`` (fsynced before its rename, so it never replaces the durable
+   ``replied`` record with a torn one), then the folder: durable before the outcome is returned.
+
+A failure without a reply writes ``metadata.json`` (and ``prompt.txt``, not fsynced): two fsyncs.
+``prompt.txt`` and ``parsed.txt`` are derived files: after a power failure they may be missing,
+empty or cut short even in a generation the run state calls done. They are re-created, never
+paid for again: a run of the generation checks ``parsed.txt`` against ``parsed_sha256`` (and
+``prompt.txt`` against the prompt it renders) and otherwise parses the saved reply again; a
+child checks its parent's ``parsed.txt`` the same way and re-creates it from the parent's saved
+reply (or, for a copy, from its own parent) when it matches the recorded hash exactly, and fails
+as ``render_error`` without a call when it cannot.
 """
 
 from __future__ import annotations
@@ -44,7 +64,7 @@ from daydreamd.daemon.health import Health, is_disk_fault
 from daydreamd.llm.calls import AttemptHook, call_with_retries
 from daydreamd.llm.checks import content_problem
 from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
-from daydreamd.storage.gens import METADATA, PARSED, PROMPT, RAW, GensStore
+from daydreamd.storage.gens import PARSED, PARSED_SHA256, PROMPT, RAW, GensStore
 
 _T = TypeVar("_T")
 
@@ -135,6 +155,7 @@ class Runner:
         job: Job,
         *,
         on_attempt: AttemptHook | None = None,
+        on_reply_saved: Callable[[], None] | None = None,
         provider: Provider | None = None,
         fresh: bool = False,
         policy: RetryPolicy | None = None,
@@ -144,6 +165,8 @@ class Runner:
         Args:
             job: the generation to run.
             on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
+            on_reply_saved: called once a new reply is durable, before it is parsed (the pool
+                frees the call's slot then: a reply waiting for a slow or full disk keeps it).
             provider: answers this run instead of the runner's provider (the pool passes one
                 that waits for the model's rate limits before each attempt).
             fresh: call the model even if a reply for this input is saved (the old one is
@@ -179,7 +202,10 @@ class Runner:
                 run.attempts = failure.attempts
                 return await self._durably(self._fail_call, run, failure, limiter=self._save_threads)
             run.llm_ms = _ms(t)
-            return await self._durably(self._finish, run, reply, limiter=self._save_threads)
+            await self._durably(self._keep_reply, run, reply, limiter=self._save_threads)
+            if on_reply_saved is not None:
+                on_reply_saved()
+            return await self._durably(self._finish, run, reply.text, limiter=self._save_threads)
         return await self._durably(self._finish, run, None, limiter=self._save_threads)
 
     async def _durably(self, step: Callable[..., _T], *args: Any, limiter: anyio.CapacityLimiter) -> _T:
@@ -197,11 +223,12 @@ class Runner:
         parent_text = None
         parent_stage = PARENT_STAGE[job.stage]
         if parent_stage is not None:
-            parent_text = store.read_parsed(parent_stage, job.generation.parent_gen_id)
+            parent_text = self._parent_text(parent_stage, job.generation.parent_gen_id)
             if parent_text is None:
                 store.remove_parsed(job.stage, job.gen_id)
                 message = (
-                    f"parent {parent_stage} {job.generation.parent_gen_id} has no parsed.txt (not done yet)"
+                    f"parent {parent_stage} {job.generation.parent_gen_id} has no parsed.txt (not done "
+                    "yet, or damaged by a crash and not re-creatable exactly from its saved reply)"
                 )
                 return self._fail(run, FailureKind.RENDER_ERROR, message)
             parent_text = normalize_newlines(parent_text)
@@ -219,27 +246,30 @@ class Runner:
         assert job.model is not None
         run.input_sha256 = input_sha256(run.prompt, job.model.model, job.settings.call_parameters())
         previous = store.read_metadata(job.stage, job.gen_id)
-        directory = store.directory(job.stage, job.gen_id)
-        raw_exists = (directory / RAW).exists()
+        if previous is None and not store.directory(job.stage, job.gen_id).exists():
+            return None  # a first run: nothing saved, nothing to remove
+        raw_exists = store.exists(job.stage, job.gen_id, RAW)
         if (
             not run.fresh
             and previous is not None
             and previous.get("status") == "done"
             and previous.get("input_sha256") == run.input_sha256
             and _parse_key(previous) == template_parse_key(job.template)
-            and (directory / PARSED).exists()
         ):
-            attempts = int(previous.get("attempts") or 0)
-            score = score_of(job.stage, store.read_parsed(job.stage, job.gen_id))
-            return Outcome(
-                gen_id=job.gen_id,
-                stage=job.stage,
-                ok=True,
-                reused_reply=True,
-                attempts=attempts,
-                score=score,
-                parse=previous.get("parse"),
-            )
+            saved = store.read_parsed_checked(job.stage, job.gen_id)
+            if saved.text is not None:
+                # Done already; a prompt.txt a crash took is written again (it is derived).
+                store.restore_derived(job.stage, job.gen_id, PROMPT, run.prompt)
+                return Outcome(
+                    gen_id=job.gen_id,
+                    stage=job.stage,
+                    ok=True,
+                    reused_reply=True,
+                    attempts=int(previous.get("attempts") or 0),
+                    score=score_of(job.stage, saved.text),
+                    parse=previous.get("parse"),
+                )
+            # parsed.txt is missing or damaged: parse the saved reply again below (no call).
         store.remove_parsed(job.stage, job.gen_id)
         if not run.fresh and can_reuse_reply(previous, run.input_sha256, raw_exists):
             assert previous is not None
@@ -248,9 +278,42 @@ class Runner:
             run.reused = True
             run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
             run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
+            store.restore_derived(job.stage, job.gen_id, PROMPT, run.prompt)
         elif raw_exists:
             store.archive_raw(job.stage, job.gen_id)  # a stale reply must never answer this prompt
         return None
+
+    def _parent_text(self, stage: Stage, gen_id: str) -> str | None:
+        """A parent's parsed text, re-created when a crash damaged it; None when it has none."""
+        found = self.store.read_parsed_checked(stage, gen_id)
+        if not found.damaged:
+            return found.text
+        assert found.metadata is not None
+        return self._recreate_parsed(stage, gen_id, found.metadata)
+
+    def _recreate_parsed(self, stage: Stage, gen_id: str, metadata: dict[str, Any]) -> str | None:
+        """Make a finished generation's ``parsed.txt`` again from its saved reply (or, for a copy,
+        from its parent), exactly as recorded (``parsed_sha256``); None when that cannot be done."""
+        if _parse_key(metadata) == COPY_KEY:
+            upstream = PARENT_STAGE[stage]
+            parent_id = metadata.get("parent_gen_id")
+            source = (
+                self._parent_text(upstream, parent_id) if upstream and isinstance(parent_id, str) else None
+            )
+            text = None if source is None else normalize_newlines(source)
+        else:
+            raw = self.store.try_read_text(stage, gen_id, RAW)
+            parser = metadata.get("parser")
+            if raw is None or not isinstance(parser, str):
+                return None
+            try:
+                text = parse_saved(str(stage), parser, normalize_newlines(raw)).text
+            except ParseError:
+                return None
+        if text is None or sha256_hex(text) != metadata.get(PARSED_SHA256):
+            return None
+        self.store.write_derived(stage, gen_id, PARSED, text)
+        return text
 
     def _fail_call(self, run: _Run, failure: CallFailure) -> Outcome:
         """A call that failed for good; a reply that came with the failure is still saved."""
@@ -259,18 +322,18 @@ class Runner:
             return self._fail(run, failure.kind, failure.message)
         return self._fail(run, failure.kind, failure.message, with_prompt=True)
 
-    def _finish(self, run: _Run, reply: Reply | None) -> Outcome:
-        """Save a new reply, then check and parse the saved reply."""
+    def _keep_reply(self, run: _Run, reply: Reply) -> None:
+        """Save a new reply durably (the step after which a crash costs no second call)."""
+        self._save_reply(run, reply)
+        if self.checkpoint is not None:
+            self.checkpoint("reply_saved", run.job.gen_id)
+
+    def _finish(self, run: _Run, text: str | None) -> Outcome:
+        """Check and parse the saved reply (``text``, or ``raw.txt`` when reused), save the result."""
         job = run.job
-        if reply is not None:
-            self._save_reply(run, reply)
-            if self.checkpoint is not None:
-                self.checkpoint("reply_saved", job.gen_id)
-            text = reply.text
-        else:
-            saved = self.store.read_text(job.stage, job.gen_id, RAW)
-            assert saved is not None
-            text = saved
+        if text is None:
+            text = self.store.read_text(job.stage, job.gen_id, RAW)
+            assert text is not None
         assert run.reply is not None
         t = time.monotonic()
         problem = check_reply(job.settings, text, run.reply)
@@ -301,12 +364,12 @@ class Runner:
         run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
         run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
         metadata = self._metadata(run, "replied", None)
-        store.save(job.stage, job.gen_id, [(PROMPT, run.prompt), (METADATA, metadata), (RAW, reply.text)])
+        store.save_reply(job.stage, job.gen_id, prompt=run.prompt, metadata=metadata, raw=reply.text)
 
     def _succeed(self, run: _Run, parsed: str) -> Outcome:
         job, store = run.job, self.store
         run.files["parsed"] = store.relative_file(job.stage, job.gen_id, PARSED)
-        store.save(job.stage, job.gen_id, [(PARSED, parsed), (METADATA, self._metadata(run, "done", None))])
+        store.save_result(job.stage, job.gen_id, self._metadata(run, "done", None), parsed=parsed)
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,
@@ -321,13 +384,13 @@ class Runner:
     def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:
         """Record a failure; ``with_prompt`` also saves the prompt that was sent (no reply came)."""
         job, store = run.job, self.store
-        files: list[tuple[str, str | dict[str, Any]]] = []
-        if with_prompt and run.prompt is not None:
-            files.append((PROMPT, run.prompt))
+        prompt = run.prompt if with_prompt else None
+        if prompt is not None:
             run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
         error = {"kind": str(kind), "message": message}
-        files.append((METADATA, self._metadata(run, "failed", error)))
-        store.save(job.stage, job.gen_id, files)
+        # Gone already, unless a child re-created it meanwhile from the reply this run replaces.
+        store.remove_parsed(job.stage, job.gen_id)
+        store.save_result(job.stage, job.gen_id, self._metadata(run, "failed", error), prompt=prompt)
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,

@@ -187,6 +187,8 @@ def status_line(status: ServiceStatus | Mapping[str, Any]) -> str:
     status = ServiceStatus.coerce(status)
     cohort = status.cohort_id
     parts = [f"cohort {cohort}" if cohort else "no cohort"]
+    if status.cohort_progress is not None:
+        parts.append(status.cohort_progress.describe())
     for stage, counts in status.stages.items():
         parts.append(_stage_summary(stage, counts))
     problems = _problems_summary(status.errors)

@@ -59,13 +59,15 @@ class Service:
 
     SUMMARY_INTERVAL_S = 0.2
     """How stale the counts in ``/v1/status`` may be (actions refresh them at once)."""
+    SUMMARY_IDLE_S = 5.0
+    """With no write to the run state, the counts are re-read this often (recent errors age out)."""
 
     def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
         self.live = LiveSettings(settings)
         """The settings in force: a reload replaces them here, for every part at once."""
         self.store = store
         self.current = Current()
-        self.rebuilder = Rebuilder(self.live, store, self.current)
+        self.rebuilder = Rebuilder(self.live, store, self.current, on_synced=self.refresh_summary)
         self.bus = EventBus()
         self.pool = Pool(settings=self.live, store=store, runner=runner, current=self.current, bus=self.bus)
         self.reparser = Reparser(store, runner.store, self.bus)
@@ -76,6 +78,8 @@ class Service:
         self.started = time.monotonic()
         self.started_at = utc_now()
         self.summary = Summary()
+        self._rebuilding = anyio.Lock()
+        """One rebuild at a time (the startup one runs beside the socket, the watch's after it)."""
 
     @property
     def settings(self) -> Settings:
@@ -93,16 +97,29 @@ class Service:
         )
 
     async def keep_summary_fresh(self) -> None:
-        """The background refresher (failures are logged and retried, never fatal)."""
+        """The background refresher (failures are logged and retried, never fatal).
+
+        Every SUMMARY_INTERVAL_S it re-reads the counts if anything was written to the run state since
+        the last read (the connection's change counter, read without a query), else every
+        SUMMARY_IDLE_S: an idle service costs next to nothing, whatever the cohort's size.
+        """
+        seen, read_at = -1, 0.0
         while True:
-            try:
-                await self.refresh_summary()
-            except Exception:  # a failed read must not stop the service; the next one retries
-                log.exception("summary_refresh_failed")
+            changes = self.store.db.total_changes
+            if changes != seen or time.monotonic() - read_at >= self.SUMMARY_IDLE_S:
+                try:
+                    await self.refresh_summary()
+                    seen, read_at = changes, time.monotonic()
+                except Exception:  # a failed read must not stop the service; the next one retries
+                    log.exception("summary_refresh_failed")
             await anyio.sleep(self.SUMMARY_INTERVAL_S)
 
     async def rebuild(self, reason: str) -> None:
         """Apply the files if they changed, then let the pool look for work."""
+        async with self._rebuilding:
+            await self._rebuild(reason)
+
+    async def _rebuild(self, reason: str) -> None:
         before = self.current.last.at if self.current.last else None
         await self.rebuilder.check(reason=reason)
         await self.refresh_summary()
@@ -155,6 +172,7 @@ class Service:
             last_rebuild=self.current.last,
             parent_changed=summary.parent_changed,
             rebuilds=self.current.rebuilds,
+            cohort_progress=self.current.progress(),
         )
 
     async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:

@@ -1,8 +1,18 @@
 """Atomic file writes: readers see the old file or the new one, never a torn one.
 
 Every file daydreamd writes (cohort files, generation artifacts, reports) goes through here:
-write a temp file in the same folder, fsync it, rename it over the target, fsync the folder.
-A crash at any point leaves either the previous contents or the new ones.
+write a temp file in the same folder, rename it over the target. Whether the result is also
+*durable* (survives a power failure or a kernel crash, not only a killed process) is the
+caller's choice, because each step costs an ``fsync``:
+
+- :func:`write_atomic`, :func:`write_atomic_many`, :func:`write_atomic_with`: fsync each temp
+  file before its rename, then fsync the folder once: durable when they return.
+- :func:`replace_file` with ``sync=True``: the new contents are durable before the name points
+  at them, so a crash can never put a torn file where a durable one was; the rename itself is
+  durable only after a later :func:`fsync_dir` of the folder (callers batch several renames
+  under one folder fsync). With ``sync=False`` (files that can be re-created from durable ones),
+  a power failure may leave the old file, no file, or the new name with missing or partial
+  contents; a killed process still leaves the old file or the whole new one.
 
 The temp name is fixed per process and thread (``.<name>.<pid>.<thread>.tmp``) rather than
 random: a writer never races itself, a leftover from a killed process is simply truncated on
@@ -59,19 +69,41 @@ def write_atomic_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     fsync_dir(path.parent)
 
 
+def replace_file(directory: Path, name: str, data: bytes | str, *, sync: bool) -> None:
+    """Replace ``directory/name`` atomically; ``sync`` makes the contents durable before the rename.
+
+    The folder must exist and is not fsynced: see the module docstring for what a crash leaves.
+    """
+    _replace(
+        os.path.join(directory, name), data.encode("utf-8") if isinstance(data, str) else data, sync=sync
+    )
+
+
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _temp_name(path: str) -> str:
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{os.getpid()}.{threading.get_ident()}.tmp")
+    return os.path.join(head, f".{tail}.{_pid}.{threading.get_ident()}.tmp")
 
 
-def _replace(path: str, payload: bytes) -> None:
+def _replace(path: str, payload: bytes, *, sync: bool = True) -> None:
     tmp = _temp_name(path)
     fd = os.open(tmp, _FLAGS, 0o644)
     try:
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)

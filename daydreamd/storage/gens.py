@@ -2,9 +2,23 @@
 
 ``prompt.txt`` (what was sent), ``raw.txt`` (the model's reply, exactly as received),
 ``parsed.txt`` (what children and results read; present only when the generation succeeded)
-and ``metadata.json`` (see ``metadata`` for the schema). Every write is atomic. Before a new
+and ``metadata.json`` (see ``metadata`` for the schema). Every write is atomic (temp file,
+rename): a reader, or a killed process, sees the old file or the whole new one. Before a new
 call replaces a saved reply, the old ``raw.txt`` is archived as ``raw.<n>.txt``: a reply that
 was paid for is never silently overwritten. Paths come from :mod:`daydreamd.storage.layout`.
+
+Durability (what survives a power failure or a kernel crash; see :mod:`daydreamd.storage.atomic`):
+
+- ``raw.txt`` and ``metadata.json`` are *records*: their contents are fsynced before they are
+  renamed into place, so a crash never turns a durable one into a torn one, and each step
+  ends with one fsync of the generation's folder (:meth:`GensStore.save_reply`,
+  :meth:`GensStore.save_result`, :meth:`GensStore.save`).
+- ``prompt.txt`` and ``parsed.txt`` are *derived*: re-created from the records and the
+  experiment (the prompt is rendered again, the saved reply parsed again), so the runner writes
+  them without an fsync of their own. After a power failure they may be missing, empty or
+  partial; ``metadata.json`` records ``prompt_sha256`` and ``parsed_sha256`` (this store stamps
+  the latter whenever it writes ``parsed.txt``), and :meth:`GensStore.read_parsed_checked`
+  tells an intact ``parsed.txt`` from a damaged one, which the runner then re-creates.
 
 Methods are synchronous: the async runner calls them in a worker thread, a batch per step.
 Offline readers (results, the report) use the ``try_`` methods, which take any file they cannot
@@ -13,18 +27,35 @@ read (missing, unreadable, not UTF-8, not a JSON object) for an absent one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daydreamd.core.stages import Stage
-from daydreamd.storage.atomic import write_atomic, write_atomic_many
+from daydreamd.storage.atomic import fsync_dir, replace_file, write_atomic, write_atomic_many
 from daydreamd.storage.layout import METADATA as METADATA
 from daydreamd.storage.layout import PARSED as PARSED
 from daydreamd.storage.layout import PROMPT as PROMPT
 from daydreamd.storage.layout import RAW as RAW
 from daydreamd.storage.layout import DataLayout, relative_gen_file
+
+PARSED_SHA256 = "parsed_sha256"
+"""The ``metadata.json`` key holding the SHA-256 of the ``parsed.txt`` written with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """A generation's ``parsed.txt`` checked against the hash its ``metadata.json`` recorded."""
+
+    text: str | None
+    """The file's text when it is intact (None: missing, or damaged)."""
+    metadata: dict[str, Any] | None
+    damaged: bool
+    """The metadata says done and records a hash, but the file is missing or does not match it:
+    a power failure caught it before its contents reached the disk. It can be re-created."""
 
 
 class GensStore:
@@ -97,11 +128,88 @@ class GensStore:
         return path
 
     def save(self, stage: Stage | str, gen_id: str, files: list[tuple[str, str | dict[str, Any]]]) -> None:
-        """Write several files of a generation in order, each atomically (dicts become JSON)."""
+        """Write several files of a generation in order, each atomically and durably (dicts become
+        JSON). A ``parsed.txt`` among them has its hash stamped into the metadata written with it."""
+        _stamp(files)
         write_atomic_many(
             self.directory(stage, gen_id),
             [(name, dump_metadata(data) if isinstance(data, dict) else data) for name, data in files],
         )
+
+    def save_reply(
+        self, stage: Stage | str, gen_id: str, *, prompt: str, metadata: dict[str, Any], raw: str
+    ) -> None:
+        """A paid reply, durable when this returns: ``prompt.txt`` (derived, not fsynced), then
+        ``raw.txt`` and ``metadata.json`` (each fsynced before its rename), then the folder.
+
+        A crash before the folder's fsync may lose the reply (as if it had come later); after it,
+        ``raw.txt`` and the metadata recording its input are both on disk, whole.
+        """
+        directory = self.directory(stage, gen_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        replace_file(directory, PROMPT, prompt, sync=False)
+        replace_file(directory, RAW, raw, sync=True)
+        replace_file(directory, METADATA, dump_metadata(metadata), sync=True)
+        fsync_dir(directory)
+
+    def save_result(
+        self,
+        stage: Stage | str,
+        gen_id: str,
+        metadata: dict[str, Any],
+        *,
+        parsed: str | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        """How a run ended: derived files first (not fsynced), then ``metadata.json`` (fsynced
+        before its rename), then the folder. Durable when this returns, except the derived files'
+        contents, which ``metadata.json`` lets a reader check (``parsed_sha256``) and re-create.
+        """
+        directory = self.directory(stage, gen_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        if prompt is not None:
+            replace_file(directory, PROMPT, prompt, sync=False)
+        if parsed is not None:
+            metadata[PARSED_SHA256] = _sha256(parsed)
+            replace_file(directory, PARSED, parsed, sync=False)
+        replace_file(directory, METADATA, dump_metadata(metadata), sync=True)
+        fsync_dir(directory)
+
+    def write_derived(self, stage: Stage | str, gen_id: str, name: str, text: str) -> None:
+        """Re-create a derived file (``prompt.txt``, ``parsed.txt``) of an existing generation:
+        atomic, not fsynced (it can be re-created again)."""
+        replace_file(self.directory(stage, gen_id), name, text, sync=False)
+
+    def restore_derived(self, stage: Stage | str, gen_id: str, name: str, text: str) -> bool:
+        """Write a derived file unless it already holds exactly ``text``; True when it was written."""
+        try:
+            same = self.layout.gen_file(stage, gen_id, name).read_bytes() == text.encode("utf-8")
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self.write_derived(stage, gen_id, name, text)
+        return not same
+
+    def read_parsed_checked(self, stage: Stage | str, gen_id: str) -> ParsedFile:
+        """``parsed.txt`` with its metadata, checked against the recorded ``parsed_sha256``.
+
+        Without a recorded hash (files written before it was recorded, which were fsynced) the
+        file is taken as it is.
+        """
+        metadata = self.read_metadata(stage, gen_id)
+        try:
+            data: bytes | None = self.layout.gen_file(stage, gen_id, PARSED).read_bytes()
+        except FileNotFoundError:
+            data = None
+        recorded = (
+            metadata.get(PARSED_SHA256) if metadata is not None and metadata.get("status") == "done" else None
+        )
+        if not isinstance(recorded, str):
+            text = None if data is None else _decode(data)
+            return ParsedFile(text=text, metadata=metadata, damaged=False)
+        if data is not None and hashlib.sha256(data).hexdigest() == recorded:
+            return ParsedFile(text=data.decode("utf-8"), metadata=metadata, damaged=False)
+        return ParsedFile(text=None, metadata=metadata, damaged=True)
 
     def archive_raw(self, stage: Stage | str, gen_id: str) -> Path | None:
         """Move ``raw.txt`` aside as ``raw.<n>.txt`` before a new call; returns the new name.
@@ -139,6 +247,27 @@ def dump_metadata(metadata: dict[str, Any]) -> str:
     else the runner does per generation.
     """
     return json.dumps(metadata, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _decode(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _stamp(files: list[tuple[str, str | dict[str, Any]]]) -> None:
+    """Record the hash of a ``parsed.txt`` among ``files`` in the metadata among them."""
+    parsed = next((data for name, data in files if name == PARSED and isinstance(data, str)), None)
+    if parsed is None:
+        return
+    for name, data in files:
+        if name == METADATA and isinstance(data, dict):
+            data[PARSED_SHA256] = _sha256(parsed)
 
 
 def _same_text(path: Path, text: str) -> bool:

@@ -140,6 +140,45 @@ M006_LAST_GOOD_RAW = """
         );
 """
 
+M007_READY_BY_MODEL = """
+        CREATE INDEX generations_ready_by_model                -- the scheduler's look-up: ready work of one (mode, model), parents first
+            ON generations (mode, llm_model_id, stage_rank) WHERE state = 'queued' AND retired = 0;
+"""
+
+M008_COUNTS = """
+        CREATE TABLE generation_counts (                     -- generations per key, kept exact as below
+            stage        TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            retired      INTEGER NOT NULL,
+            llm_model_id TEXT NOT NULL,
+            mode         TEXT NOT NULL,
+            n            INTEGER NOT NULL,
+            PRIMARY KEY (stage, state, retired, llm_model_id, mode)
+        ) WITHOUT ROWID;
+        INSERT INTO generation_counts (stage, state, retired, llm_model_id, mode, n)
+            SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations
+            GROUP BY stage, state, retired, llm_model_id, mode;
+        -- State changes, one row at a time on the pool's hot path, are counted by this trigger.
+        -- Membership changes (new rows, retired and revived ones) come in bulk from the membership
+        -- sync, which counts them itself set-wise in the same transaction: a trigger per row would
+        -- triple what a rebuild costs.
+        CREATE TRIGGER generation_counts_state AFTER UPDATE OF state ON generations
+            WHEN old.state IS NOT new.state
+        BEGIN
+            INSERT INTO generation_counts (stage, state, retired, llm_model_id, mode, n)
+                VALUES (old.stage, old.state, old.retired, old.llm_model_id, old.mode, -1),
+                       (new.stage, new.state, new.retired, new.llm_model_id, new.mode, 1)
+                ON CONFLICT DO UPDATE SET n = n + excluded.n;
+        END;
+        -- the listings (GET /v1/generations) in their order (stage_rank, rowid), without sorting the table:
+        -- by state (and stage), by stage or none, retired ones (by stage)
+        CREATE INDEX generations_listing ON generations (state, retired, stage_rank);
+        CREATE INDEX generations_rank ON generations (stage_rank);
+        CREATE INDEX generations_retired ON generations (stage_rank) WHERE retired = 1;
+        -- failures by stage and kind (status), read from the index alone
+        CREATE INDEX generations_failed ON generations (stage, error_kind) WHERE state = 'failed' AND retired = 0;
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
@@ -147,6 +186,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m004_parse", M004_PARSE),
     ("m005_attempt_times", M005_ATTEMPT_TIMES),
     ("m006_last_good_raw", M006_LAST_GOOD_RAW),
+    ("m007_ready_by_model", M007_READY_BY_MODEL),
+    ("m008_counts", M008_COUNTS),
 )
 """(name, SQL script) in order. Append only."""
 

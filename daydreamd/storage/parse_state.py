@@ -98,8 +98,7 @@ class ParseState:
             return 0
         now = utc_now()
         async with self.store.transaction() as db:
-            before = db.total_changes
-            await db.executemany(
+            cursor = await db.executemany(
                 "UPDATE generations SET state = ?, score = ?, parse_key = ?, parse_info = ?, error_kind = ?, error_message = ?, updated_at = ? "
                 "WHERE gen_id = ? AND state = ? AND retired = 0",
                 [
@@ -117,7 +116,8 @@ class ParseState:
                     for r in results
                 ],
             )
-            updated = db.total_changes - before
+            # rowcount, not total_changes: that counts the generation_counts triggers' writes too
+            updated = cursor.rowcount
             changed = [r for r in results if r.changed]
             await db.executemany(
                 "INSERT INTO parse_history (gen_id, at, old_key, new_key, old_state, new_state, old_parsed, new_parsed, old_score, new_score, reason) "

@@ -10,22 +10,30 @@ generation that comes back is still done.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 from daydreamd.core.cohort import Cohort, Generation
 from daydreamd.core.stages import STAGES, Stage, State
 from daydreamd.core.timestamps import utc_now
 from daydreamd.storage.statefile import SetAside, UnreadableStateError, connect_state, set_aside
 
+_T = TypeVar("_T")
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
+_STAGE_NAMES = frozenset(str(stage) for stage in STAGES)
+SYNC_CHUNK = 20_000
+"""Rows per transaction when membership is synced: claims and completions run between chunks."""
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
@@ -93,8 +101,37 @@ class Completion:
     """Back to the queue instead of failed (its calls failed while the provider was down)."""
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipDiff:
+    """What a membership sync writes: generations to add (or revive, when retired) and gen_ids to retire."""
+
+    add: Sequence[Generation]
+    retire: Sequence[str]
+
+
+def membership_diff(generations: Sequence[Generation], live: Sequence[str]) -> MembershipDiff:
+    """The difference between a cohort and the membership ``live`` (the gen_ids not retired).
+
+    Pure and CPU-bound (sets over a million ids): run it in a worker thread. Comprehensions, not
+    ``set(list)`` or ``sorted``: those hold the GIL for their whole run, and the event loop waits.
+    """
+    new_ids = {g.gen_id for g in generations}
+    live_ids = {gen_id for gen_id in live}
+    return MembershipDiff(
+        add=[g for g in generations if g.gen_id not in live_ids],
+        retire=[gen_id for gen_id in live if gen_id not in new_ids],
+    )
+
+
 class Store:
     """The SQLite run state. Open it with ``async with Store.open(path) as store``."""
+
+    sync_chunk = SYNC_CHUNK
+    """Rows per transaction when membership is synced."""
+    approve_chunk = 50_000
+    """Rows per transaction when an approval queues work."""
+    read_chunk = 100_000
+    """Rowids per read when the current membership is read."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
@@ -148,6 +185,42 @@ class Store:
             with anyio.CancelScope(shield=True):
                 await self.db.commit()
 
+    async def in_one_trip(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` as one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back
+        if it raises) in a single trip to the database thread, serialised with :meth:`transaction`.
+
+        Every ``await`` on the connection is a round trip between the event loop and the
+        database thread, and under load each waits for a busy loop; a transaction of five
+        statements costs five of them this way and one here. It uses the connection's
+        ``_execute`` (how aiosqlite runs each of its own calls in its thread), the one place the
+        project relies on an aiosqlite internal.
+        """
+
+        def transaction() -> _T:
+            conn = self.db._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            return result
+
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):  # it runs to its end in the thread either way
+                result: _T = await self.db._execute(transaction)  # type: ignore[no-untyped-call]
+        return result
+
+    async def write_one(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
+        """One statement as its own transaction (SQLite commits each statement by itself in
+        autocommit mode), serialised with :meth:`transaction`, its rows returned: one trip to
+        the database thread instead of four, for the hot path (starting work)."""
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):
+                rows = await self.db.execute_fetchall(sql, params)
+        return list(rows)
+
     # -- facts ---------------------------------------------------------------------------------
 
     async def get_fact(self, key: str) -> str | None:
@@ -163,59 +236,68 @@ class Store:
 
     # -- membership ----------------------------------------------------------------------------
 
+    async def live_gen_ids(self) -> list[str]:
+        """The gen_ids of the current membership (every row not retired) in rowid order, read in rowid
+        ranges so the pool's claims and completions run in between."""
+        async with self.db.execute("SELECT coalesce(max(rowid), 0) FROM generations") as cursor:
+            row = await cursor.fetchone()
+        last = int(row[0]) if row else 0
+        ids: list[str] = []
+        for low in range(0, last, self.read_chunk):
+            async with self.db.execute(
+                "SELECT gen_id FROM generations WHERE rowid > ? AND rowid <= ? AND retired = 0 ORDER BY rowid",
+                (low, low + self.read_chunk),
+            ) as cursor:
+                ids.extend(row[0] for row in await cursor.fetchall())
+        return ids
+
     async def sync_membership(
-        self, cohort: Cohort, modes: dict[tuple[Stage, str], str], fingerprint: str
+        self,
+        cohort: Cohort,
+        modes: dict[tuple[Stage, str], str],
+        fingerprint: str,
+        *,
+        diff: MembershipDiff | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> SyncResult:
-        """Make the table match the cohort: new generations pending, vanished retired, returned revived."""
+        """Make the table match the cohort: new generations pending, vanished retired, returned revived.
+
+        Only what changed is written: ``diff`` (from :func:`membership_diff`), or, without one, the
+        difference between the cohort and the rows not retired now. The writes go in chunks of
+        :attr:`sync_chunk` rows, each its own transaction, so the pool works in between; a sync cut
+        short (a crash) leaves a mix of both memberships, which the next sync of the cohort completes.
+        ``progress(done, total)`` is called after each chunk.
+        """
+        if diff is None:
+            live = await self.live_gen_ids()
+            diff = await anyio.to_thread.run_sync(membership_diff, cohort.generations, live)
+        total, done = len(diff.add) + len(diff.retire), 0
+        added = revived = retired = 0
+        chunk = self.sync_chunk
+        for start in range(0, len(diff.add), chunk):
+            part = diff.add[start : start + chunk]
+            async with self.transaction() as db:
+                revived_now, added_now = await _add_members(db, part, modes, utc_now())
+            revived, added = revived + revived_now, added + added_now
+            done += len(part)
+            if progress is not None:
+                progress(done, total)
+        for start in range(0, len(diff.retire), chunk):
+            ids = diff.retire[start : start + chunk]
+            async with self.transaction() as db:
+                retired += await _retire_members(db, ids, utc_now())
+            done += len(ids)
+            if progress is not None:
+                progress(done, total)
         now = utc_now()
-        rows = (
-            (
-                g.gen_id,
-                g.stage.value,
-                STAGE_RANK[g.stage],
-                g.parent_gen_id,
-                g.combo_id,
-                g.template_id,
-                g.llm_model_id,
-                g.replicate,
-                modes.get((g.stage, g.template_id), "llm"),
-            )
-            for g in cohort.generations
-        )
+        counts = json.dumps(cohort.counts(), sort_keys=True)
         async with self.transaction() as db:
-            await db.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS incoming (gen_id TEXT PRIMARY KEY, stage TEXT, stage_rank INTEGER, "
-                "parent_gen_id TEXT, combo_id TEXT, template_id TEXT, llm_model_id TEXT, replicate INTEGER, mode TEXT)"
-            )
-            await db.execute("DELETE FROM incoming")
-            await db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            added = await _changes(
-                db,
-                "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, template_id, "
-                "llm_model_id, replicate, mode, state, created_at, updated_at) SELECT gen_id, stage, stage_rank, "
-                "parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, 'pending', ?, ? FROM incoming",
-                (now, now),
-            )
-            retired = await _changes(
-                db,
-                "UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 "
-                "AND gen_id NOT IN (SELECT gen_id FROM incoming)",
-                (now,),
-            )
-            revived = await _changes(
-                db,
-                "UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 "
-                "AND gen_id IN (SELECT gen_id FROM incoming)",
-                (now,),
-            )
-            counts = json.dumps(cohort.counts(), sort_keys=True)
             await db.execute(
                 "INSERT INTO cohorts (cohort_id, first_seen, last_applied, fingerprint, counts) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (cohort_id) DO UPDATE SET last_applied = excluded.last_applied, "
                 "fingerprint = excluded.fingerprint, counts = excluded.counts",
                 (cohort.cohort_id, now, now, fingerprint, counts),
             )
-            await db.execute("DELETE FROM incoming")
         return SyncResult(added, retired, revived, len(cohort.generations))
 
     # -- approvals -----------------------------------------------------------------------------
@@ -241,14 +323,28 @@ class Store:
             await db.execute(
                 "UPDATE approvals SET budget_usd = ?, plan = ? WHERE id = ?", (budget_usd, plan, approval_id)
             )
-            matched = await _changes(
-                db,
-                f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE gen_id IN ("
-                f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
-                f"ORDER BY stage_rank, rowid LIMIT ?)",
-                (approval_id, utc_now(), *params, -1 if limit is None else limit),
-            )
-            await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (matched, approval_id))
+        # In chunks of their own transactions, parents first (the listing index gives that order without
+        # a sort), so claims, completions and status go on while a million rows are queued. After a
+        # crash in between, the rows queued so far stay queued under this approval.
+        matched = 0
+        while limit is None or matched < limit:
+            take = self.approve_chunk if limit is None else min(self.approve_chunk, limit - matched)
+            async with self.transaction() as db:
+                n = await _changes(
+                    db,
+                    f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE rowid IN ("
+                    f"SELECT rowid FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
+                    f"ORDER BY stage_rank, rowid LIMIT ?)",
+                    (approval_id, utc_now(), *params, take),
+                )
+                matched += n
+                if n < take:
+                    await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (matched, approval_id))
+                    break
+            await anyio.lowlevel.checkpoint()  # let waiting writers in between chunks
+        else:
+            async with self.transaction() as db:
+                await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (matched, approval_id))
         return approval_id, matched
 
     async def revoke(
@@ -402,12 +498,11 @@ class Store:
         if not gen_ids:
             return 0
         async with self.transaction() as db:
-            before = db.total_changes
-            await db.executemany(
+            cursor = await db.executemany(
                 "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE gen_id = ? AND state = 'running'",
                 [(utc_now(), gen_id) for gen_id in gen_ids],
             )
-            return db.total_changes - before
+            return cursor.rowcount  # total_changes would count the generation_counts triggers' writes too
 
     async def recover(self) -> int:
         """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``."""
@@ -418,44 +513,6 @@ class Store:
                 (utc_now(),),
             )
 
-    async def claim(
-        self,
-        *,
-        mode: str,
-        llm_model_id: str | None,
-        limit: int,
-        lease_s: float,
-        exclude_approvals: Sequence[int] = (),
-    ) -> list[Claim]:
-        """Atomically move up to ``limit`` ready queued generations to running, parents first.
-
-        ``exclude_approvals`` holds approvals whose budget is spent: their work stays queued.
-        """
-        if limit <= 0:
-            return []
-        model_filter = "" if llm_model_id is None else "AND g.llm_model_id = ?"
-        params: list[Any] = [time.time() + lease_s, utc_now(), utc_now(), mode]
-        if llm_model_id is not None:
-            params.append(llm_model_id)
-        if exclude_approvals:
-            marks = ", ".join("?" * len(exclude_approvals))
-            model_filter += f" AND (g.approval_id IS NULL OR g.approval_id NOT IN ({marks}))"
-            params.extend(exclude_approvals)
-        params.append(limit)
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE generations SET state = 'running', lease_token = lease_token + 1, lease_expires = ?, "
-                "started_at = ?, updated_at = ? WHERE gen_id IN (SELECT g.gen_id FROM generations g "
-                "WHERE g.state = 'queued' AND g.retired = 0 AND g.mode = ? "
-                f"{model_filter} AND (g.parent_gen_id = '' OR EXISTS (SELECT 1 FROM generations p "
-                "WHERE p.gen_id = g.parent_gen_id AND p.state = 'done')) ORDER BY g.stage_rank, g.rowid LIMIT ?) "
-                "RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
-                "lease_token, mode, attempts, approval_id, fresh",
-                params,
-            )
-            rows = await cursor.fetchall()
-        return sorted((_claim(row) for row in rows), key=lambda c: STAGE_RANK[c.generation.stage])
-
     async def complete(self, completions: Sequence[Completion]) -> int:
         """Commit outcomes (one transaction); a stale token changes nothing. Returns rows committed."""
         return sum(await self.complete_each(completions))
@@ -464,52 +521,12 @@ class Store:
         """Commit outcomes in one transaction; for each, whether it was committed (False: stale token).
 
         Three statements for the whole batch, whatever its size: which tokens still hold, the
-        updates, the attempts. The pool batches completions, so this is on its hot path.
+        updates, the attempts, all in one trip to the database thread (:meth:`in_one_trip`). The
+        pool batches completions, so this is on its hot path.
         """
         if not completions:
             return []
-        now = utc_now()
-        async with self.transaction() as db:
-            holding: set[tuple[str, int]] = set()
-            for start in range(0, len(completions), 500):
-                chunk = completions[start : start + 500]
-                marks = ", ".join("?" * len(chunk))
-                async with db.execute(
-                    f"SELECT gen_id, lease_token FROM generations WHERE state = 'running' AND gen_id IN ({marks})",
-                    [c.gen_id for c in chunk],
-                ) as cursor:
-                    holding.update((row[0], row[1]) for row in await cursor.fetchall())
-            committed = [(c.gen_id, c.token) in holding for c in completions]
-            fresh = [c for c, ok in zip(completions, committed, strict=True) if ok]
-            await db.executemany(
-                "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
-                "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0, "
-                "parse_key = ?, parse_info = ?, parent_changed = 0 "
-                "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
-                [
-                    (
-                        str(State.DONE if c.ok else State.QUEUED if c.requeue else State.FAILED),
-                        len(c.attempts),
-                        c.error_kind,
-                        c.error_message,
-                        c.score if c.ok else None,
-                        now,
-                        now,
-                        c.parse_key,
-                        c.parse_info,
-                        c.gen_id,
-                        c.token,
-                    )
-                    for c in fresh
-                ],
-            )
-            await db.executemany(
-                "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
-                "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_attempt_params(c, a) for c in fresh for a in c.attempts],
-            )
-        return committed
+        return await self.in_one_trip(lambda db: _complete(db, completions, utc_now()))
 
     async def release(self, claims: Iterable[Claim]) -> int:
         """Give unfinished claims back (shutdown): running -> queued under the same token check."""
@@ -517,34 +534,42 @@ class Store:
         if not params:
             return 0
         async with self.transaction() as db:
-            before = self.db.total_changes
-            await db.executemany(
+            cursor = await db.executemany(
                 "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? "
                 "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                 params,
             )
-            return self.db.total_changes - before
+            return cursor.rowcount  # total_changes would count the generation_counts triggers' writes too
 
     # -- reading -------------------------------------------------------------------------------
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Generations per stage and state; retired ones counted apart under ``retired``."""
         result = {str(s): {str(state): 0 for state in State} for s in STAGES}
-        async with self.db.execute(
-            "SELECT stage, state, retired, count(*) FROM generations GROUP BY stage, state, retired"
-        ) as cursor:
-            for stage, state, retired, n in await cursor.fetchall():
-                result.setdefault(stage, {})
-                key = str(State.RETIRED) if retired else state
-                result[stage][key] = result[stage].get(key, 0) + n
+        rows = await self.db.execute_fetchall(  # a few dozen rows, never a scan of generations
+            "SELECT stage, state, retired, sum(n) FROM generation_counts WHERE n != 0 GROUP BY stage, state, retired"
+        )  # (one trip: a statement left open across trips would see other tasks' writes half-way)
+        for stage, state, retired, n in rows:
+            result.setdefault(stage, {})
+            key = str(State.RETIRED) if retired else state
+            result[stage][key] = result[stage].get(key, 0) + n
         return result
+
+    async def counts_by_model(self) -> list[dict[str, Any]]:
+        """Generations of the current cohort per (stage, state, model, mode), from the counts table."""
+        rows = await self.db.execute_fetchall(
+            "SELECT stage, state, llm_model_id, mode, n FROM generation_counts WHERE retired = 0 AND n != 0 "
+            "ORDER BY stage, state, llm_model_id, mode"
+        )
+        return [dict(row) for row in rows]
 
     async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         """Rows as dicts, filtered by stage and state (``retired`` selects retired rows)."""
-        clauses, params = [], []
-        if stage:
-            clauses.append("stage = ?")
-            params.append(stage)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if stage:  # stage_rank too: the listing indexes are ordered by it, so nothing is sorted
+            clauses.extend(["stage_rank = ?", "stage = ?"])
+            params.extend([_rank(stage), stage])
         if state == State.RETIRED:
             clauses.append("retired = 1")
         elif state:
@@ -576,7 +601,7 @@ class Store:
     async def failures_by_kind(self) -> dict[str, dict[str, int]]:
         """Failed generations of the current cohort by stage and failure kind."""
         async with self.db.execute(
-            "SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM generations "
+            "SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM generations INDEXED BY generations_failed "
             "WHERE state = 'failed' AND retired = 0 GROUP BY stage, error_kind"
         ) as cursor:
             result: dict[str, dict[str, int]] = {}
@@ -593,8 +618,108 @@ class Store:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
 
-def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tuple[str, list[str]]:
-    clauses, params = ["stage = ?"], [stage]
+_COUNT_KEY = "stage, state, llm_model_id, mode"
+_ADD_COUNTS = (
+    "INSERT INTO generation_counts (stage, state, retired, llm_model_id, mode, n) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO UPDATE SET n = n + excluded.n"
+)
+CountKey = tuple[str, str, int, str, str]
+"""(stage, state, retired, llm_model_id, mode): a row of ``generation_counts``."""
+
+
+async def _add_members(
+    db: aiosqlite.Connection, part: Sequence[Generation], modes: dict[tuple[Stage, str], str], now: str
+) -> tuple[int, int]:
+    """Revive the retired rows of ``part`` and insert the missing ones (state ``pending``), and count
+    both in ``generation_counts`` in the same transaction (no trigger does: see migration m008).
+    Returns (revived, added)."""
+    delta: Counter[CountKey] = Counter()
+    revived = list(
+        await db.execute_fetchall(
+            f"UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 AND gen_id IN "
+            f"(SELECT value FROM json_each(?)) RETURNING gen_id, {_COUNT_KEY}",
+            (now, json.dumps([g.gen_id for g in part])),
+        )
+    )
+    back = set()
+    for gen_id, stage, state, model, mode in revived:
+        back.add(gen_id)
+        delta[(stage, state, 1, model, mode)] -= 1
+        delta[(stage, state, 0, model, mode)] += 1
+    rows = [
+        (
+            g.gen_id,
+            g.stage.value,
+            STAGE_RANK[g.stage],
+            g.parent_gen_id,
+            g.combo_id,
+            g.template_id,
+            g.llm_model_id,
+            g.replicate,
+            modes.get((g.stage, g.template_id), "llm"),
+            now,
+            now,
+        )
+        for g in part
+        if g.gen_id not in back
+    ]
+    before = db.total_changes
+    await db.executemany(
+        "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
+        "template_id, llm_model_id, replicate, mode, state, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        rows,
+    )
+    added = db.total_changes - before
+    for row in rows:
+        delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
+    await _apply_counts(db, delta)
+    if added != len(rows):  # some were there already (a diff against a stale membership)
+        await _recount(db)
+    return len(revived), added
+
+
+async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> int:
+    """Retire these rows and count it in ``generation_counts``; returns how many were retired."""
+    retired = list(
+        await db.execute_fetchall(
+            f"UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 AND gen_id IN "
+            f"(SELECT value FROM json_each(?)) RETURNING {_COUNT_KEY}",
+            (now, json.dumps(list(ids))),
+        )
+    )
+    delta: Counter[CountKey] = Counter()
+    for stage, state, model, mode in retired:
+        delta[(stage, state, 0, model, mode)] -= 1
+        delta[(stage, state, 1, model, mode)] += 1
+    await _apply_counts(db, delta)
+    return len(retired)
+
+
+async def _apply_counts(db: aiosqlite.Connection, delta: Counter[CountKey]) -> None:
+    changed = [(*key, n) for key, n in delta.items() if n]
+    if changed:
+        await db.executemany(_ADD_COUNTS, changed)
+
+
+async def _recount(db: aiosqlite.Connection) -> None:
+    """Count every key from the table itself (the slow, always-right way)."""
+    await db.execute("DELETE FROM generation_counts")
+    await db.execute(
+        "INSERT INTO generation_counts (stage, state, retired, llm_model_id, mode, n) "
+        "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
+        "GROUP BY stage, state, retired, llm_model_id, mode"
+    )
+
+
+def _rank(stage: str) -> int:
+    """A stage's ``stage_rank`` (-1, matching nothing, for an unknown stage)."""
+    return STAGE_RANK[Stage(stage)] if stage in _STAGE_NAMES else -1
+
+
+def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tuple[str, list[Any]]:
+    # stage_rank (implied by stage) lets the listing index serve the scope in (stage_rank, rowid) order
+    clauses, params = ["stage_rank = ?", "stage = ?"], [_rank(stage), stage]
     if template_id:
         clauses.append("template_id = ?")
         params.append(template_id)
@@ -622,11 +747,48 @@ def row_generation(row: Any) -> Generation:
     )
 
 
-def _claim(row: aiosqlite.Row) -> Claim:
-    generation = row_generation(row)
-    return Claim(
-        generation, row["lease_token"], row["mode"], row["attempts"], row["approval_id"], bool(row["fresh"])
+def _complete(db: sqlite3.Connection, completions: Sequence[Completion], now: str) -> list[bool]:
+    """The statements of :meth:`Store.complete_each`, in the database thread."""
+    holding: set[tuple[str, int]] = set()
+    for start in range(0, len(completions), 500):
+        chunk = completions[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = db.execute(
+            f"SELECT gen_id, lease_token FROM generations WHERE state = 'running' AND gen_id IN ({marks})",
+            [c.gen_id for c in chunk],
+        ).fetchall()
+        holding.update((row[0], row[1]) for row in rows)
+    committed = [(c.gen_id, c.token) in holding for c in completions]
+    fresh = [c for c, ok in zip(completions, committed, strict=True) if ok]
+    db.executemany(
+        "UPDATE generations SET state = ?, attempts = attempts + ?, error_kind = ?, error_message = ?, "
+        "score = ?, finished_at = ?, updated_at = ?, lease_expires = NULL, fresh = 0, "
+        "parse_key = ?, parse_info = ?, parent_changed = 0 "
+        "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
+        [
+            (
+                str(State.DONE if c.ok else State.QUEUED if c.requeue else State.FAILED),
+                len(c.attempts),
+                c.error_kind,
+                c.error_message,
+                c.score if c.ok else None,
+                now,
+                now,
+                c.parse_key,
+                c.parse_info,
+                c.gen_id,
+                c.token,
+            )
+            for c in fresh
+        ],
     )
+    db.executemany(
+        "INSERT INTO attempts (gen_id, llm_model_id, attempt, started_at, finished_at, outcome, status, "
+        "message, prompt_tokens, completion_tokens, total_tokens, reasoning_tokens, cost) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [_attempt_params(c, a) for c in fresh for a in c.attempts],
+    )
+    return committed
 
 
 def _attempt_params(c: Completion, a: AttemptRow) -> tuple[Any, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 from daydreamd.core.problems import error, warning
 from daydreamd.core.stages import State
 from daydreamd.core.status import (
+    CohortProgress,
     ModelStatus,
     PoolStatus,
     ProblemStatus,
@@ -91,6 +92,15 @@ FULL: dict[str, Any] = {
     },
     "rebuilds": 1,
     "parent_changed": {"essay": 2},
+    "cohort_progress": {
+        "phase": "syncing",
+        "reason": "watch",
+        "started_at": "2025-01-01T00:00:00Z",
+        "elapsed_s": 4.2,
+        "generations": 1304160,
+        "done": 40000,
+        "total": 948480,
+    },
 }
 
 
@@ -150,3 +160,15 @@ def test_a_limit_read_back_keeps_its_number_type() -> None:
 def test_rebuild_status_round_trips() -> None:
     rebuild = RebuildStatus(at="t", reason="watch", fingerprint="f", ok=False, duration_ms=1.0)
     assert RebuildStatus.from_json(rebuild.to_json()) == rebuild
+
+
+def test_cohort_progress_reads_back_and_describes_the_phase() -> None:
+    status = ServiceStatus.from_json(FULL)
+    assert status.cohort_progress is not None
+    assert status.cohort_progress.describe() == (
+        "building cohort: syncing 40,000 of 948,480 changes (1,304,160 generations, 4 s)"
+    )
+    building = CohortProgress(phase="building", elapsed_s=2.0)
+    assert building.describe() == "building cohort: building (2 s)"
+    assert ServiceStatus.from_json({"cohort_progress": None}).cohort_progress is None
+    assert ServiceStatus.from_json({}).to_json()["cohort_progress"] is None

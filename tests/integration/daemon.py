@@ -77,10 +77,12 @@ class Daemon:
         return self.process
 
     async def start(self, *args: str, deadline_s: float = 20.0) -> dict[str, Any]:
-        """Start and wait until the socket answers ``/v1/status``."""
+        """Start and wait until the socket answers ``/v1/status`` with no cohort being built."""
         self.spawn(*args)
         return await self.wait_for(
-            lambda s: s is not None, deadline_s=deadline_s, what="the service to answer"
+            lambda s: s is not None and not s.get("cohort_progress"),
+            deadline_s=deadline_s,
+            what="the service to answer",
         )
 
     async def get(self, path: str, **params: object) -> Any:
@@ -170,6 +172,17 @@ class Daemon:
             self.process.kill()
             self.process.wait(timeout=10)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+async def holds(
+    daemon: Daemon, predicate: Callable[[dict[str, Any] | None], bool], *, for_s: float, what: str
+) -> None:
+    """``predicate`` holds at every poll for ``for_s`` seconds: the check that nothing happens."""
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        status = await daemon.status()
+        assert predicate(status), f"{what} stopped holding: {status}\n{daemon.log_tail()}"
+        await anyio.sleep(0.05)
 
 
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

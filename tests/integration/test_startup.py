@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 
 from tests.core.test_ratelimit import max_in_any_window
 from tests.fakellm import FakeLlm
-from tests.integration.daemon import API_KEY, Daemon, fast_config
+from tests.integration.daemon import API_KEY, Daemon, fast_config, holds
 
 WRITER = "gemini_25_flash"  # writes drafts and essays
 JUDGE = "sonnet_4"
@@ -43,25 +41,15 @@ def stage(status: dict[str, Any] | None, name: str) -> dict[str, int]:
     return counts
 
 
-async def holds(
-    daemon: Daemon, predicate: Callable[[dict[str, Any] | None], bool], *, for_s: float, what: str
-) -> None:
-    """``predicate`` holds at every poll for ``for_s`` seconds: the check that nothing happens."""
-    deadline = time.monotonic() + for_s
-    while time.monotonic() < deadline:
-        status = await daemon.status()
-        assert predicate(status), f"{what} stopped holding: {status}\n{daemon.log_tail()}"
-        await anyio.sleep(0.05)
-
-
 # -- rate windows --------------------------------------------------------------------------------
 
 RPM = 10
 
 
 def waiting(status: dict[str, Any] | None) -> int:
-    """Generations claimed and not finished: with the budget spent, calls waiting for the window."""
-    return stage(status, "draft")["running"] + stage(status, "essay")["running"]
+    """Approved generations not started: with the budget spent, work waiting for the window (the
+    scheduler starts nothing that cannot send at once, so none of it holds a slot)."""
+    return stage(status, "draft")["queued"] + stage(status, "essay")["queued"]
 
 
 async def test_quick_restarts_mid_run_never_exceed_the_rpm_limit(
@@ -97,7 +85,7 @@ async def test_quick_restarts_mid_run_never_exceed_the_rpm_limit(
                 daemon.kill()
             await daemon.start()
             await daemon.wait_for(
-                held_or_refused, what=f"after a {how} restart, claims waiting in a full window"
+                held_or_refused, what=f"after a {how} restart, work waiting for a full window"
             )
             assert fake.rate_limited_count == 0, f"after a {how} restart: {fake.status_counts}"
 

@@ -24,6 +24,7 @@ from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.storage import migrations
 from daydreamd.storage.migrations import M001_INITIAL, M002_SCORES, migrate
+from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import AttemptRow, Completion, Store
 
@@ -321,7 +322,7 @@ async def test_upgrade_from_m001_with_the_live_registry_leaves_a_working_store(
         assert len(rows) == 63
         assert all(row["score"] is None for row in rows)
         assert [row["state"] for row in rows].count("queued") == 9
-        [claim] = await store.claim(mode="llm", llm_model_id=None, limit=1, lease_s=60)
+        [claim] = await ReadyWork(store).claim(("llm", None), limit=1, lease_s=60)
         assert claim.token == 1
         done = Completion(
             gen_id=claim.generation.gen_id,

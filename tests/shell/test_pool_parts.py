@@ -142,6 +142,17 @@ def test_a_budget_is_exhausted_when_one_more_average_call_would_pass_it() -> Non
     }
 
 
+def test_a_budget_with_no_finished_call_runs_one_call_at_a_time() -> None:
+    """No average cost yet: the first call may start, a second waits until it has finished."""
+    budgets = Budgets()
+    budgets.budgets = {1: 0.25}
+    assert budgets.exhausted({}) == []
+    assert budgets.exhausted({1: 1}) == [1]
+    budgets.record(1, 0.10)
+    assert budgets.exhausted({}) == []  # 0.10 spent + one more at 0.10 stays within 0.25
+    assert budgets.exhausted({1: 1}) == [1]  # 0.10 + two at 0.10 would pass it
+
+
 def test_counters_count_calls_tokens_and_dollars() -> None:
     counters = Counters()
     price = Price(1.0, 2.0)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import shutil
+import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -272,8 +274,9 @@ def score_in(reply: str) -> str:
 # ---- 1. the whole example cohort, over HTTP -------------------------------------------------------
 
 
-OPTIONAL_KEYS = {"parse_history"}
-"""Documented keys that only some files have (``parse_history`` appears with the first re-parse)."""
+OPTIONAL_KEYS = {"parse_history", "parsed_sha256"}
+"""Documented keys that only some files have (``parse_history`` appears with the first re-parse,
+``parsed_sha256`` with parsed.txt)."""
 
 
 def test_metadata_schema_keys_match_the_docstring() -> None:
@@ -649,6 +652,150 @@ async def test_saved_reply_is_rechecked_not_rebought_when_a_check_is_relaxed(rig
     assert (outcome.ok, outcome.reused_reply) == (True, True)
     assert rig.fake.request_count == 1
     assert rig.read(draft, "parsed.txt") == rig.read(draft, "raw.txt")
+
+
+# ---- 3b. durability: one fsync per record, derived files re-created -------------------------------
+
+
+@dataclass(frozen=True)
+class Synced:
+    """One ``os.fsync``: a folder or a file, and the generation folder's files at that moment."""
+
+    folder: bool
+    files: frozenset[str]
+
+
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[Synced]:
+    """Replace ``os.fsync`` with one that records each call, then syncs as before."""
+    synced: list[Synced] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+        files = frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()
+        synced.append(Synced(folder, files))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+async def test_reply_and_its_record_are_durable_before_parsed_with_five_fsyncs(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new generation costs five fsyncs: raw.txt, the 'replied' metadata, the folder (the reply is
+    durable; parsed.txt does not exist yet), then the 'done' metadata and the folder. prompt.txt
+    and parsed.txt get none (they are derived), and metadata.json records parsed.txt's hash."""
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
+    synced = record_fsyncs(monkeypatch, rig.dir(draft))
+
+    outcome = await rig.run(draft)
+
+    assert outcome.ok
+    assert [s.folder for s in synced] == [False, False, True, False, True]
+    raw_tmp, metadata_tmp, reply_durable, done_tmp, done_durable = (s.files for s in synced)
+    assert {n for n in raw_tmp if not n.startswith(".")} == {"prompt.txt"}
+    assert {n for n in metadata_tmp if not n.startswith(".")} == {"prompt.txt", "raw.txt"}
+    assert reply_durable == {"prompt.txt", "raw.txt", "metadata.json"}  # no parsed.txt yet
+    assert "parsed.txt" in done_tmp
+    assert done_durable == {"prompt.txt", "raw.txt", "metadata.json", "parsed.txt"}
+    md = rig.metadata(draft)
+    parsed = rig.read(draft, "parsed.txt")
+    assert md["parsed_sha256"] == hashlib.sha256(parsed.encode()).hexdigest()
+    assert md["prompt_sha256"] == hashlib.sha256(rig.read(draft, "prompt.txt").encode()).hexdigest()
+
+
+async def test_a_failure_record_costs_two_fsyncs(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that fails for good: prompt.txt (not fsynced), metadata.json, the folder."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "bridge-sketch")[0]
+    synced = record_fsyncs(monkeypatch, rig.dir(draft))
+    rig.fake.script(FaultKind.AUTH)
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.kind) == (False, FailureKind.AUTH)
+    assert [s.folder for s in synced] == [False, True]
+    assert synced[-1].files == {"prompt.txt", "metadata.json"}
+
+
+@pytest.mark.parametrize("damage", ["removed", "empty", "partial"])
+async def test_derived_files_a_crash_damaged_are_re_created_without_a_request(rig: Rig, damage: str) -> None:
+    """A done generation whose prompt.txt and parsed.txt a power failure took (gone, empty, or cut
+    short: they are not fsynced) gets both back, byte for byte, from its saved reply and inputs on
+    the next run, with no request and its metadata still done."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[1]
+    assert (await rig.run(draft)).ok
+    before = {name: rig.read(draft, name) for name in ("prompt.txt", "raw.txt", "parsed.txt")}
+    for name in ("prompt.txt", "parsed.txt"):
+        path = rig.dir(draft) / name
+        if damage == "removed":
+            path.unlink()
+        else:
+            path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:7])
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.reused_reply) == (True, True)
+    assert rig.fake.request_count == 1
+    assert {name: rig.read(draft, name) for name in before} == before
+    md = rig.metadata(draft)
+    assert (md["status"], md["reused_reply"]) == ("done", True)
+    assert md["parsed_sha256"] == hashlib.sha256(before["parsed.txt"].encode()).hexdigest()
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "parsed.txt", "metadata.json"}
+
+
+async def test_a_child_re_creates_its_parents_damaged_parsed_text(rig: Rig) -> None:
+    """An evaluation of a copy essay whose own parsed.txt and whose draft's parsed.txt a crash left
+    empty and cut short: the runner re-creates both (the draft's by parsing its saved reply, the
+    copy's from the draft's), checks them against the recorded hashes, and the judge sees the
+    right text. Nothing is paid for but the evaluation."""
+    assert rig.fake is not None
+    evaluation = next(
+        g
+        for g in rig.pick(Stage.EVALUATION, "novelty-judge")
+        if (essay := rig.parent(g)) is not None
+        and essay.template_id == "idea-as-essay"
+        and (draft := rig.parent(essay)) is not None
+        and draft.template_id == "rolling-idea"
+    )
+    essay = rig.parent(evaluation)
+    assert essay is not None
+    draft = rig.parent(essay)
+    assert draft is not None
+    await rig.run_ancestors(evaluation)
+    text = rig.read(essay, "parsed.txt")
+    assert text == rig.read(draft, "parsed.txt") and text != rig.read(draft, "raw.txt")
+    (rig.dir(draft) / "parsed.txt").write_bytes(text.encode()[:5])
+    (rig.dir(essay) / "parsed.txt").write_bytes(b"")
+
+    outcome = await rig.run(evaluation)
+
+    assert outcome.ok, outcome
+    assert rig.fake.request_count == 2  # the draft, then the evaluation
+    assert rig.read(draft, "parsed.txt") == text
+    assert rig.read(essay, "parsed.txt") == text
+    assert text in rig.read(evaluation, "prompt.txt")
+
+
+async def test_a_parent_text_that_cannot_be_re_created_fails_the_child_without_a_request(rig: Rig) -> None:
+    """When a damaged parsed.txt cannot be made again exactly as recorded (here its saved reply no
+    longer parses to the recorded text), the child fails as render_error and pays for nothing: a
+    wrong text is never sent."""
+    assert rig.fake is not None
+    essay = rig.pick(Stage.ESSAY, "polished-essay")[0]
+    draft = rig.parent(essay)
+    assert draft is not None
+    assert (await rig.run(draft)).ok
+    (rig.dir(draft) / "raw.txt").write_text("Something else entirely.\n", encoding="utf-8")
+    (rig.dir(draft) / "parsed.txt").write_bytes(b"")
+
+    outcome = await rig.run(essay)
+
+    assert (outcome.ok, outcome.kind) == (False, FailureKind.RENDER_ERROR)
+    assert rig.fake.request_count == 1
+    assert "parsed.txt" not in rig.files(essay)
 
 
 # ---- 4. no stale parsed.txt, nothing paid for overwritten ------------------------------------------

@@ -41,6 +41,7 @@ from daydreamd.llm.offline import MockProvider
 from daydreamd.llm.types import LlmRequest, Reply
 from daydreamd.storage.cohort_files import all_memberships, write_cohort
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.score_db import read_rows_from_db
 from daydreamd.storage.score_files import read_rows_from_files
 from daydreamd.storage.score_inputs import ResultsError
@@ -160,7 +161,7 @@ async def run_everything(root: Path) -> Run:
             claims = [
                 c
                 for mode in ("llm", "copy")
-                for c in await store.claim(mode=mode, llm_model_id=None, limit=10_000, lease_s=600)
+                for c in await ReadyWork(store).claim((mode, None), limit=10_000, lease_s=600)
             ]
             if not claims:
                 break

@@ -25,6 +25,7 @@ from daydreamd.core.cohort import Cohort, Generation
 from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import RawFiles, read_raw_dir
 from daydreamd.core.stages import STAGES, Stage, State
+from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import (
     GENERATION_COLUMNS,
@@ -136,7 +137,7 @@ async def approve(
 
 
 async def claim(store: Store, mode: str = "llm", model: str | None = None, limit: int = ALL) -> list[Claim]:
-    return await store.claim(mode=mode, llm_model_id=model, limit=limit, lease_s=60.0)
+    return await ReadyWork(store).claim((mode, model), limit=limit, lease_s=60.0)
 
 
 def ok(c: Claim, *, score: float | None = None, token: int | None = None) -> Completion:
@@ -846,7 +847,7 @@ async def test_concurrent_claims_completions_and_approvals(store: Store) -> None
         mode = "copy" if i % 8 == 0 else "llm"
         model = (None, GEN_MODEL, JUDGE_MODEL)[i % 3] if mode == "llm" else None
         while committed < total:
-            claims = await tracked(store.claim(mode=mode, llm_model_id=model, limit=1 + i % 3, lease_s=30))
+            claims = await tracked(ReadyWork(store).claim((mode, model), limit=1 + i % 3, lease_s=30))
             if not claims:
                 await anyio.sleep(0.001)
                 continue
@@ -987,5 +988,12 @@ async def test_sync_membership_of_a_100k_cohort(store: Store) -> None:
         ("copy", 26_000),
         ("llm", 78_000),
     ]
-    [(incoming,)] = await query(store, "SELECT count(*) FROM temp.incoming")
-    assert incoming == 0
+    assert await query(
+        store,
+        "SELECT stage, state, retired, llm_model_id, mode, n FROM generation_counts WHERE n != 0 "
+        "ORDER BY 1, 2, 3, 4, 5",
+    ) == await query(
+        store,
+        "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
+        "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+    )
