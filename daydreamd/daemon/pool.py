@@ -329,8 +329,8 @@ class Pool:
             mode, model_id = key
             if mode == "copy":
                 return True
-            if self.limits.model_free(model_id, 1, time.monotonic()) <= 0:
-                return False
+            if not self.breaker.closed or self.limits.model_free(model_id, 1, time.monotonic()) <= 0:
+                return False  # the provider is down, or the model paused, parked or at its concurrency
             wait = max(window.wait_time() for window in self.limits.windows(model_id))
             if wait > 0:
                 blocked.append(wait)

@@ -147,6 +147,7 @@ class Service:
             try:
                 if await self.reparser.after_rebuild(build.experiment) is not None:
                     await self.refresh_summary()
+                    self.pool.wake()  # a reply that parses now may have made children ready
             except Exception:  # files or the database failed; the next rebuild tries again
                 log.exception("reparse_failed")
 
@@ -284,6 +285,7 @@ class Service:
             templates, reason=f"requested by {request.requested_by or 'unknown'}"
         )
         await self.refresh_summary()
+        self.pool.wake()  # a reply that parses now may have made children ready
         return summary.to_json()
 
     async def pause(self, request: PauseRequest) -> dict[str, Any]:
@@ -394,6 +396,7 @@ class Service:
             requested_by=request.requested_by,
         )
         log.info("revoked", revoked=revoked, **_scope(request))
+        self.pool.wake()  # the lanes forget what was read ahead (none of it could start anyway)
         await self.refresh_summary()
         return {"revoked": revoked}
 
