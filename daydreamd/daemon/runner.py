@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from daydreamd import __version__
@@ -202,10 +203,9 @@ class Runner:
                 run.attempts = failure.attempts
                 return await self._durably(self._fail_call, run, failure, limiter=self._save_threads)
             run.llm_ms = _ms(t)
-            await self._durably(self._keep_reply, run, reply, limiter=self._save_threads)
-            if on_reply_saved is not None:
-                on_reply_saved()
-            return await self._durably(self._finish, run, reply.text, limiter=self._save_threads)
+            return await self._durably(
+                self._finish_new, run, reply, on_reply_saved, limiter=self._save_threads
+            )
         return await self._durably(self._finish, run, None, limiter=self._save_threads)
 
     async def _durably(self, step: Callable[..., _T], *args: Any, limiter: anyio.CapacityLimiter) -> _T:
@@ -322,11 +322,15 @@ class Runner:
             return self._fail(run, failure.kind, failure.message)
         return self._fail(run, failure.kind, failure.message, with_prompt=True)
 
-    def _keep_reply(self, run: _Run, reply: Reply) -> None:
-        """Save a new reply durably (the step after which a crash costs no second call)."""
+    def _finish_new(self, run: _Run, reply: Reply, on_saved: Callable[[], None] | None) -> Outcome:
+        """Save a new reply durably (after which a crash costs no second call), say so to the event
+        loop (``on_saved`` runs there), then check and parse it: one trip to a worker thread."""
         self._save_reply(run, reply)
         if self.checkpoint is not None:
             self.checkpoint("reply_saved", run.job.gen_id)
+        if on_saved is not None:
+            anyio.from_thread.run_sync(on_saved)
+        return self._finish(run, reply.text)
 
     def _finish(self, run: _Run, text: str | None) -> Outcome:
         """Check and parse the saved reply (``text``, or ``raw.txt`` when reused), save the result."""
