@@ -220,8 +220,10 @@ class Pool:
 
     def exhausted_approvals(self) -> list[int]:
         """Budgeted approvals where one more call would pass the budget (spent + calls in flight)."""
-        in_flight = Counter(c.approval_id for c in self.in_flight.values() if c.approval_id is not None)
-        return self.budgets.exhausted(in_flight)
+        return self.budgets.exhausted(self._calls_by_approval())
+
+    def _calls_by_approval(self) -> Counter[int]:
+        return Counter(c.approval_id for c in self.in_flight.values() if c.approval_id is not None)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -321,9 +323,7 @@ class Pool:
         rate-window places, and start it (one transaction); what was revoked or retired since it
         was read gives its slot back."""
         blocked: list[float] = []
-        budgeted: Counter[int] = Counter(
-            c.approval_id for c in self.in_flight.values() if c.approval_id is not None
-        )
+        budgeted = self._calls_by_approval()
 
         def may_start(key: Key) -> bool:
             mode, model_id = key

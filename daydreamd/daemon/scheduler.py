@@ -144,9 +144,9 @@ class Lanes:
         if allowed(first):
             heapq.heappop(lane.heap)
             return self._items.pop(first.gen_id)
-        for position, (_, gen_id) in enumerate(sorted(lane.heap)):
+        ordered = sorted(lane.heap)
+        for position, (_, gen_id) in enumerate(ordered):
             if allowed(self._items[gen_id]):
-                ordered = sorted(lane.heap)
                 del ordered[position]
                 lane.heap = ordered  # a sorted list is a valid heap
                 return self._items.pop(gen_id)

@@ -15,6 +15,7 @@ table, and the partial index ``generations_ready_by_model`` makes the look-up fo
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ class ReadyWork:
         return found
 
     async def start(self, items: Iterable[Ready], *, lease_s: float, now: float) -> list[Claim]:
-        """Move these rows ``queued -> running`` with a new fencing token, in one statement.
+        """Move these rows ``queued -> running`` with a new fencing token, in one transaction and
+        one trip to the database thread (:meth:`Store.in_one_trip`).
 
         Only rows still queued, current and ready start; the claims of those are returned (a row
         revoked or retired since it was read is left out, and its caller gives its slot back).
@@ -127,14 +129,16 @@ class ReadyWork:
         if not ids:
             return []
         stamp = utc_now()
-        claims: list[Claim] = []
-        for start in range(0, len(ids), _CHUNK):  # each chunk atomic: rows start independently
-            chunk = ids[start : start + _CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = await self._store.write_one(
-                _START.format(marks=marks), (now + lease_s, stamp, stamp, *chunk)
-            )
-            claims.extend(_claim(row) for row in rows)
+
+        def start_all(db: sqlite3.Connection) -> list[Claim]:
+            claims: list[Claim] = []
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                sql = _START.format(marks=", ".join("?" * len(chunk)))
+                claims.extend(_claim(row) for row in db.execute(sql, (now + lease_s, stamp, stamp, *chunk)))
+            return claims
+
+        claims = await self._store.in_one_trip(start_all)
         order = {gen_id: i for i, gen_id in enumerate(ids)}  # RETURNING's order is unspecified
         return sorted(claims, key=lambda c: order[c.generation.gen_id])
 

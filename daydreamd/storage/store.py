@@ -212,15 +212,6 @@ class Store:
                 result: _T = await self.db._execute(transaction)  # type: ignore[no-untyped-call]
         return result
 
-    async def write_one(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
-        """One statement as its own transaction (SQLite commits each statement by itself in
-        autocommit mode), serialised with :meth:`transaction`, its rows returned: one trip to
-        the database thread instead of four, for the hot path (starting work)."""
-        async with self._write_lock:
-            with anyio.CancelScope(shield=True):
-                rows = await self.db.execute_fetchall(sql, params)
-        return list(rows)
-
     # -- facts ---------------------------------------------------------------------------------
 
     async def get_fact(self, key: str) -> str | None:

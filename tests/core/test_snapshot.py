@@ -13,7 +13,8 @@ from daydreamd.core.snapshot import read_raw_dir
 EXAMPLE_RAW = Path(__file__).parents[2] / "data" / "1_raw"
 
 
-def _touch(path: bytes, data: bytes = b"x") -> None:
+def touch(path: bytes, data: bytes = b"x") -> None:
+    """Write ``data`` to a file whose name is bytes (it need not be valid UTF-8)."""
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
@@ -25,10 +26,10 @@ def test_a_file_name_that_is_not_utf8_is_an_error_naming_it_never_a_crash(tmp_pa
     raw = tmp_path / "1_raw"
     shutil.copytree(EXAMPLE_RAW, raw)
     good = read_raw_dir(raw)
-    _touch(os.fsencode(raw) + b"/bad\xff.csv")
+    touch(os.fsencode(raw) + b"/bad\xff.csv")
     (raw / os.fsdecode(b"dir\xfe")).mkdir()
-    _touch(os.fsencode(raw) + b"/dir\xfe/inside.txt")
-    _touch(os.fsencode(raw) + b"/.hidden\xff")  # hidden files are never read, whatever their name
+    touch(os.fsencode(raw) + b"/dir\xfe/inside.txt")
+    touch(os.fsencode(raw) + b"/.hidden\xff")  # hidden files are never read, whatever their name
 
     snapshot = read_raw_dir(raw)
 
@@ -51,7 +52,7 @@ def test_a_file_name_that_is_not_utf8_is_an_error_naming_it_never_a_crash(tmp_pa
 def test_two_different_bad_names_have_different_fingerprints(tmp_path: Path) -> None:
     raw = tmp_path / "1_raw"
     raw.mkdir()
-    _touch(os.fsencode(raw) + b"/a\xff")
+    touch(os.fsencode(raw) + b"/a\xff")
     first = read_raw_dir(raw).fingerprint
     (raw / os.fsdecode(b"a\xff")).rename(raw / os.fsdecode(b"a\xfe"))
     assert read_raw_dir(raw).fingerprint != first

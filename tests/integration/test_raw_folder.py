@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from tests.core.test_snapshot import touch
 from tests.integration.daemon import EXAMPLE_RAW, Daemon, fast_config
 
 SEEN_S = 5.0
@@ -35,14 +36,6 @@ def _has_error(file: str, word: str) -> Any:
 
 def _no_errors(s: dict[str, Any] | None) -> bool:
     return s is not None and not _errors(s)
-
-
-def _touch(path: bytes, data: bytes = b"x") -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: bytes) -> None:
@@ -70,19 +63,19 @@ async def test_a_file_name_that_is_not_utf8_is_an_error_not_a_crash(
     daemon = make(daemons, tmp_path)
     before = await daemon.start()
     bad = os.fsencode(daemon.raw) + b"/bad\xff.csv"
-    _touch(bad)
+    touch(bad)
     status = await daemon.wait_for(
         _has_error("1_raw/bad\\xff.csv", "rename"), deadline_s=SEEN_S, what="the bad name"
     )
     assert status["cohort_id"] == before["cohort_id"]  # the last good cohort stays in force
     await _edits_are_seen(daemon, daemon.raw, "after the bad name")
-    _touch(bad, b"edited")  # every event on that name breaks a watch: it is re-armed each time
+    touch(bad, b"edited")  # every event on that name breaks a watch: it is re-armed each time
     await _edits_are_seen(daemon, daemon.raw, "after editing the bad file")
     _remove(bad)
     await daemon.wait_for(_no_errors, deadline_s=SEEN_S, what="the bad name to go")
     assert await daemon.stop() == 0
 
-    _touch(bad)
+    touch(bad)
     restarted = make(daemons, tmp_path)
     status = await restarted.start()
     assert _has_error("1_raw/bad\\xff.csv", "UTF-8")(status), status["errors"]

@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -259,24 +260,33 @@ async def test_base_url_before_start_is_an_error() -> None:
         _ = FakeLlm().base_url
 
 
-async def test_standalone_mode_serves_until_terminated(session: aiohttp.ClientSession) -> None:
+@asynccontextmanager
+async def standalone(*args: str) -> AsyncIterator[str]:
+    """``python -m tests.fakellm --port 0 ARGS`` in its own process; yields its base URL, then
+    terminates it and checks that it exited cleanly."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.fakellm",
         "--port",
         "0",
-        "--latency-ms",
-        "1",
-        "--rpm",
-        "600",
+        *args,
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=15)  # type: ignore[union-attr]
-        base_url = line.decode().strip()
+        assert process.stdout is not None
+        yield (await asyncio.wait_for(process.stdout.readline(), timeout=15)).decode().strip()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        returncode = await asyncio.wait_for(process.wait(), timeout=15)
+    assert returncode == 0
+
+
+async def test_standalone_mode_serves_until_terminated(session: aiohttp.ClientSession) -> None:
+    async with standalone("--latency-ms", "1", "--rpm", "600") as base_url:
         assert base_url.startswith("http://127.0.0.1:")
         assert base_url.endswith("/v1")
         status, _, raw = await post(
@@ -284,8 +294,3 @@ async def test_standalone_mode_serves_until_terminated(session: aiohttp.ClientSe
         )
         assert status == 200
         assert json.loads(raw)["choices"][0]["message"]["content"]
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        returncode = await asyncio.wait_for(process.wait(), timeout=15)
-    assert returncode == 0

@@ -6,9 +6,7 @@ Real HTTP on loopback; the RPM window runs on an injected clock, so nothing wait
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,8 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.fakellm import FakeLlm
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.shell.test_fakellm import standalone
 
 
 @pytest_asyncio.fixture
@@ -129,22 +126,8 @@ async def test_stats_count_requests_in_progress(session: aiohttp.ClientSession) 
 
 
 async def test_standalone_model_rpm_flag(session: aiohttp.ClientSession) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakellm",
-        "--port",
-        "0",
-        "--model-rpm",
-        "vendor/gen-model-0=2",
-        "--model-rpm",
-        "vendor/gen-model-1=1",
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        base_url = (await asyncio.wait_for(process.stdout.readline(), timeout=15)).decode().strip()
+    args = ("--model-rpm", "vendor/gen-model-0=2", "--model-rpm", "vendor/gen-model-1=1")
+    async with standalone(*args) as base_url:
         statuses = [(await call(session, base_url, "vendor/gen-model-0"))[0] for _ in range(3)]
         statuses += [(await call(session, base_url, "vendor/gen-model-1"))[0] for _ in range(2)]
         statuses += [(await call(session, base_url, "vendor/gen-model-2"))[0] for _ in range(3)]
@@ -156,11 +139,6 @@ async def test_standalone_model_rpm_flag(session: aiohttp.ClientSession) -> None
             "vendor/gen-model-2": None,
         }
         assert body["rate_limited"] == 2
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        returncode = await asyncio.wait_for(process.wait(), timeout=15)
-    assert returncode == 0
 
 
 @pytest.mark.parametrize("text", ["model", "=3", "m=x", "m=0"])
