@@ -61,7 +61,8 @@ from daydreamd.storage.store import AttemptRow, Claim, Completion, Store
 log = structlog.get_logger("daydreamd.daemon.pool")
 IDLE_POLL_S = 1.0
 MIN_PAUSE_S = 0.005
-"""The shortest wait for a rate window to open (a window reports a few ms as 0 after rounding)."""
+"""The shortest the loop sleeps for a rate window to open: a window a few microseconds from
+opening must not make the loop spin."""
 CHILDREN_EVERY_S = 0.5
 """How long finished parents wait, at most, for the lookup of their children while slots are full."""
 LANE_BATCH = 256
