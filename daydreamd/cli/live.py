@@ -89,15 +89,17 @@ def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: boo
         if not watch:
             console.print(render_status(result))
             return
-        import time
+        import signal
+        import threading
 
+        # Ctrl-C sets a flag the loop checks between redraws instead of raising KeyboardInterrupt
+        # wherever it lands: raised inside rich's drawing, it could leave the refresh thread and
+        # the view's lock so that the process never exited.
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         with Live(render_status(result), console=console, refresh_per_second=4) as live:
-            try:
-                while True:
-                    time.sleep(interval)
-                    live.update(render_status(client.get("/v1/status")))
-            except KeyboardInterrupt:
-                return
+            while not stop.wait(interval):
+                live.update(render_status(client.get("/v1/status")))
 
 
 @click.command(context_settings=CONTEXT)
