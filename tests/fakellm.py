@@ -30,6 +30,11 @@ benchmark running the server in another process reads instead of trusting the cl
 
 A reply that does not fit ``max_tokens`` is cut and reported with ``finish_reason="length"``,
 as a real model would.
+
+``echo_key=True`` (``--echo-key``) makes the server a leaky gateway: the key each request carried
+(its bearer token) comes back whole and masked (:func:`key_echoes`) in every answer: the reply's
+``id``, ``model``, ``provider`` and ``native_finish_reason``, the first lines of its content, and
+every error message. A client must keep none of it.
 """
 
 from __future__ import annotations
@@ -149,6 +154,19 @@ def default_reply(request: RecordedRequest) -> str:
     )
 
 
+def key_echoes(key: str) -> list[str]:
+    """``key`` as gateways and dashboards have been seen to show it: whole, without its last 4
+    characters, its first 12 then ``****``, its first 12 and last 4 around ``...``, and 20
+    characters from its middle."""
+    middle = len(key) // 2
+    return [key, key[:-4], f"{key[:12]}****", f"{key[:12]}...{key[-4:]}", key[middle - 10 : middle + 10]]
+
+
+def _bearer(record: RecordedRequest) -> str | None:
+    auth = record.headers.get("Authorization") or ""
+    return auth.removeprefix("Bearer ").strip() or None
+
+
 def _prompt_of(body: Mapping[str, Any]) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -183,6 +201,8 @@ class FakeLlm:
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
         echo_auth_in_errors: copy the received ``Authorization`` header into error messages
             (to prove a client never leaks what a server echoes).
+        echo_key: put the received key, whole and masked, in every field of every answer (see
+            the module docstring).
         slow_body_s: how long a ``SLOW_BODY`` answer takes to trickle out.
         clock: monotonic clock for the RPM window (inject one to test the window quickly).
     """
@@ -201,6 +221,7 @@ class FakeLlm:
         reply_builder: ReplyBuilder = default_reply,
         api_key: str | None = None,
         echo_auth_in_errors: bool = False,
+        echo_key: bool = False,
         slow_body_s: float = 10.0,
         provider_name: str = "FakeProvider",
         clock: Callable[[], float] = time.monotonic,
@@ -215,6 +236,7 @@ class FakeLlm:
         self.reply_builder = reply_builder
         self.api_key = api_key
         self.echo_auth_in_errors = echo_auth_in_errors
+        self.echo_key = echo_key
         self.slow_body_s = slow_body_s
         self.provider_name = provider_name
         self.requests: list[RecordedRequest] = []
@@ -462,7 +484,19 @@ class FakeLlm:
         if status == 200:
             counts.last_ok_at = record.answered_at
 
+    def _echoes(self, record: RecordedRequest) -> list[str]:
+        key = _bearer(record) if self.echo_key else None
+        return key_echoes(key) if key else []
+
+    def _text(self, record: RecordedRequest) -> str:
+        """The reply's text: the reply builder's, after a line per key echo when echoing."""
+        echoes = "".join(f"Key seen: {echo}\n" for echo in self._echoes(record))
+        return echoes + self.reply_builder(record)
+
     def _error_message(self, record: RecordedRequest, message: str) -> str:
+        echoes = self._echoes(record)
+        if echoes:
+            message = f"{message} (key {'; '.join(echoes)})"
         if self.echo_auth_in_errors:
             return f"{message} (received Authorization: {record.headers.get('Authorization')})"
         return message
@@ -479,18 +513,19 @@ class FakeLlm:
         self, request: web.Request, record: RecordedRequest, fault: Fault | None
     ) -> web.StreamResponse:
         if fault is None:
-            return self._json(record, None, self._completion(record, self.reply_builder(record)))
+            return self._json(record, None, self._completion(record, self._text(record)))
         kind = fault.kind
         if kind in _HTTP_FAULTS:
             return self._http_fault(record, fault)
         if kind is FaultKind.DROP:
             return self._drop(request, record)
         if kind is FaultKind.SLOW_BODY:
-            body = self._completion(record, self.reply_builder(record))
+            body = self._completion(record, self._text(record))
             return await self._slow(request, record, json.dumps(body).encode())
         if kind is FaultKind.MALFORMED_JSON:
             self._finish(record, 200, kind)
-            cut = f'{{"id": "gen-fake-{record.number}", "choices": [{{"message": {{"content": "unterminat'
+            echo = "".join(f"-{echo}" for echo in self._echoes(record)[:1])
+            cut = f'{{"id": "gen-fake-{record.number}{echo}", "choices": [{{"message": {{"content": "unter'
             return web.Response(status=200, text=cut, content_type=_JSON)
         return self._json(record, kind, self._faulty_body(record, fault))
 
@@ -498,14 +533,17 @@ class FakeLlm:
         kind = fault.kind
         if kind is FaultKind.ERROR_BODY:
             message = self._error_message(record, fault.message or "Upstream error (in a 200 body)")
-            return {"id": f"gen-fake-{record.number}", "error": {"code": fault.code, "message": message}}
+            error: dict[str, Any] = {"code": fault.code, "message": message}
+            if self.echo_key:
+                error["metadata"] = {"provider_name": self.provider_name, "raw": message}
+            return {"id": f"gen-fake-{record.number}", "error": error}
         if kind is FaultKind.EMPTY_CHOICES:
             body = self._completion(record, "")
             body["choices"] = []
             return body
         if kind is FaultKind.EMPTY_CONTENT:
             return self._completion(record, "", finish=("stop", "stop"))
-        full = self.reply_builder(record)
+        full = self._text(record)
         if kind is FaultKind.TRUNCATED:
             limit = record.max_tokens or 1
             text = full[: max(1, min(len(full) // 2, limit * _CHARS_PER_TOKEN))]
@@ -530,7 +568,7 @@ class FakeLlm:
             if limit is not None and 0 < limit <= tokens:
                 text, tokens, finish = text[: limit * _CHARS_PER_TOKEN], limit, ("length", "max_tokens")
         prompt_tokens = max(1, len(record.prompt) // _CHARS_PER_TOKEN)
-        return {
+        body: dict[str, Any] = {
             "id": f"gen-fake-{record.number}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -552,6 +590,13 @@ class FakeLlm:
                 "completion_tokens_details": {"reasoning_tokens": tokens // 4},
             },
         }
+        echoes = self._echoes(record)
+        if echoes:  # the fields a client keeps; finish_reason stays a word the client acts on
+            body["id"] = f"{body['id']}-{echoes[0]}"
+            body["model"] = f"{record.model} ({echoes[2]})"
+            body["provider"] = f"{self.provider_name} {echoes[1]}"
+            body["choices"][0]["native_finish_reason"] = f"{finish[1]} {echoes[3]} {echoes[4]}"
+        return body
 
     def _json(self, record: RecordedRequest, fault: FaultKind | None, body: dict[str, Any]) -> web.Response:
         self._finish(record, 200, fault)
@@ -678,6 +723,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"inject KIND with probability P; kinds: {', '.join(kind.value for kind in FaultKind)}",
     )
     parser.add_argument("--slow-body-s", type=float, default=10.0)
+    parser.add_argument(
+        "--echo-key", action="store_true", help="echo the received key, whole and masked, in every answer"
+    )
     return parser.parse_args(argv)
 
 
@@ -696,6 +744,7 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         api_key=args.api_key,
         slow_body_s=args.slow_body_s,
+        echo_key=args.echo_key,
     )
     async with fake:
         sys.stdout.write(fake.base_url + "\n")

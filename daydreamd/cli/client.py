@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,31 @@ class _UnixConnection(http.client.HTTPConnection):
         self.socket_path = socket_path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(os.fspath(self.socket_path))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        """Connect, waiting out a full listen backlog until the timeout.
+
+        A Unix socket with a timeout connects without blocking, and the kernel answers EAGAIN at
+        once while the service's backlog is full (other clients, or a flood of them): that is a
+        busy service, not an absent one, so it is retried with a short backoff.
+        """
+        deadline = time.monotonic() + (self.timeout or 10.0)
+        pause = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(os.fspath(self.socket_path))
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class ServiceClient:

@@ -1,7 +1,8 @@
 """``daydreamctl render``: render prompts to ``prompt.txt`` without calling any model.
 
-It renders through :func:`daydreamd.core.prompts.render_prompt`, as the runner does, so a dry run
-shows exactly the prompt a real run would send.
+It renders through :func:`daydreamd.core.prompts.render_prompt`, as the runner does, and in the
+same rendering processes under the same ``[render]`` limits, so a dry run shows exactly the
+prompt a real run would send, or the same render error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from daydreamd.core.experiment import Generator
 from daydreamd.core.jobs import Job
 from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.stages import PARENT_STAGE
-from daydreamd.core.templates import Renderer
+from daydreamd.core.templates import PromptRenderer
 from daydreamd.storage.gens import PROMPT, GensStore
 
 
@@ -39,13 +40,14 @@ class RenderReport:
         }
 
 
-def render_to_files(store: GensStore, jobs: Iterable[Job], *, limit: int | None = None) -> RenderReport:
+def render_to_files(
+    store: GensStore, jobs: Iterable[Job], renderer: PromptRenderer, *, limit: int | None = None
+) -> RenderReport:
     """Render the prompts whose inputs exist into ``prompt.txt``, calling no model.
 
     Drafts always have their inputs; essays and evaluations need their parent's ``parsed.txt``.
     Copy templates have no prompt. ``limit`` caps how many prompts are rendered.
     """
-    renderer = Renderer()
     report = RenderReport()
     for job in jobs:
         if limit is not None and report.rendered + len(report.failures) >= limit:

@@ -34,8 +34,10 @@ from daydreamd.core.problems import Level, Problem
 
 if TYPE_CHECKING:
     from daydreamd.core.build import Build
+    from daydreamd.core.config import Settings
     from daydreamd.core.experiment import Template
     from daydreamd.core.verdicts import VerdictSpec
+    from daydreamd.sandbox.render_process import RenderProcess
 
 LAZY_VERBS: dict[str, str] = {
     **dict.fromkeys(("status", "approve", "revoke", "show"), "daydreamd.cli.live"),
@@ -135,10 +137,12 @@ def validate(obj: Context, data: Path | None, as_json: bool) -> None:
       daydreamctl validate --data ../other-experiment/data --json
     """
     from daydreamd.core.build import read_and_build
+    from daydreamd.sandbox.render_process import RenderProcess
 
     obj.data = data
     settings = obj.settings()
-    build = read_and_build(settings)
+    with RenderProcess(settings.render) as renderer:  # trial renders, under the service's limits
+        build = read_and_build(settings, renderer)
     errors, warnings = _summary(build.problems)
     if as_json:
         print_json(
@@ -357,14 +361,24 @@ def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, li
       daydreamctl render --stage draft --limit 5
       daydreamctl render --json
     """
+    from daydreamd.sandbox.render_process import RenderProcess
+
+    obj.data = data
+    settings = obj.settings()
+    renderer = RenderProcess(settings.render)
+    with renderer:
+        _render(settings, renderer, as_json=as_json, stage=stage, limit=limit)
+
+
+def _render(
+    settings: Settings, renderer: RenderProcess, *, as_json: bool, stage: str | None, limit: int | None
+) -> None:
     from daydreamd.cli.dryrun import render_to_files
     from daydreamd.core.build import read_and_build
     from daydreamd.core.jobs import Jobs
     from daydreamd.storage.gens import GensStore
 
-    obj.data = data
-    settings = obj.settings()
-    build = read_and_build(settings)
+    build = read_and_build(settings, renderer)
     if build.cohort is None:
         for problem in build.problems:
             click.echo(str(problem), err=True)
@@ -373,7 +387,7 @@ def render(obj: Context, data: Path | None, as_json: bool, stage: str | None, li
     generations = (g for g in build.cohort.generations if stage is None or g.stage == stage)
     jobs = (job for g in generations if (job := factory.job(g)) is not None)
     store = GensStore(settings.paths.data_dir)
-    report = render_to_files(store, jobs, limit=limit)
+    report = render_to_files(store, jobs, renderer, limit=limit)
     if as_json:
         print_json({"cohort_id": build.cohort.cohort_id, **report.to_dict()})
     else:

@@ -187,6 +187,10 @@ def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool 
     from daydreamd.storage.score_inputs import ResultsError
 
     if explicit:
+        from daydreamd.core.ids import cohort_id_problem
+
+        if problem := cohort_id_problem(explicit):  # it names a folder the report is written into
+            raise click.BadParameter(problem, param_hint="--cohort")
         return explicit
     if settings.experiment.cohort:
         return settings.experiment.cohort

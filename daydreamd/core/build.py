@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from daydreamd.core.cohort import Cohort, build_cohort
 from daydreamd.core.config import Settings
 from daydreamd.core.experiment import Experiment
+from daydreamd.core.jobs import Jobs
 from daydreamd.core.loader import load_experiment
 from daydreamd.core.problems import Problem, has_errors
 from daydreamd.core.snapshot import RawFiles, read_raw_dir
+from daydreamd.core.templates import PromptRenderer
+from daydreamd.core.trials import trial_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,16 +34,26 @@ class Build:
         return self.cohort is not None
 
 
-def build_from_raw(raw: RawFiles, settings: Settings) -> Build:
-    """Load, validate and, when there are no errors, build the cohort (pure)."""
+def build_from_raw(raw: RawFiles, settings: Settings, renderer: PromptRenderer | None = None) -> Build:
+    """Load, validate and, when there are no errors, build the cohort.
+
+    With a ``renderer``, each template in use is also rendered once on sample inputs (see
+    :mod:`daydreamd.core.trials`); a template past a render limit then blocks the build. Pure
+    but for what the renderer does.
+    """
     experiment, problems = load_experiment(raw)
     if has_errors(problems):
         return Build(raw, experiment, problems, None)
     cohort, link_problems = build_cohort(experiment, settings)
     problems = problems + link_problems
-    return Build(raw, experiment, problems, None if link_problems else cohort)
+    if link_problems:
+        return Build(raw, experiment, problems, None)
+    if renderer is not None:
+        jobs = Jobs(experiment, settings)
+        problems = problems + tuple(trial_problems(cohort.generations, jobs, renderer, raw.label))
+    return Build(raw, experiment, problems, None if has_errors(problems) else cohort)
 
 
-def read_and_build(settings: Settings) -> Build:
-    """Snapshot ``<data_dir>/1_raw`` and build from it."""
-    return build_from_raw(read_raw_dir(settings.raw_dir), settings)
+def read_and_build(settings: Settings, renderer: PromptRenderer | None = None) -> Build:
+    """Snapshot ``<data_dir>/1_raw`` and build from it (with trial renders when given a renderer)."""
+    return build_from_raw(read_raw_dir(settings.raw_dir), settings, renderer)

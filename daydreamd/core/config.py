@@ -16,8 +16,10 @@ from typing import Any, get_args, get_type_hints
 
 from daydreamd.core.errors import ConfigError
 from daydreamd.core.experiment import DESCRIPTION_LEVELS
+from daydreamd.core.ids import cohort_id_problem
 from daydreamd.core.retry import RetryPolicy
 from daydreamd.core.stages import STAGES, Stage
+from daydreamd.core.templates import RenderLimits
 
 UNSET_WORDS = frozenset({"", "0", "false", "none", "null"})
 TRUNCATION_POLICIES = ("fail", "accept")
@@ -83,7 +85,8 @@ class LlmSettings:
     base_url: str = "https://openrouter.ai/api/v1"
     """Any OpenAI-compatible endpoint (OpenRouter, OpenAI, vLLM, Ollama, llama.cpp)."""
     api_key_env: str = "OPENROUTER_API_KEY"
-    """The environment variable holding the API key (a ``.env`` next to the config is read too)."""
+    """The API key's name: a systemd credential of that name, else this environment variable, else
+    a ``.env`` next to the config (refused when group or others may read it)."""
     timeout_s: float = 600.0
     """Per-request timeout in seconds."""
 
@@ -200,6 +203,8 @@ class Settings:
     """``[retry]``: attempts and backoff per failure kind (see ``retry.RetryPolicy``)."""
     pool: PoolSettings = field(default_factory=PoolSettings)
     prices: tuple[tuple[str, PriceSettings], ...] = ()
+    render: RenderLimits = field(default_factory=RenderLimits)
+    """``[render]``: time, size and memory a template's render may use (see ``templates.RenderLimits``)."""
 
     def stage(self, stage: Stage) -> StageSettings:
         """The settings of one stage."""
@@ -216,7 +221,7 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
     base = config.parent if config else Path.cwd()
     table = _read_toml(config) if config else {}
     source = str(config) if config else "defaults"
-    known = {"paths", "experiment", "llm", "stages", "watch", "retry", "pool", "prices"}
+    known = {"paths", "experiment", "llm", "stages", "watch", "retry", "pool", "prices", "render"}
     _reject_unknown(table, known, source, "")
     settings = Settings(
         config_path=config,
@@ -228,6 +233,7 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         retry=_section(RetryPolicy, table, "retry", source),
         pool=_pool(table.get("pool", {}), source),
         prices=_per_id(table.get("prices", {}), PriceSettings, source, "prices"),
+        render=_section(RenderLimits, table, "render", source),
     )
     _check_values(settings, source)
     if data_dir is not None:
@@ -235,6 +241,8 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
     override = env.get("DD_COHORT")
     if override is not None:
         cohort = None if override.strip().lower() in UNSET_WORDS else override.strip()
+        if cohort is not None and (problem := cohort_id_problem(cohort)):  # it names a folder under data/
+            raise ConfigError(problem, path="environment", key="DD_COHORT")
         settings = replace(settings, experiment=replace(settings.experiment, cohort=cohort))
     return settings
 
@@ -297,7 +305,9 @@ def _resolve_paths(paths: PathSettings, base: Path) -> PathSettings:
     return PathSettings(
         data_dir=resolve(paths.data_dir),
         state_db=resolve(paths.state_db),
-        socket=resolve(paths.socket),
+        # Its folder is resolved, its own name is not followed: a symbolic link there is refused by
+        # the server (daemon/server.py), never resolved to a socket elsewhere that would be replaced.
+        socket=resolve(paths.socket.parent) / paths.socket.name,
         log_file=None if paths.log_file is None else resolve(paths.log_file),
     )
 
@@ -345,6 +355,8 @@ def _check_values(settings: Settings, source: str) -> None:
     if experiment.description_level not in DESCRIPTION_LEVELS:
         levels = ", ".join(DESCRIPTION_LEVELS)
         raise ConfigError(f"must be one of {levels}", path=source, key="experiment.description_level")
+    if experiment.cohort is not None and (problem := cohort_id_problem(experiment.cohort)):
+        raise ConfigError(problem, path=source, key="experiment.cohort")  # it names a folder under data/
     for key, value in (
         ("pool.concurrency", settings.pool.concurrency),
         ("pool.model_concurrency", settings.pool.model_concurrency),
@@ -354,8 +366,27 @@ def _check_values(settings: Settings, source: str) -> None:
     ):
         if value < 1:
             raise ConfigError("must be at least 1", path=source, key=key)
+    _check_render(settings.render, source)
     for stage, stage_settings in settings.stages:
         if stage_settings.max_tokens < 1:
             raise ConfigError("must be at least 1", path=source, key=f"stages.{stage}.max_tokens")
         if stage_settings.on_truncation not in TRUNCATION_POLICIES:
             raise ConfigError("must be fail or accept", path=source, key=f"stages.{stage}.on_truncation")
+
+
+RENDER_RANGES = {
+    "timeout_s": (0.05, 60.0),
+    "max_bytes": (1_000, 100_000_000),
+    "memory_mb": (256, 65_536),
+    "workers": (1, 64),
+}
+"""``[render]`` keys and their allowed ranges: a limit of 0 or of billions is always a mistake."""
+
+
+def _check_render(limits: RenderLimits, source: str) -> None:
+    for key, (low, high) in RENDER_RANGES.items():
+        value = getattr(limits, key)
+        if not low <= value <= high:
+            raise ConfigError(
+                f"must be between {low:g} and {high:g}, got {value!r}", path=source, key=f"render.{key}"
+            )

@@ -53,6 +53,41 @@ def bad_request(message: str) -> ControlError:
     return ControlError(400, "bad_request", message)
 
 
+# Every number the API accepts has a range, checked here before it reaches SQLite (whose integers
+# are 64-bit: a larger one was an OverflowError and a 500) or the pool. The bounds are far above
+# any real use and far below what could overflow or allocate; an answer outside them is a 400 that
+# names the field and the range.
+MAX_APPROVAL_LIMIT = 1_000_000_000
+"""Most generations one approval (or plan) may select: far above any cohort's size."""
+MAX_CONCURRENCY = 1024
+"""Highest concurrency ``/v1/limits`` sets (each call in flight holds a connection and a file
+descriptor; config files are not bound by this)."""
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+"""Highest requests-per-minute budget ``/v1/limits`` sets (0 stays "unlimited")."""
+MAX_BUDGET_USD = 1e9
+"""Budgets are below a billion dollars."""
+
+
+def shown(value: object, width: int = 40) -> str:
+    """``repr(value)``, cut to ``width`` characters (a 4,000-digit number is not echoed back whole)."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def checked_int(value: object, name: str, low: int, high: int, *, nullable: bool = True) -> int | None:
+    """``value`` when it is a JSON integer from ``low`` to ``high``; None for null (when ``nullable``).
+
+    Raises:
+        ControlError: 400 naming the field and the allowed range (true/false and 2.0 are not integers).
+    """
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        also = " or null" if nullable else ""
+        raise bad_request(f"{name}: must be an integer from {low} to {high}{also}, got {shown(value)}")
+    return value
+
+
 _REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
 FAILURE_KINDS: tuple[str, ...] = tuple(kind.value for kind in FailureKind)
 """Failure kinds a retry may select (the values of ``daydreamd.core.retry.FailureKind``)."""
@@ -69,11 +104,12 @@ class ApprovalRequest:
     llm_model_id: str | None = None
     """Only generations on this model (None: every model)."""
     limit: int | None = None
-    """Approve at most this many (None: all that match)."""
+    """Approve at most this many, 1 to :data:`MAX_APPROVAL_LIMIT` (None: all that match)."""
     requested_by: str = ""
     """Who asked (the OS user name of the CLI), recorded with the approval."""
     budget_usd: float | None = None
-    """Stop starting calls for this approval once its recorded spend would pass this many dollars."""
+    """Stop starting calls for this approval once its recorded spend would pass this many dollars
+    (above 0, below :data:`MAX_BUDGET_USD`)."""
     plan: str | None = None
     """The hash of a ``plan``: refuse unless the approval would cover exactly what that plan showed."""
 
@@ -108,8 +144,13 @@ class ApprovalRequest:
 def _budget(value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise bad_request(f"budget_usd: must be a positive number of dollars or null, got {value!r}")
+    # NaN and infinities (JSON's NaN, Infinity, 1e999) fail the comparison; a huge integer is
+    # compared exactly, before float() could overflow.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < MAX_BUDGET_USD:
+        raise bad_request(
+            f"budget_usd: must be a number of dollars above 0 and below {MAX_BUDGET_USD:.0f}, or null, "
+            f"got {shown(value)}"
+        )
     return float(value)
 
 
@@ -130,15 +171,6 @@ def _optional_choice(body: Mapping[str, object], name: str, choices: tuple[str, 
     if value not in choices:
         raise bad_request(f"{name}: {value!r} is not one of {', '.join(choices)}")
     return str(value)
-
-
-def _optional_count(body: Mapping[str, object], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(f"{name}: must be a whole number of at least 0 or null, got {value!r}")
-    return value
 
 
 _RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by")
@@ -219,19 +251,24 @@ class LimitsRequest:
 
     llm_model_id: str | None = None
     concurrency: int | None = None
+    """1 to :data:`MAX_CONCURRENCY`."""
     requests_per_minute: int | None = None
+    """0 (unlimited) to :data:`MAX_REQUESTS_PER_MINUTE`."""
 
     @classmethod
     def from_json(cls, body: object) -> LimitsRequest:
         """Validate a decoded JSON body (400 naming the field at fault)."""
         fields = _object(body, ("llm_model_id", "concurrency", "requests_per_minute"))
+        concurrency = fields.get("concurrency")
+        if type(concurrency) is int and concurrency == 0:
+            raise bad_request("concurrency: must be at least 1 (pause a model to stop it)")
         request = cls(
             llm_model_id=_optional_text(fields, "llm_model_id"),
-            concurrency=_optional_count(fields, "concurrency"),
-            requests_per_minute=_optional_count(fields, "requests_per_minute"),
+            concurrency=checked_int(concurrency, "concurrency", 1, MAX_CONCURRENCY),
+            requests_per_minute=checked_int(
+                fields.get("requests_per_minute"), "requests_per_minute", 0, MAX_REQUESTS_PER_MINUTE
+            ),
         )
-        if request.concurrency == 0:
-            raise bad_request("concurrency: must be at least 1 (pause a model to stop it)")
         if request.llm_model_id is None and request.requests_per_minute is not None:
             raise bad_request("requests_per_minute: needs llm_model_id (budgets are per model)")
         return request
@@ -255,11 +292,7 @@ def _optional_text(body: Mapping[str, object], name: str) -> str | None:
 
 
 def _limit(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request(f"limit: must be a positive integer or null, got {value!r}")
-    return value
+    return checked_int(value, "limit", 1, MAX_APPROVAL_LIMIT)
 
 
 def _requested_by(value: object) -> str:

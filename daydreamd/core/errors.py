@@ -42,6 +42,11 @@ class TemplateError(DaydreamError):
         self.stage = stage
 
 
+class TemplateLimitError(TemplateError):
+    """A render went past a ``[render]`` limit (time, size, memory): the template would fail on
+    every input like this one, so ``validate`` reports it as an error, not a warning."""
+
+
 class ParseError(DaydreamError):
     """A parser could not extract what it is for from a reply.
 

@@ -27,12 +27,15 @@ gen_id
 
 cohort_id
     ``"cohort_" + sha256_hex(canonical_json(manifest without cohort_id))[:12]`` unless overridden
-    by ``experiment.cohort`` or ``DD_COHORT``.
+    by ``experiment.cohort`` or ``DD_COHORT``. A cohort id names the folder
+    ``data/cohorts/<cohort_id>``, so one given by a person (the config, the environment, a
+    ``--cohort`` argument) must match :data:`COHORT_ID_PATTERN` (see :func:`cohort_id_problem`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +44,13 @@ from daydreamd.core.stages import GEN_ID_PREFIX, Stage
 
 COMBO_PREFIX = "combo_v1_"
 COHORT_PREFIX = "cohort_"
+COHORT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+"""What a cohort id given by a person may be (without ``..``): one safe folder name."""
+COHORT_ID_RULE = (
+    "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit and without '..' "
+    f"(the pattern {COHORT_ID_PATTERN}; e.g. pilot-2024-05)"
+)
+_COHORT_ID_RE = re.compile(COHORT_ID_PATTERN)
 
 
 def combo_id(concept_ids: Iterable[str], level: str, k: int) -> str:
@@ -90,3 +100,18 @@ def gen_id(stage: Stage, spec: str, parent_key: str, replicate: int) -> str:
 def cohort_id(manifest_without_id: dict[str, Any]) -> str:
     """The content-addressed cohort id of a manifest."""
     return COHORT_PREFIX + sha256_hex(canonical_json(manifest_without_id))[:12]
+
+
+def cohort_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a cohort id, or None when it can.
+
+    A cohort id names the folder ``data/cohorts/<cohort_id>`` (and appears in CSV rows and
+    commands), so it must be one plain folder name: no separators, no ``.``/``..``, no absolute
+    path, no NUL or other control character, not empty.
+    """
+    if _COHORT_ID_RE.fullmatch(value) and ".." not in value:
+        return None
+    return (
+        f"{value!r} is not a valid cohort id (it names the folder data/cohorts/<cohort_id>); "
+        f"use {COHORT_ID_RULE}"
+    )

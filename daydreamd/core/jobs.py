@@ -54,6 +54,10 @@ class Jobs:
             for combo in build_combos(experiment, settings.experiment.k_max, level)
         }
 
+    def templates(self) -> list[Template]:
+        """Every template of the experiment."""
+        return list(self._templates.values())
+
     def template(self, stage: Stage, template_id: str) -> Template | None:
         """A template of the experiment by stage and id."""
         return self._templates.get((stage, template_id))

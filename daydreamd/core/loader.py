@@ -55,7 +55,9 @@ class _Collector:
     def __init__(self, raw: RawFiles) -> None:
         self.raw = raw
         self.problems: list[Problem] = []
-        self.unreadable = {path for path, _ in raw.unreadable}
+        self.unreadable = {path for path, _ in (*raw.unreadable, *raw.refused)}
+        self.refused_folders = tuple(f"{path}/" for path, _ in raw.refused)
+        """Prefixes of what a refused link to a folder holds: reported once, as the link."""
 
     def add(
         self,
@@ -83,8 +85,12 @@ class _Collector:
             )
 
     def exists(self, relpath: str) -> bool:
-        """Present in the directory, even if it could not be read (that is reported once, apart)."""
-        return relpath in self.raw.files or relpath in self.unreadable
+        """Present in the directory, even if it could not be read or was refused (reported once, apart)."""
+        return (
+            relpath in self.raw.files
+            or relpath in self.unreadable
+            or relpath.startswith(self.refused_folders)
+        )
 
     def table(self, relpath: str, required: tuple[str, ...], *, optional: bool = False) -> Table | None:
         data = self.raw.files.get(relpath)
@@ -113,6 +119,8 @@ def load_experiment(raw: RawFiles) -> tuple[Experiment, tuple[Problem, ...]]:
         return Experiment(fingerprint=raw.fingerprint), tuple(out.problems)
     for path, reason in raw.unreadable:
         out.add(path, f"cannot read file: {reason}")
+    for path, reason in raw.refused:  # a link out of 1_raw, a FIFO, a device: never opened
+        out.add(path, reason)
     for name in raw.bad_names:
         out.add(escaped_name(name), _bad_name_message(name))
     concepts = _load_concepts(out)

@@ -11,7 +11,7 @@ from typing import Any
 from daydreamd.core.errors import TemplateError
 from daydreamd.core.jobs import Job
 from daydreamd.core.stages import Stage
-from daydreamd.core.templates import Renderer
+from daydreamd.core.templates import PromptRenderer
 
 
 def stage_variables(job: Job, parent_text: str | None) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def stage_variables(job: Job, parent_text: str | None) -> dict[str, Any]:
     return {"response": parent_text}
 
 
-def render_prompt(renderer: Renderer, job: Job, parent_text: str | None) -> str:
+def render_prompt(renderer: PromptRenderer, job: Job, parent_text: str | None) -> str:
     """The prompt for ``job``; raises TemplateError naming the template."""
     if job.template.text is None:
         raise TemplateError(

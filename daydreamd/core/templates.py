@@ -1,39 +1,141 @@
-"""Prompt templates: strict, sandboxed Jinja2 rendering and static checks (pure).
+"""Prompt templates: strict, sandboxed Jinja2 rendering under limits, and static checks (pure).
 
 Templates are written by researchers and rendered thousands of times, so mistakes must surface
 at validation time, not after money was spent: a syntax error, or a variable the stage does not
 provide, is reported with the template's line. Rendering uses ``StrictUndefined`` (a typo is an
 error, never an empty string) inside a sandbox, with Jinja2's default options so output is
 identical to plain ``jinja2.Template`` for ordinary templates.
+
+Templates are also untrusted code run by a service that holds a paid key. The sandbox keeps
+them from Python's internals; :class:`RenderLimits` keeps them from the machine's resources.
+This module enforces what can be checked from inside a render (the prompt's size, string
+repetition and powers that would explode); the time and memory budgets need a process that
+can be killed, which ``daydreamd.sandbox`` provides around :class:`Renderer`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from daydreamd.core.errors import TemplateError
+from daydreamd.core.errors import TemplateError, TemplateLimitError
 from daydreamd.core.problems import Problem, error
 from daydreamd.core.stages import CONCEPT_ATTRIBUTES, TEMPLATE_VARIABLES, Stage
 
+MAX_POWER_BITS = 4096
+"""Largest integer ``a ** b`` a template may compute (in bits): enough for any arithmetic a
+prompt needs, far below the sizes that take seconds or gigabytes (``10**10**10``)."""
 
-def make_environment() -> SandboxedEnvironment:
-    """The one way templates are compiled: sandboxed, strict, otherwise Jinja2's defaults."""
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderLimits:
+    """``[render]``: what one render of one template may use.
+
+    A template that exceeds a limit fails its generation as ``render_error`` naming the limit;
+    ``validate`` renders every template once on sample inputs under the same limits.
+    """
+
+    timeout_s: float = 2.0
+    """Wall-clock time for one render; the rendering process is killed past it."""
+    max_bytes: int = 1_000_000
+    """Largest prompt (UTF-8 bytes); no model takes more than a few hundred kilobytes."""
+    memory_mb: int = 1024
+    """Address space of a rendering process (it holds Python, Jinja2 and one render)."""
+    workers: int = 2
+    """Rendering processes; each renders one prompt at a time."""
+
+
+class PromptRenderer(Protocol):
+    """What renders a template: :class:`Renderer` in-process, or a sandboxing process around it."""
+
+    def render(self, text: str, variables: Mapping[str, Any], *, template_id: str, stage: str) -> str: ...
+
+
+class _LimitedEnvironment(SandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` checked before they run.
+
+    Without the check ``{{ "a" * 10**9 }}`` allocates a gigabyte before the size limit can see
+    a byte of output, and ``{{ 10**10**10 }}`` computes for hours inside one C call. Intercepted
+    operators are also never folded at compile time, so compiling such a template is cheap.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.max_bytes = max_bytes
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repetition(left, right, self.max_bytes)
+        elif operator == "**":
+            _check_power(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+class _LimitExceeded(Exception):
+    """Raised inside a render; :meth:`Renderer.render` names the template and re-raises it."""
+
+
+def _check_repetition(left: Any, right: Any, max_bytes: int) -> None:
+    for sequence, times in ((left, right), (right, left)):
+        if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+            size = len(sequence) * times
+            if size > max_bytes:
+                raise _LimitExceeded(
+                    f"repetition would make {size:,} items, above the prompt limit of "
+                    f"{max_bytes:,} bytes (render.max_bytes)"
+                )
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent > 0:
+        bits = exponent * math.log2(abs(base))
+        if bits > MAX_POWER_BITS:
+            raise _LimitExceeded(f"power would have about {int(bits):,} bits; the limit is {MAX_POWER_BITS}")
+
+
+def make_environment(max_bytes: int = RenderLimits().max_bytes) -> SandboxedEnvironment:
+    """The one way templates are compiled: sandboxed, strict, limited, otherwise Jinja2's defaults."""
+    return _LimitedEnvironment(max_bytes)
+
+
+def _analysis_environment() -> SandboxedEnvironment:
+    """An environment for reading templates without running any of their code.
+
+    Jinja2 folds constant expressions while it compiles, and the static checks compile: a
+    filter with constant arguments (``{{ "a"|center(10**9) }}``) would run right there, in the
+    service, outside every limit. Here every filter and test refuses to run, so folding gives
+    up and the checks only read the template.
+    """
+    env = make_environment()
+    env.filters = {name: _refuse for name in env.filters}
+    env.tests = {name: _refuse for name in env.tests}
+    return env
+
+
+def _refuse(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("templates are not evaluated while they are checked")
 
 
 class Renderer:
-    """Compiles each distinct template text once and renders it many times.
+    """Compiles each distinct template text once and renders it many times, within ``limits``.
 
-    One renderer per process or per batch; it is not shared through module globals.
+    One renderer per process or per batch; it is not shared through module globals. In the
+    service it runs inside a rendering process (see ``daydreamd.sandbox``), which adds the
+    time and memory limits a render cannot enforce on itself.
     """
 
-    def __init__(self) -> None:
-        self._env = make_environment()
+    def __init__(self, limits: RenderLimits | None = None) -> None:
+        self.limits = limits or RenderLimits()
+        self._env = make_environment(self.limits.max_bytes)
         self._compiled: dict[str, jinja2.Template] = {}
 
     def render(self, text: str, variables: Mapping[str, Any], *, template_id: str, stage: str) -> str:
@@ -42,7 +144,10 @@ class Renderer:
         try:
             if compiled is None:
                 compiled = self._compiled[text] = self._env.from_string(text)
-            return compiled.render(**variables)
+            return self._bounded(compiled.generate(**variables), template_id=template_id, stage=stage)
+        except _LimitExceeded as exc:
+            message = f"template {stage}/{template_id}: {exc}"
+            raise TemplateLimitError(message, template_id=template_id, stage=stage) from None
         except jinja2.TemplateError as exc:
             lineno = getattr(exc, "lineno", None)  # syntax errors know their line
             where = f" (line {lineno})" if lineno else ""
@@ -54,11 +159,26 @@ class Renderer:
             message = f"template {stage}/{template_id}: {type(exc).__name__}: {exc}"
             raise TemplateError(message, template_id=template_id, stage=stage) from exc
 
+    def _bounded(self, chunks: Iterator[str], *, template_id: str, stage: str) -> str:
+        """Join the output, stopping as soon as it passes ``max_bytes`` (not after building it all)."""
+        parts, size, limit = [], 0, self.limits.max_bytes
+        for chunk in chunks:
+            size += len(chunk) if chunk.isascii() else len(chunk.encode())
+            if size > limit:
+                raise TemplateLimitError(
+                    f"template {stage}/{template_id}: the prompt is larger than {limit:,} bytes "
+                    "(render.max_bytes); check the template's loops and repetitions",
+                    template_id=template_id,
+                    stage=stage,
+                )
+            parts.append(chunk)
+        return "".join(parts)
+
 
 def check_template(stage: Stage, path: str, text: str) -> list[Problem]:
     """Syntax errors and variables the stage does not provide, each with its template line."""
     try:
-        ast = make_environment().parse(text)
+        ast = _analysis_environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
         return [error(path, f"Jinja syntax error: {exc.message}", line=exc.lineno)]
     except RecursionError:

@@ -1,7 +1,8 @@
 """``daydreamd``: the process's lifecycle around the :class:`~daydreamd.daemon.service.Service`.
 
-Startup: settings -> logging -> the instance lock -> the run state (checked, migrated; temp files
-a killed process left removed; rate windows refilled; dead claims recovered) -> one check of
+Startup: the umask (0o007 added: nothing is readable by other users) -> settings -> logging -> the
+instance lock -> the run state (checked, migrated; temp files a killed process left removed;
+rate windows refilled; dead claims recovered) -> one check of
 ``1_raw`` (changes made while the service was down are applied) -> the control socket -> the
 watcher, the rebuild loop, the re-parser and the pool in one task group. SIGTERM/SIGINT stop
 claiming, let in-flight calls finish within ``pool.grace_s``, release the rest and exit 0.
@@ -34,9 +35,10 @@ from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchdog_loop
 from daydreamd.daemon.server import make_app, start_unix_site, stop
 from daydreamd.daemon.service import Service
-from daydreamd.daemon.settings import reloadable
+from daydreamd.daemon.settings import key_scrubber, reloadable
 from daydreamd.daemon.watcher import rebuild_loop, watch_tree
 from daydreamd.llm.registry import check_settings, make_provider, needs_session
+from daydreamd.sandbox.render_process import RenderProcess
 from daydreamd.storage.atomic import remove_stale_temps
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.layout import DataLayout
@@ -78,7 +80,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
     config_dir = settings.config_path.parent if settings.config_path else None
     notifier = Notifier.from_env(env)
     state_db = settings.paths.state_db
-    with instance_lock(state_db):
+    # Templates render in child processes that can be killed (time and memory limits).
+    with instance_lock(state_db), RenderProcess(settings.render) as renderer:
         async with (
             Store.open(state_db, set_aside_unreadable=new_state) as store,
             _http_session(settings) as session,
@@ -98,6 +101,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
                 provider=provider,
                 policy=settings.retry,
                 rng=random.Random(),
+                renderer=renderer,
             )
             service = Service(settings, store, runner)
             await service.pool.restore_limits()
@@ -204,8 +208,22 @@ def _log_handler_error(exc: BaseException) -> None:
     log.error("control_request_failed", error=repr(exc), exc_info=exc)
 
 
+UMASK_FLOOR = 0o007
+"""Bits always masked: nothing the service creates (run state, log, prompts, replies) is readable or
+writable by other users. Under systemd the unit's ``UMask=0027`` is stricter and stays as it is."""
+
+
+def tighten_umask(floor: int = UMASK_FLOOR) -> int:
+    """Add ``floor`` to the process's umask, never removing a bit (an inherited stricter umask, e.g.
+    systemd's 0027, is kept); return the umask now in force. Called first thing, before any thread."""
+    umask = os.umask(0) | floor
+    os.umask(umask)
+    return umask
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``daydreamd --config PATH``."""
+    tighten_umask()
     parser = argparse.ArgumentParser(
         prog="daydreamd",
         description="Run the daydreamd service in the foreground: watch data/1_raw, keep the cohort current, "
@@ -227,16 +245,33 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(config.resolve() if config else None, os.environ, data_dir=args.data)
         check_settings(settings)
-        configure_logging(log_file=settings.paths.log_file, level=args.log_level)
+        scrubber = key_scrubber(settings, os.environ)  # the log scrubs the key too; a bad .env stops here
+        configure_logging(log_file=settings.paths.log_file, level=args.log_level, scrubber=scrubber)
         logging_on = True
         code = anyio.run(partial(serve, settings, dict(os.environ), new_state=args.new_state))
-    except DaydreamError as exc:
+    except (DaydreamError, BaseExceptionGroup) as raised:
+        exc = _daydream_error(raised)
+        if exc is None:
+            raise
         message = _unreadable_state(exc) if isinstance(exc, UnreadableStateError) else str(exc)
         if logging_on:
             log.error("startup_failed", error=message)
         print(f"daydreamd: {message}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def _daydream_error(raised: BaseException) -> DaydreamError | None:
+    """The error to report: ``raised`` itself, or the one inside a task group's exception group
+    (the socket is bound inside the service's task group, so a refused socket path comes wrapped).
+    None when anything else is in the group: that is a bug, and its traceback is wanted."""
+    if isinstance(raised, DaydreamError):
+        return raised
+    if isinstance(raised, BaseExceptionGroup):
+        ours, others = raised.split(DaydreamError)
+        if ours is not None and others is None:
+            return _daydream_error(ours.exceptions[0])
+    return None
 
 
 def _unreadable_state(exc: UnreadableStateError) -> str:

@@ -3,7 +3,12 @@
 On a terminal the service prints coloured, aligned lines; otherwise (systemd's journal, a pipe)
 it prints one JSON object per line. ``paths.log_file`` adds a JSON-lines file, reopened if
 logrotate moves it. Events are snake_case past-tense facts (``generation_finished``) and every
-event about a generation carries ``gen_id``, ``stage`` and ``model``. Keys are never logged.
+event about a generation carries ``gen_id``, ``stage`` and ``model``.
+
+Keys are never logged: what the LLM client hands on is scrubbed already, and as a second net every
+handler scrubs each event (:func:`scrub_event`, with the :class:`~daydreamd.llm.apikey.Scrubber`
+given to :func:`configure_logging`) right before rendering it, whether it came from structlog or
+from a standard-library logger (aiohttp's, for one).
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+
+from daydreamd.llm.apikey import Scrubber
 
 SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -25,14 +33,25 @@ SHARED_PROCESSORS: list[Any] = [
 ]
 
 
-def configure_logging(*, log_file: Path | None, level: str = "info", stream: TextIO | None = None) -> None:
-    """Route structlog through stdlib handlers: stdout (console or JSON) and an optional file."""
+def configure_logging(
+    *,
+    log_file: Path | None,
+    level: str = "info",
+    stream: TextIO | None = None,
+    scrubber: Scrubber | None = None,
+) -> None:
+    """Route structlog through stdlib handlers: stdout (console or JSON) and an optional file.
+
+    ``scrubber``: the API key's scrubber; every event is scrubbed with it before it is rendered.
+    """
     stream = stream or sys.stdout
     console = stream.isatty()
-    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(stream), json=not console)]
+    scrub = scrubber if scrubber is not None and scrubber.active else None
+    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(stream), json=not console, scrub=scrub)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(_handler(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"), json=True))
+        file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        handlers.append(_handler(file_handler, json=True, scrub=scrub))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -49,14 +68,45 @@ def configure_logging(*, log_file: Path | None, level: str = "info", stream: Tex
     )
 
 
-def _handler(handler: logging.Handler, *, json: bool) -> logging.Handler:
+def scrub_event(scrubber: Scrubber) -> Any:
+    """A structlog processor that scrubs every string in the event dict with ``scrubber``.
+
+    Keys and values, inside nested dicts, lists, tuples and sets too; any other object that a
+    renderer would show by its ``repr`` is replaced by its scrubbed ``repr`` when that ``repr``
+    held a piece of the key (and kept as it is otherwise). Numbers, booleans and None pass.
+    """
+
+    def scrub(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        return {_scrubbed(scrubber, key): _scrubbed(scrubber, value) for key, value in event.items()}
+
+    return scrub
+
+
+def _scrubbed(scrubber: Scrubber, value: Any) -> Any:
+    if isinstance(value, str):
+        return scrubber.text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {_scrubbed(scrubber, key): _scrubbed(scrubber, item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_scrubbed(scrubber, item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    shown = repr(value)
+    clean = scrubber.text(shown)
+    return value if clean is shown else clean
+
+
+def _handler(handler: logging.Handler, *, json: bool, scrub: Scrubber | None) -> logging.Handler:
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
     )
+    processors: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if scrub is not None:
+        processors.append(scrub_event(scrub))  # after exc_info is formatted, before rendering
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=SHARED_PROCESSORS,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=SHARED_PROCESSORS, processors=[*processors, renderer]
         )
     )
     return handler

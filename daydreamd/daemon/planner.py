@@ -25,7 +25,7 @@ from daydreamd.core.jobs import Jobs
 from daydreamd.core.pricing import configured_prices, price_for
 from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.stages import PARENT_STAGE, Stage, State
-from daydreamd.core.templates import Renderer
+from daydreamd.core.templates import PromptRenderer
 from daydreamd.core.tokens import CHARS_PER_TOKEN, estimate_tokens
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.store import Store, row_generation
@@ -42,6 +42,8 @@ class PlanContext:
     cohort_id: str | None
     jobs: Jobs | None
     settings: Settings
+    renderer: PromptRenderer
+    """The service's rendering processes: a plan renders sample prompts under the same limits."""
 
 
 async def make_plan(context: PlanContext, request: ApprovalRequest) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def _estimate(
     for row in rows:
         groups[(row["stage"], row["template_id"], row["llm_model_id"], row["mode"])].append(row)
     gens = GensStore(context.settings.paths.data_dir)
-    renderer = Renderer()
+    renderer = context.renderer
     prices = configured_prices(context.settings.prices)
     jobs = context.jobs
     lines = []
@@ -102,7 +104,7 @@ def _estimate(
 
 
 def _rendered(
-    jobs: Jobs | None, gens: GensStore, renderer: Renderer, rows: Sequence[Mapping[str, Any]]
+    jobs: Jobs | None, gens: GensStore, renderer: PromptRenderer, rows: Sequence[Mapping[str, Any]]
 ) -> list[int]:
     sizes = []
     for row in rows:

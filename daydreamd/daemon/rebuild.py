@@ -28,6 +28,7 @@ from daydreamd.core.jobs import Jobs
 from daydreamd.core.problems import Level, Problem
 from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.core.status import CohortProgress, ProblemStatus, RebuildStatus
+from daydreamd.core.templates import PromptRenderer
 from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.storage.cohort_files import write_cohort
@@ -108,9 +109,13 @@ class Rebuilder:
         settings: LiveSettings,
         store: Store,
         current: Current,
+        *,
+        renderer: PromptRenderer | None = None,
         on_synced: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self.renderer = renderer
+        """Renders each template once per build on sample inputs (see ``core.trials``)."""
         self.store = store
         self.current = current
         self.last_good = LastGoodRaw(store)
@@ -143,7 +148,7 @@ class Rebuilder:
         if fingerprint != applied:
             await self.store.set_fact(PENDING, fingerprint)
         self._phase("building")
-        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings)
+        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings, self.renderer)
         self.current.problems = build.problems
         if build.cohort is None:
             await self.store.set_fact(APPLIED, fingerprint)
@@ -223,7 +228,7 @@ class Rebuilder:
         if raw is None:
             return
         self._phase("building")
-        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings)
+        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings, self.renderer)
         if build.cohort is None:  # e.g. checks added since it was saved: there is nothing good to serve
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
             log.warning("last_good_files_invalid", errors=len(errors), first=errors[:5])

@@ -60,7 +60,7 @@ from daydreamd.core.parsers import COPY_KEY, failure_provenance, parse_saved, te
 from daydreamd.core.prompts import normalize_newlines, render_prompt
 from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
-from daydreamd.core.templates import Renderer
+from daydreamd.core.templates import PromptRenderer, Renderer
 from daydreamd.daemon.health import Health, is_disk_fault
 from daydreamd.llm.calls import AttemptHook, call_with_retries
 from daydreamd.llm.checks import content_problem
@@ -136,14 +136,17 @@ class Runner:
         rng: random.Random | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         checkpoint: Checkpoint | None = None,
+        renderer: PromptRenderer | None = None,
     ) -> None:
+        """``renderer``: the service passes its rendering processes (``daydreamd.sandbox``), which
+        add time and memory limits; the default renders in this process (tests, benchmarks)."""
         self.store = store
         self.provider = provider
         self.policy = policy or RetryPolicy()
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.checkpoint = checkpoint
-        self.renderer = Renderer()
+        self.renderer: PromptRenderer = renderer or Renderer()
         # Separate thread budgets: rendering a prompt must never queue behind replies being
         # fsynced to a busy disk, or the provider's concurrency would sit idle.
         self._prepare_threads = anyio.CapacityLimiter(8)

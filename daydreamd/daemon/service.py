@@ -67,7 +67,10 @@ class Service:
         """The settings in force: a reload replaces them here, for every part at once."""
         self.store = store
         self.current = Current()
-        self.rebuilder = Rebuilder(self.live, store, self.current, on_synced=self.refresh_summary)
+        self.runner = runner
+        self.rebuilder = Rebuilder(
+            self.live, store, self.current, renderer=runner.renderer, on_synced=self.refresh_summary
+        )
         self.bus = EventBus()
         self.pool = Pool(settings=self.live, store=store, runner=runner, current=self.current, bus=self.bus)
         self.reparser = Reparser(store, runner.store, self.bus)
@@ -239,7 +242,11 @@ class Service:
         """What approving ``request`` would start, with estimates and the plan's hash."""
         self._check_known(request)
         context = PlanContext(
-            store=self.store, cohort_id=self.current.cohort_id, jobs=self.current.jobs, settings=self.settings
+            store=self.store,
+            cohort_id=self.current.cohort_id,
+            jobs=self.current.jobs,
+            settings=self.settings,
+            renderer=self.runner.renderer,
         )
         return await make_plan(context, request)
 

@@ -2,9 +2,15 @@
 
 The only module that speaks HTTP to a model. A reply is checked *inside* the attempt (an error
 object in a 200 body, no choices, then :mod:`daydreamd.llm.checks`), because OpenAI-compatible
-gateways such as OpenRouter report many upstream failures with status 200. The API key never
-leaves this module in a message: any echo of it in a server's answer is replaced by
-``[redacted]`` (:class:`~daydreamd.llm.apikey.Scrubber`) in failure messages and in the reply.
+gateways such as OpenRouter report many upstream failures with status 200.
+
+The API key never leaves this module: everything taken from a server's answer passes through
+:class:`~daydreamd.llm.apikey.Scrubber` before anything else sees it, which replaces the key and
+any long piece of it (a masked key) by ``[redacted]``: the reply text and every field of the reply
+that is kept (``id``, ``model``, ``provider``, ``finish_reason``, ``native_finish_reason``; usage is
+numbers only), and every failure message (built from error bodies, error objects and exceptions).
+No response header is kept but ``Retry-After``, read as a number. So ``metadata.json``, the run
+state, the log, the API and the reports only ever see scrubbed text.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import aiohttp
 
 from daydreamd.core.errors import ConfigError
 from daydreamd.core.retry import FailureKind, classify_status, parse_retry_after
-from daydreamd.llm.apikey import Scrubber, read_api_key
+from daydreamd.llm.apikey import CREDENTIALS_DIRECTORY, Scrubber, api_key_for
 from daydreamd.llm.checks import attempt_problem
 from daydreamd.llm.types import CallFailure, LlmRequest, ProviderContext, Reply, Usage
 
@@ -32,17 +38,20 @@ def connect(context: ProviderContext, *, openrouter: bool) -> OpenAiCompatibleCl
     """The client for ``llm.provider`` ``openrouter`` or ``openai``, with its API key.
 
     Raises:
-        ConfigError: no API key in the environment or the ``.env`` next to the config, or no
-            HTTP session to send requests with.
+        ConfigError: no API key (no systemd credential, environment variable or ``.env`` line
+            named ``llm.api_key_env``), a ``.env`` others may read, or no HTTP session to send
+            requests with.
     """
     llm = context.llm
-    dotenv = context.config_dir / ".env" if context.config_dir else None
-    key = read_api_key(llm.api_key_env, context.env, dotenv)
+    key = api_key_for(llm, context.env, context.config_dir)
     if key is None:
-        where = f" or in {dotenv}" if dotenv else ""
+        where = f" or in {context.config_dir / '.env'}" if context.config_dir else ""
+        credential = ""
+        if context.env.get(CREDENTIALS_DIRECTORY):
+            credential = f"give the credential {llm.api_key_env} (LoadCredential=), or "
         raise ConfigError(
-            f"no API key: set the environment variable {llm.api_key_env}{where}, or use provider "
-            '"mock" to run offline',
+            f"no API key: {credential}set the environment variable {llm.api_key_env}{where}, or use "
+            'provider "mock" to run offline',
             key="llm.api_key_env",
         )
     if context.session is None:
@@ -291,17 +300,19 @@ class OpenAiCompatibleClient:
         return reply
 
     def _reply(self, request: LlmRequest, body: dict[str, Any], choice: Mapping[str, Any]) -> Reply:
+        """The reply with every text in it scrubbed (usage holds numbers only)."""
+        scrub = self._scrub.optional
         message = choice.get("message")
         text = _content_text(message.get("content") if isinstance(message, Mapping) else None)
         usage = _usage(body.get("usage"))
         finish_reason = _as_str(choice.get("finish_reason"))
         return Reply(
             text=self._scrub.text(text),
-            finish_reason=finish_reason,
-            native_finish_reason=_as_str(choice.get("native_finish_reason")),
+            finish_reason=scrub(finish_reason),
+            native_finish_reason=scrub(_as_str(choice.get("native_finish_reason"))),
             truncated=_is_truncated(finish_reason, usage, request.max_tokens),
             usage=usage,
-            provider=_as_str(body.get("provider")),
-            generation_id=_as_str(body.get("id")),
-            served_model=_as_str(body.get("model")),
+            provider=scrub(_as_str(body.get("provider"))),
+            generation_id=scrub(_as_str(body.get("id"))),
+            served_model=scrub(_as_str(body.get("model"))),
         )

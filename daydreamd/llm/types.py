@@ -131,7 +131,7 @@ class ProviderContext:
 
     llm: LlmSettings
     env: Mapping[str, str]
-    """The environment, for the API key."""
+    """The environment, for the API key (and ``$CREDENTIALS_DIRECTORY``, where systemd puts it)."""
     config_dir: Path | None
     """The config file's folder, where a ``.env`` may hold the API key."""
     session: aiohttp.ClientSession | None

@@ -275,6 +275,16 @@ def _failures(scores: Scores) -> _Failures | None:
 # -- charts (matplotlib, inline SVG) ---------------------------------------------------------------
 
 
+def _literal(text: str) -> str:
+    """``text`` as a chart label shown as it is: matplotlib reads text between two ``$`` as mathtext
+    (a model id ``m$x^2$`` would be drawn as a formula, and ``m$\\foo$`` stops the report with a
+    parse error), so every ``$`` is escaped (``\\$``, which matplotlib shows as ``$``). Other
+    mathtext specials (``\\``, ``^``, ``_``, ``{``) mean nothing outside ``$...$``, so they are
+    shown as they are. Every label made from the data (model, template and concept ids, failure
+    kinds) goes through this."""
+    return text.replace("$", r"\$")
+
+
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
@@ -305,8 +315,8 @@ def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], 
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(grid)
     mesh = ax.pcolormesh(masked, cmap="viridis", vmin=0, vmax=top, edgecolors="white", linewidth=1)
-    ax.set_xticks([i + 0.5 for i in range(len(cols))], cols, rotation=20, ha="right")
-    ax.set_yticks([i + 0.5 for i in range(len(rows))], rows)
+    ax.set_xticks([i + 0.5 for i in range(len(cols))], [_literal(c) for c in cols], rotation=20, ha="right")
+    ax.set_yticks([i + 0.5 for i in range(len(rows))], [_literal(r) for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("generation model")
     ax.set_ylabel("draft template")
@@ -334,7 +344,8 @@ def _histograms_svg(by_judge: dict[str, list[float]], top: float) -> Markup:
         ax.hist(values, bins=edges, color="#3b6ea5", edgecolor="white")
         mean = math.fsum(values) / len(values)
         ax.axvline(mean, color="#d95f02", linestyle="--", linewidth=1.5)
-        ax.set_title(f"{judge} (n={len(values):,}, mean {format_number(round(mean, 2))})", fontsize=9)
+        title = f"{judge} (n={len(values):,}, mean {format_number(round(mean, 2))})"
+        ax.set_title(_literal(title), fontsize=9)
         ax.set_xlabel("score")
         ax.set_ylabel("evaluations")
         ax.set_xlim(edges[0], edges[-1])
@@ -351,11 +362,11 @@ def _agreement_svg(dims: list[str], counts: dict[str, Counter[str]]) -> Markup:
         totals = [sum(counts[d].values()) for d in dims]
         shares = [counts[d].get(label, 0) / t if t else 0.0 for d, t in zip(dims, totals, strict=True)]
         ax.barh(
-            [f"across {d} (n={sum(counts[d].values()):,})" for d in dims],
+            [_literal(f"across {d} (n={sum(counts[d].values()):,})") for d in dims],
             shares,
             left=left,
             color=color,
-            label=label,
+            label=_literal(label),
         )
         left = [a + b for a, b in zip(left, shares, strict=True)]
     ax.set_xlim(0, 1)
@@ -369,7 +380,7 @@ def _agreement_svg(dims: list[str], counts: dict[str, Counter[str]]) -> Markup:
 def _bars_svg(items: list[tuple[str, int]]) -> Markup:
     fig = _figure(6.0, 0.8 + 0.4 * len(items))
     ax = fig.add_subplot()
-    labels = [k for k, _ in items]
+    labels = [_literal(k) for k, _ in items]
     values = [v for _, v in items]
     bars = ax.barh(labels, values, color="#c0504d")
     ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3)

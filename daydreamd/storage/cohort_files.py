@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from daydreamd.core.cohort import MEMBERSHIP_COLUMNS, Cohort, Combo
 from daydreamd.core.errors import CohortError
+from daydreamd.core.ids import cohort_id_problem
 from daydreamd.storage.atomic import write_atomic, write_atomic_with
 from daydreamd.storage.layout import DataLayout
 
@@ -41,7 +42,10 @@ class WrittenCohort:
 
 
 def write_cohort(data_dir: Path, cohort: Cohort, *, now: datetime | None = None) -> WrittenCohort:
-    """Write the cohort's files and record its combos; raise CohortError on a combo id collision."""
+    """Write the cohort's files and record its combos; raise CohortError on a combo id collision
+    or on a cohort id that is not one safe folder name (checked before anything is written)."""
+    if problem := cohort_id_problem(cohort.cohort_id):
+        raise CohortError(f"{problem}; nothing was written")
     layout = DataLayout(data_dir)
     new_combos = record_combos(layout.combo_mappings, cohort.combos, now=now)
     directory = layout.cohort_dir(cohort.cohort_id)

@@ -12,6 +12,11 @@
       gens/<stage>/<gen_id>/                one generation's files: prompt.txt, raw.txt (raw.<n>.txt
                                             once archived), parsed.txt, metadata.json
 
+Every path built here stays under its folder: each name given to a builder (a stage, a gen_id, a
+cohort id, a file name) must be one plain folder or file name, else :class:`UnsafePathError`
+is raised, whatever the caller checked before (cohort ids from the config, the environment or a
+``--cohort`` argument are checked where they are read, see ``core.ids.cohort_id_problem``).
+
 The run state (SQLite) is not part of this tree: it lives at ``paths.state_db``, which the config
 resolves against the config file's folder (by default ``state/daydreamd.sqlite`` next to it).
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daydreamd.core.errors import DaydreamError
 from daydreamd.core.snapshot import RAW_DIR_NAME
 from daydreamd.core.stages import Stage
 
@@ -45,6 +51,20 @@ PARSED = "parsed.txt"
 """What children and results read; present only when the generation succeeded."""
 METADATA = "metadata.json"
 """Ids, parameters, status, usage: see ``core.metadata``."""
+
+
+class UnsafePathError(DaydreamError, ValueError):
+    """A name given to a path builder would leave its folder (``..``, a separator, empty, NUL)."""
+
+
+def _name(value: str, what: str, folder: Path) -> str:
+    """``value`` when it is one plain name inside ``folder``; raise :class:`UnsafePathError` otherwise."""
+    if value in ("", ".", "..") or "/" in value or "\0" in value:
+        raise UnsafePathError(
+            f"{what} {value!r} is not a plain name, so a path built from it could leave {folder}; "
+            "nothing was read or written"
+        )
+    return value
 
 
 def relative_gen_file(stage: Stage | str, gen_id: str, name: str) -> str:
@@ -80,29 +100,29 @@ class DataLayout:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         """``gens/<stage>``."""
-        return self.gens / str(stage)
+        return self.gens / _name(str(stage), "stage", self.gens)
 
     def gen_dir(self, stage: Stage | str, gen_id: str) -> Path:
         """``gens/<stage>/<gen_id>``."""
-        return self.gens / str(stage) / gen_id
+        return self.stage_dir(stage) / _name(gen_id, "gen_id", self.gens)
 
     def gen_file(self, stage: Stage | str, gen_id: str, name: str) -> Path:
         """``gens/<stage>/<gen_id>/<name>``."""
-        return self.gens / str(stage) / gen_id / name
+        return self.gen_dir(stage, gen_id) / _name(name, "file name", self.gens)
 
     # -- cohorts -------------------------------------------------------------------------------
 
     def cohort_dir(self, cohort_id: str) -> Path:
         """``cohorts/<cohort_id>``."""
-        return self.cohorts / cohort_id
+        return self.cohorts / _name(cohort_id, "cohort id", self.cohorts)
 
     def manifest(self, cohort_id: str) -> Path:
         """``cohorts/<cohort_id>/manifest.json``."""
-        return self.cohorts / cohort_id / MANIFEST
+        return self.cohort_dir(cohort_id) / MANIFEST
 
     def membership(self, cohort_id: str) -> Path:
         """``cohorts/<cohort_id>/membership.csv``."""
-        return self.cohorts / cohort_id / MEMBERSHIP
+        return self.cohort_dir(cohort_id) / MEMBERSHIP
 
     def cohort_ids(self) -> list[str]:
         """The cohorts that have a folder, sorted (hidden folders, e.g. temp files, skipped)."""
@@ -116,7 +136,7 @@ class DataLayout:
         """``cohorts/<cohort_id>/reports`` or, for every cohort (None), ``cross_experiment``."""
         if cohort_id is None:
             return self.data_dir / CROSS_EXPERIMENT_DIR
-        return self.cohorts / cohort_id / REPORTS_DIR
+        return self.cohort_dir(cohort_id) / REPORTS_DIR
 
     def report_html(self, cohort_id: str) -> Path:
         """``cohorts/<cohort_id>/reports/report.html``: the default place of a cohort's report."""

@@ -50,6 +50,12 @@ def test_stage_defaults_and_overrides(tmp_path: Path) -> None:
         ("[stages.draft]\nmax_tokens = true\n", "stages.draft.max_tokens"),
         ('[stages.draft]\non_truncation = "retry"\n', "stages.draft.on_truncation"),
         ("[paths]\ndata_dir = 3\n", "paths.data_dir"),
+        ("[render]\ntimeout_s = 0\n", "render.timeout_s"),
+        ("[render]\ntimeout_s = 3600\n", "render.timeout_s"),
+        ("[render]\nmax_bytes = 100000000000\n", "render.max_bytes"),
+        ("[render]\nmemory_mb = 16\n", "render.memory_mb"),
+        ("[render]\nworkers = 0\n", "render.workers"),
+        ("[render]\ntimeout = 2\n", "render.timeout"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -59,6 +65,12 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -
         load_settings(path, {})
     assert info.value.key == key
     assert str(path) in str(info.value)
+
+
+def test_render_limits_default_and_override(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, ""), {}).render.timeout_s == 2.0
+    render = load_settings(write(tmp_path, "[render]\ntimeout_s = 0.5\nmax_bytes = 2000\n"), {}).render
+    assert (render.timeout_s, render.max_bytes, render.memory_mb) == (0.5, 2000, 1024)
 
 
 def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:

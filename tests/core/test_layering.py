@@ -1,8 +1,8 @@
 """The package's folders are layers and imports only point down (read with ``ast``, no imports run).
 
 Layers, bottom up: ``core`` (pure: the standard library, jinja2 and ``core`` itself), then
-``storage`` and ``llm`` (each on ``core`` only, not on each other), then ``daemon`` and ``report``
-(on anything below, not on each other), then ``cli`` (on anything below but the daemon: it talks to
+``storage``, ``llm`` and ``sandbox`` (each on ``core`` only, not on each other), then ``daemon`` and
+``report`` (on anything below, not on each other), then ``cli`` (on anything below but the daemon: it talks to
 the daemon through the socket). The package root's own modules may use any layer.
 """
 
@@ -21,9 +21,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset({"core"}),
     "storage": frozenset({"core", "storage"}),
     "llm": frozenset({"core", "llm"}),
-    "daemon": frozenset({"core", "storage", "llm", "daemon"}),
+    "sandbox": frozenset({"core", "sandbox"}),
+    "daemon": frozenset({"core", "storage", "llm", "sandbox", "daemon"}),
     "report": frozenset({"core", "storage", "report"}),
-    "cli": frozenset({"core", "storage", "llm", "report", "cli"}),
+    "cli": frozenset({"core", "storage", "llm", "sandbox", "report", "cli"}),
 }
 """For each layer, the layers of ``daydreamd`` its modules may import."""
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import resource
+import time
+
 import jinja2
 import pytest
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
-from daydreamd.core.errors import TemplateError
+from daydreamd.core.errors import TemplateError, TemplateLimitError
 from daydreamd.core.problems import Level
 from daydreamd.core.stages import Stage
-from daydreamd.core.templates import Renderer, check_template
+from daydreamd.core.templates import Renderer, RenderLimits, check_template
 
 PATH = "1_raw/templates/draft/t.txt"
 CONCEPTS = [{"name": "Alpha", "content": "First idea."}, {"name": "Beta", "content": "Second idea."}]
@@ -226,3 +229,67 @@ def test_runtime_errors_while_rendering_are_template_errors() -> None:
     """Any failure while rendering (here a division by zero) is a TemplateError naming the template."""
     with pytest.raises(TemplateError, match="draft/t"):
         Renderer().render("{{ 1 / n }}", {"n": 0}, template_id="t", stage="draft")
+
+
+# --- Renderer: limits a render enforces on itself ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        pytest.param('{{ "a" * 10**8 }}', "repetition would make 100,000,000", id="string-repetition"),
+        pytest.param("{{ 10**8 * [0] }}", "repetition would make 100,000,000", id="list-repetition"),
+        pytest.param("{{ 7 ** 100000 }}", "power would have about", id="huge-power"),
+        pytest.param(
+            "{% for i in range(20000) %}{{ 'x' * 100 }}{% endfor %}",
+            "larger than 1,000,000 bytes",
+            id="output",
+        ),
+    ],
+)
+def test_render_limits_stop_a_template_before_it_grows(text: str, word: str) -> None:
+    """Repetition, powers and the output itself are capped, each reported as a TemplateLimitError."""
+    with pytest.raises(TemplateLimitError) as info:
+        Renderer().render(text, {}, template_id="bomb", stage="draft")
+    assert word in str(info.value)
+    assert "draft/bomb" in str(info.value)
+
+
+def test_output_limit_counts_utf8_bytes_and_allows_what_fits() -> None:
+    """A prompt exactly at the limit renders; one byte more (a 2-byte character) does not."""
+    limits = RenderLimits(max_bytes=1000)
+    assert len(Renderer(limits).render("{{ 'a' * 1000 }}", {}, template_id="t", stage="draft")) == 1000
+    with pytest.raises(TemplateLimitError):
+        Renderer(limits).render("{{ 'a' * 999 }}é", {}, template_id="t", stage="draft")
+
+
+def test_ordinary_arithmetic_still_works_under_the_limits() -> None:
+    text = "{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ 3 * 4 }} {{ '%05d' % 42 }} {{ [1] * 3 }}"
+    assert Renderer().render(text, {}, template_id="t", stage="draft") == "1024 ababab 12 00042 [1, 1, 1]"
+
+
+def test_the_format_attr_sandbox_escape_is_blocked() -> None:
+    """CVE-2025-27516: ``|attr("format")`` on a string reached Python internals before Jinja2 3.1.6."""
+    text = '{{ "{0.__class__.__mro__}" | attr("format")("x") }}'
+    with pytest.raises(TemplateError) as info:
+        Renderer().render(text, {}, template_id="t", stage="draft")
+    assert isinstance(info.value.__cause__, SecurityError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{{ "a" | center(400000000) }}', id="constant-filter"),
+        pytest.param('{{ "%0400000000d" % 1 }}', id="constant-format"),
+        pytest.param('{{ "a" * 400000000 }}', id="constant-repetition"),
+        pytest.param("{{ 3 ** 3000000 }}", id="constant-power"),
+    ],
+)
+def test_static_checks_never_evaluate_the_template(text: str) -> None:
+    """Jinja2 folds constants while compiling: the checks must not, or validating is the attack."""
+    started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert check_template(Stage.DRAFT, "templates/draft/t.txt", text) == []
+    assert time.monotonic() - started < 1.0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100

@@ -113,3 +113,51 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "raw.txt", ".hidden"])
     assert remove_stale_temps(tmp_path / "gone") == 0
+
+
+# ---- containment: every path built stays under its folder ------------------------------------------
+
+ESCAPES = ["../../../x", "..", ".", "", "/abs", "a/b", "a\0b"]
+
+
+@pytest.mark.parametrize("bad", ESCAPES)
+def test_path_builders_refuse_names_that_would_leave_their_folder(tmp_path: Path, bad: str) -> None:
+    """Defense in depth: whatever a caller checked, a built path never leaves data/."""
+    from daydreamd.storage.layout import UnsafePathError
+
+    layout = DataLayout(tmp_path / "data")
+    builders = [
+        lambda: layout.cohort_dir(bad),
+        lambda: layout.manifest(bad),
+        lambda: layout.membership(bad),
+        lambda: layout.reports_dir(bad),
+        lambda: layout.report_html(bad),
+        lambda: layout.stage_dir(bad),
+        lambda: layout.gen_dir("draft", bad),
+        lambda: layout.gen_file("draft", "d_1", bad),
+        lambda: GensStore(tmp_path / "data").write("draft", bad, "prompt.txt", "x"),
+    ]
+    for build in builders:
+        with pytest.raises(UnsafePathError, match="not a plain name"):
+            build()
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_write_cohort_refuses_a_cohort_id_that_is_not_a_folder_name(tmp_path: Path) -> None:
+    """A cohort whose id did not come through the config's check still writes nothing outside data/."""
+    from dataclasses import replace
+
+    from daydreamd.core.build import build_from_raw
+    from daydreamd.core.config import Settings
+    from daydreamd.core.errors import CohortError
+    from daydreamd.core.snapshot import read_raw_dir
+    from daydreamd.storage.cohort_files import write_cohort
+
+    settings = Settings()
+    settings = replace(settings, experiment=replace(settings.experiment, cohort="../../../escaped"))
+    build = build_from_raw(read_raw_dir(Path(__file__).parents[2] / "data" / "1_raw"), settings)
+    assert build.cohort is not None and build.cohort.cohort_id == "../../../escaped"
+    data = tmp_path / "a" / "b" / "data"
+    with pytest.raises(CohortError, match="not a valid cohort id"):
+        write_cohort(data, build.cohort)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

@@ -569,6 +569,7 @@ def test_read_api_key_falls_back_to_dotenv(tmp_path: Path) -> None:
         "export OPENROUTER_API_KEY = 'sk-quoted # not a comment'\n",
         encoding="utf-8",
     )
+    dotenv.chmod(0o600)  # a .env others may read is refused (tests/shell/test_scrubber.py)
     env = {"OPENROUTER_API_KEY": "  "}
     assert read_api_key("OPENROUTER_API_KEY", env, dotenv) == "sk-quoted # not a comment"
 
@@ -586,6 +587,7 @@ def test_read_api_key_falls_back_to_dotenv(tmp_path: Path) -> None:
 def test_read_api_key_dotenv_forms(tmp_path: Path, line: str, expected: str | None) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text(line + "\n", encoding="utf-8")
+    dotenv.chmod(0o600)
     assert read_api_key("KEY", {}, dotenv) == expected
 
 

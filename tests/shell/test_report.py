@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from daydreamd.core.scores import Scores
+from daydreamd.core.scores import ScoreRow, Scores
 from daydreamd.report.html import ReportData, render_report
 from daydreamd.storage.score_db import progress_from_db
 from daydreamd.storage.scores import load_scores
@@ -133,6 +133,84 @@ def test_report_with_scores_only_from_db(run: Run) -> None:
     )
     data = ReportData(cohort_id=run.cohort.cohort_id, scores=scores, source="sqlite", generated_at="t")
     assert render_report(data) == render_report(data)
+
+
+# ---- labels with matplotlib's mathtext specials -------------------------------------------------
+
+MATH_MODEL = "gen$x^2_a$"
+"""Two ``$``: matplotlib would draw a formula instead of the id."""
+MATH_JUDGE = "judge$^$"
+"""Two ``$`` around invalid mathtext: matplotlib raised, and ``daydreamctl report`` crashed."""
+
+
+def _math_row(gen_id: str, essay: str, judge: str, score: float | None) -> ScoreRow:
+    return ScoreRow(
+        draft_template="tpl$_{b}$",
+        generation_model=MATH_MODEL,
+        essay_template="s\\1",
+        combo_id="c1",
+        essay_gen_id=essay,
+        evaluation_template="nov$el$",
+        evaluation_model=judge,
+        replicate=1,
+        gen_id=gen_id,
+        draft_gen_id="d" + essay,
+        concept_ids=("a$b$",),
+        score=score,
+        error_kind="" if score is not None else "kind$^$",
+        error_message="" if score is not None else "no $score$",
+    )
+
+
+def _chart_texts(page: str) -> list[str]:
+    """The text of every ``<text>`` element of the inline SVG charts (XML entities decoded)."""
+    import html
+
+    return [html.unescape(t) for t in re.findall(r"<text[^>]*>(.*?)</text>", page, flags=re.S)]
+
+
+def test_chart_labels_with_mathtext_specials_are_shown_literally() -> None:
+    """``$``, ``\\``, ``^``, ``_``, ``{`` in ids (allowed by the loader) are drawn as written."""
+    judges = (MATH_JUDGE, "back\\slash$_$")
+    rows = [
+        _math_row(f"v{i}{j}", f"E{i}", judge, float(i + j))
+        for i in range(3)
+        for j, judge in enumerate(judges)
+    ]
+    rows.append(_math_row("vf", "E9", MATH_JUDGE, None))
+    page = render_report(
+        ReportData(cohort_id="cohort_math", scores=Scores(rows), source="sqlite", generated_at="t")
+    )
+    texts = _chart_texts(page)
+    assert MATH_MODEL in texts and "tpl$_{b}$" in texts  # heatmap ticks
+    assert any(t.startswith(f"{MATH_JUDGE} (n=") for t in texts)  # histogram titles
+    assert any(t.startswith("back\\slash$_$ (n=") for t in texts)
+    assert "kind$^$" in texts  # failures by kind
+    assert not any("\\$" in t for t in texts)  # the escape itself is never shown
+
+
+def test_report_verb_with_dollar_signs_in_model_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reported crash, end to end: models named with ``$`` in llm_models.csv, a finished run,
+    ``daydreamctl report`` writes the page and shows the ids as written."""
+    from tests.shell import test_scores
+
+    raw = tmp_path / "raw"
+    shutil.copytree(test_scores.EXAMPLE_RAW, raw)
+    models = raw / "llm_models.csv"
+    models.write_text(
+        models.read_text()
+        .replace("gemini_25_flash,", f"{MATH_MODEL},")
+        .replace("sonnet_4,", f"{MATH_JUDGE},")
+    )
+    monkeypatch.setattr(test_scores, "EXAMPLE_RAW", raw)
+    run = asyncio.run(run_everything(tmp_path / "run"))
+
+    code, stdout, stderr = invoke(run, "report", "--json")
+
+    assert code == 0, stdout + stderr
+    texts = _chart_texts(Path(json.loads(stdout)["report"]).read_text(encoding="utf-8"))
+    assert MATH_MODEL in texts
+    assert any(t.startswith(f"{MATH_JUDGE} (n=") for t in texts)
 
 
 # ---- the browser -----------------------------------------------------------------------------

@@ -928,6 +928,7 @@ async def test_online_provider_without_a_key_names_the_variable(
 ) -> None:
     """openrouter with no key anywhere is a ConfigError naming the env var, showing no secret."""
     (tmp_path / ".env").write_text(f"SOME_OTHER_KEY={KEY}\n", encoding="utf-8")
+    (tmp_path / ".env").chmod(0o600)
     llm = LlmSettings(provider="openrouter", api_key_env="DD_TEST_OPENROUTER_KEY")
     with pytest.raises(ConfigError) as caught:
         make_provider(llm, env={"UNRELATED": KEY}, config_dir=tmp_path, session=session)
@@ -948,6 +949,7 @@ async def test_key_is_read_from_dotenv_next_to_the_config(rig: Rig, tmp_path: Pa
         encoding="utf-8",
     )
     (config_dir / ".env").write_text(f'# secrets\nexport DD_TEST_DOTENV_KEY="{KEY}"\n', encoding="utf-8")
+    (config_dir / ".env").chmod(0o600)  # only its owner may read it, or it is refused
     settings = load_settings(config, {})
     async with aiohttp.ClientSession() as own_session:
         provider = make_provider(settings.llm, env={}, config_dir=config.parent, session=own_session)
