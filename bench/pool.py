@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.experiment import drafts_only, write_experiment
 from bench.fake_server import fake_server
+from bench.machine import machine
 from daydreamd.cli.client import ServiceClient, ServiceUnavailable
 from tests.integration.daemon import Daemon, fast_config
 
@@ -363,15 +364,6 @@ def report(
     if sampler.errors:
         result["status_poll_errors"] = len(sampler.errors)
     return result
-
-
-def machine(load_before: float) -> dict[str, Any]:
-    """How busy the machine was: a shared, loaded machine makes every ratio here worse."""
-    return {
-        "cpus": os.cpu_count(),
-        "loadavg_1m_before": round(load_before, 2),
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
-    }
 
 
 # ---- the scenarios -----------------------------------------------------------------------------

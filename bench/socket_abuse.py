@@ -56,6 +56,7 @@ import anyio.to_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine
 from daydreamd.cli.client import ServiceClient, ServiceError, ServiceUnavailable
 from tests.integration.daemon import Daemon, fast_config
 
@@ -408,11 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     result = anyio.run(measure, args)
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_1m_before": round(load_before, 2),
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
-    }
+    result["machine"] = machine(load_before)
     print(json.dumps(result, indent=2))
     return 0
 

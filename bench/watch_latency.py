@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.experiment import Shape, write_experiment
 from bench.fake_server import fake_server
+from bench.machine import machine
 from tests.integration.daemon import Daemon, fast_config
 
 # 20 concepts, k=2: 190 combos x 2 templates x 2 models = 760 drafts, 1,520 essays, 6,080 evaluations.
@@ -207,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     with fake_server("--latency-ms", "200") as url:
         result = anyio.run(measure, url, args.edits, args.samples, args.min_in_flight)
     # A shared, loaded machine makes every latency here worse: say how busy it was.
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_1m_before": round(load_before, 2),
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
-    }
+    result["machine"] = machine(load_before)
     print(json.dumps(result, indent=2))
     return 0
 

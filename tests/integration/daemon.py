@@ -185,6 +185,13 @@ async def holds(
         await anyio.sleep(0.05)
 
 
+def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:
+    """A daemon (not started) that the ``daemons`` fixture cleans up, whatever happens."""
+    daemon = Daemon(root, config)
+    daemons.append(daemon)
+    return daemon
+
+
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     """``daydreamctl ARGS`` against this daemon's config (a real process; blocking: run it in a thread)."""
     return subprocess.run(

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,29 +26,16 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-import pytest_asyncio
 
 from daydreamd.cli.client import ServiceError
 from daydreamd.daemon.lifecycle import tighten_umask
 from tests.fakellm import FakeLlm
-from tests.integration.daemon import API_KEY, Daemon, ctl, fast_config
+from tests.integration.daemon import API_KEY, Daemon, ctl, fast_config, make
 
 SEEN_S = 10.0
 """How soon an edit to 1_raw must show in the status."""
 LEAK = "1_raw/templates/draft/leak.txt"
 LEAK_ROW = "leak,Leak,reads the environment,,llm,True\n"
-
-
-@pytest_asyncio.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeLlm]:
-    async with FakeLlm() as fake:
-        yield fake
-
-
-def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:
-    daemon = Daemon(root, config)
-    daemons.append(daemon)
-    return daemon
 
 
 def errors(status: dict[str, Any] | None) -> dict[str, str]:

@@ -13,7 +13,7 @@ from daydreamd.core.build import read_and_build
 from daydreamd.core.config import load_settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.trials import first_of_each_template
-from tests.integration.daemon import Daemon, fast_config
+from tests.integration.daemon import Daemon, fast_config, make
 from tests.integration.test_operations import ctl
 
 SPIN = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -56,8 +56,7 @@ async def test_a_template_that_runs_away_on_some_inputs_fails_only_those(
 ) -> None:
     """The trial render passes, two real drafts spin: they fail as render_error naming the limit,
     the other ten drafts finish, status answers throughout, and SIGTERM ends the service promptly."""
-    daemon = Daemon(tmp_path, fast_config(None, provider="mock", extra=LIMITS))
-    daemons.append(daemon)
+    daemon = make(daemons, tmp_path, fast_config(None, provider="mock", extra=LIMITS))
     add_draft_template(daemon.raw, "spin", "Concepts: {% for c in concepts %}{{ c.name }} {% endfor %}")
     trigger = untried_concept(daemon, "spin")
     text = (
@@ -100,8 +99,7 @@ async def test_a_template_past_a_limit_on_sample_inputs_is_refused_by_validate_a
 ) -> None:
     """Edited in while the service runs: the rebuild reports both templates by file and keeps the
     cohort in force; ``validate`` says the same and exits 1, within seconds."""
-    daemon = Daemon(tmp_path, fast_config(None, provider="mock", extra=LIMITS))
-    daemons.append(daemon)
+    daemon = make(daemons, tmp_path, fast_config(None, provider="mock", extra=LIMITS))
     first = await daemon.start()
     cohort_id = first["cohort_id"]
 
@@ -128,8 +126,7 @@ async def test_sigterm_while_templates_spin_ends_within_the_render_time_limit(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     """Shutdown waits for renders in progress, and a render lasts at most ``render.timeout_s``."""
-    daemon = Daemon(tmp_path, fast_config(None, provider="mock", extra="[render]\ntimeout_s = 4.0\n"))
-    daemons.append(daemon)
+    daemon = make(daemons, tmp_path, fast_config(None, provider="mock", extra="[render]\ntimeout_s = 4.0\n"))
     add_spinning_template(daemon)
     await daemon.start()
     await ctl(daemon, "approve", "draft")

@@ -9,26 +9,12 @@ import stat
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio.to_thread
-import pytest_asyncio
 
 from tests.fakellm import FakeLlm, FaultKind
-from tests.integration.daemon import API_KEY, Daemon, fast_config
-
-
-@pytest_asyncio.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeLlm]:
-    async with FakeLlm() as fake:
-        yield fake
-
-
-def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:
-    daemon = Daemon(root, config)
-    daemons.append(daemon)
-    return daemon
+from tests.integration.daemon import API_KEY, Daemon, fast_config, make
 
 
 def gens(daemon: Daemon, stage: str, name: str) -> list[Path]:

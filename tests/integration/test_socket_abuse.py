@@ -31,7 +31,7 @@ import pytest
 
 from daydreamd.cli.client import ServiceClient, ServiceError
 from daydreamd.core.control import MAX_APPROVAL_LIMIT, MAX_CONCURRENCY, MAX_REQUESTS_PER_MINUTE
-from daydreamd.daemon.server import LIMITS_ENV, MAX_CONNECTIONS
+from daydreamd.daemon.connections import LIMITS_ENV, MAX_CONNECTIONS
 from tests.integration.daemon import Daemon, fast_config
 
 HEADER_TIMEOUT_S = 3.0

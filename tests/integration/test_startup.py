@@ -22,17 +22,11 @@ import pytest
 
 from tests.core.test_ratelimit import max_in_any_window
 from tests.fakellm import FakeLlm
-from tests.integration.daemon import API_KEY, Daemon, fast_config, holds
+from tests.integration.daemon import API_KEY, Daemon, fast_config, holds, make
 
 WRITER = "gemini_25_flash"  # writes drafts and essays
 JUDGE = "sonnet_4"
 JUDGE_MODEL = "anthropic/claude-sonnet-4"
-
-
-def make(daemons: list[Daemon], root: Path, config: str) -> Daemon:
-    daemon = Daemon(root, config)
-    daemons.append(daemon)
-    return daemon
 
 
 def stage(status: dict[str, Any] | None, name: str) -> dict[str, int]:

@@ -28,19 +28,16 @@ import pytest
 from daydreamd.cli.client import ServiceClient
 from daydreamd.core.control import MAX_APPROVAL_LIMIT, MAX_CONCURRENCY, MAX_REQUESTS_PER_MINUTE
 from daydreamd.core.errors import DaydreamError
-from daydreamd.daemon import server
-from daydreamd.daemon.server import (
+from daydreamd.daemon import connections
+from daydreamd.daemon.connections import (
     LIMITS_ENV,
     LogThrottle,
     ServerLimits,
-    SocketRunner,
     connection_cap,
-    make_app,
     raise_open_files_limit,
-    start_unix_site,
-    stop,
     throttle_loop_errors,
 )
+from daydreamd.daemon.server import SocketRunner, make_app, start_unix_site, stop
 from tests.shell.test_server import (  # noqa: F401 (_sock: the fixture ``sock``)
     STATUS,
     FakeControl,
@@ -211,7 +208,7 @@ def test_the_cap_leaves_descriptors_to_the_rest_of_the_service() -> None:
     assert connection_cap(limits, 65536) == 256
     assert connection_cap(limits, 2048) == 256
     assert connection_cap(limits, 1024) == 128  # 1024 - 512 reserved - 384 in transit
-    assert connection_cap(limits, 800) == server.MIN_CONNECTIONS
+    assert connection_cap(limits, 800) == connections.MIN_CONNECTIONS
     assert connection_cap(ServerLimits(max_connections=4), 100) == 4
     assert connection_cap(limits, resource.RLIM_INFINITY) == 256
 

@@ -91,7 +91,7 @@ def test_the_unit_is_hardened(service: dict[str, list[str]]) -> None:
 
 def test_the_unit_leaves_room_for_open_files_beyond_the_socket_cap(service: dict[str, list[str]]) -> None:
     """Socket clients hold at most MAX_CONNECTIONS + IN_TRANSIT descriptors; the rest is the service's."""
-    from daydreamd.daemon.server import IN_TRANSIT, MAX_CONNECTIONS, RESERVED_FDS
+    from daydreamd.daemon.connections import IN_TRANSIT, MAX_CONNECTIONS, RESERVED_FDS
 
     limit = one(service, "LimitNOFILE")
     assert re.fullmatch(r"\d+", limit), "one number: the same soft and hard limit"
