@@ -1,7 +1,8 @@
 """``daydreamctl``: the command line for daydreamd; the group, and the offline verbs that build.
 
-This module holds the ``daydreamctl`` group and the offline verbs ``validate``, ``cohort``,
-``parse`` and ``render``, which call the pure core directly and need no service. The other verbs
+This module holds the ``daydreamctl`` group and the offline verbs ``validate``, ``cohort`` (with
+its subcommand ``cohort compile``, whose work is in :mod:`daydreamd.cli.speccompile`), ``parse``
+and ``render``, which call the pure core directly and need no service. The other verbs
 live in their own modules, which :class:`VerbGroup` imports only when one of their verbs is run
 (or listed, for ``--help``), see :data:`LAZY_VERBS`:
 
@@ -101,6 +102,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     Offline (no service needed):
       daydreamctl validate          check data/1_raw, list every problem
       daydreamctl cohort --write    build the cohort and write data/cohorts/<id>/
+      daydreamctl cohort compile SPEC   compile a cohort spec into its rows (dry run)
       daydreamctl render            render prompts into data/gens/ without calling a model
       daydreamctl parse --stage evaluation --parser in_last_line reply.txt
     """
@@ -210,28 +212,33 @@ def _scale_json(template: Template) -> dict[str, object]:
     }
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.group(context_settings=CONTEXT, invoke_without_command=True)
 @data_option
 @json_option
 @click.option(
     "--write", is_flag=True, help="Write data/cohorts/<cohort_id>/ and extend data/combo_mappings.csv."
 )
-@click.pass_obj
-def cohort(obj: Context, data: Path | None, as_json: bool, write: bool) -> None:
+@click.pass_context
+def cohort(ctx: click.Context, data: Path | None, as_json: bool, write: bool) -> None:
     """Build the cohort and show its id and size per stage, template and model.
 
     Needs an experiment without errors (see `daydreamctl validate`). With --write, the
     manifest and membership are written atomically; unchanged inputs give identical files.
+    `daydreamctl cohort compile SPEC` compiles a cohort spec instead (a dry run).
 
     \b
     Examples:
       daydreamctl cohort
       daydreamctl cohort --write --json
+      daydreamctl cohort compile data/cohorts/rejudge/spec/config.yaml --limit 5
     """
+    obj: Context = ctx.obj
+    obj.data = data
+    if ctx.invoked_subcommand is not None:
+        return
     from daydreamd.core.build import read_and_build
     from daydreamd.storage.cohort_files import write_cohort
 
-    obj.data = data
     settings = obj.settings()
     build = read_and_build(settings)
     if build.cohort is None:
@@ -259,6 +266,41 @@ def cohort(obj: Context, data: Path | None, as_json: bool, write: bool) -> None:
         print_json(result)
     else:
         _print_cohort(result)
+
+
+@cohort.command("compile", context_settings=CONTEXT)
+@click.argument("spec", type=click.Path(path_type=Path))
+@data_option
+@click.option("--limit", type=click.IntRange(min=1), help="Print at most N rows.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="Rows as CSV (with a header) or as one JSON object per line.",
+)
+@click.option("--seed", type=int, help="Shuffle the rows with this seed (overrides the spec's output.seed).")
+@click.pass_obj
+def compile_spec_verb(
+    obj: Context, spec: Path, data: Path | None, limit: int | None, fmt: str, seed: int | None
+) -> None:
+    """Compile a cohort spec into its rows, checking its ids against data/1_raw (a dry run).
+
+    SPEC is a spec file (config.yaml, .toml or .json, the original project's format) or the
+    folder holding it. Rows go to stdout, problems to stderr as `path:line: level: message`;
+    exits 1 on any error. Nothing is written and no service is needed.
+
+    \b
+    Examples:
+      daydreamctl cohort compile data/cohorts/rejudge/spec --limit 5
+      daydreamctl cohort compile spec/config.yaml --format jsonl --data ../other/data
+    """
+    from daydreamd.cli.speccompile import run_compile
+
+    if data is not None:
+        obj.data = data
+    sys.exit(run_compile(obj.settings(), spec, limit=limit, fmt=fmt, seed=seed))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -176,13 +176,25 @@ class Renderer:
 
 
 def check_template(stage: Stage, path: str, text: str) -> list[Problem]:
-    """Syntax errors and variables the stage does not provide, each with its template line."""
+    """Syntax errors and variables the stage does not provide, each with its template line.
+
+    Whatever a template's text provokes in Jinja2's parser or in the analysis (a 5,000-digit
+    number, expressions nested thousands deep) is a problem on its file, never an exception:
+    the service reads these texts while it runs.
+    """
     try:
-        ast = _analysis_environment().parse(text)
+        return _check(stage, path, text)
     except jinja2.TemplateSyntaxError as exc:
         return [error(path, f"Jinja syntax error: {exc.message}", line=exc.lineno)]
     except RecursionError:
-        return [error(path, "template is nested too deeply for Jinja to parse; simplify it")]
+        return [error(path, "template is nested too deeply for Jinja to read; simplify it")]
+    except (ArithmeticError, ValueError, MemoryError, LookupError, TypeError) as exc:
+        reason = str(exc).split(";")[0][:200]
+        return [error(path, f"Jinja cannot read this template: {type(exc).__name__}: {reason}")]
+
+
+def _check(stage: Stage, path: str, text: str) -> list[Problem]:
+    ast = _analysis_environment().parse(text)
     allowed = TEMPLATE_VARIABLES[stage]
     problems = []
     for name in sorted(meta.find_undeclared_variables(ast) - allowed):

@@ -102,6 +102,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
                 policy=settings.retry,
                 rng=random.Random(),
                 renderer=renderer,
+                scrubber=key_scrubber(settings, env),  # a prompt holding the key is never sent
             )
             service = Service(settings, store, runner)
             await service.pool.restore_limits()

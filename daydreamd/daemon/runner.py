@@ -62,12 +62,19 @@ from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.core.templates import PromptRenderer, Renderer
 from daydreamd.daemon.health import Health, is_disk_fault
+from daydreamd.llm.apikey import Scrubber
 from daydreamd.llm.calls import AttemptHook, call_with_retries
 from daydreamd.llm.checks import content_problem
 from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
 from daydreamd.storage.gens import PARSED, PARSED_SHA256, PROMPT, RAW, GensStore
 
 _T = TypeVar("_T")
+
+
+KEY_IN_PROMPT = (
+    "the prompt contains the API key (or a long piece of it), so it was neither written nor sent; "
+    "a file in 1_raw holds the key: remove it, then retry these generations"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,9 +144,11 @@ class Runner:
         sleep: Callable[[float], Any] = anyio.sleep,
         checkpoint: Checkpoint | None = None,
         renderer: PromptRenderer | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         """``renderer``: the service passes its rendering processes (``daydreamd.sandbox``), which
-        add time and memory limits; the default renders in this process (tests, benchmarks)."""
+        add time and memory limits; the default renders in this process (tests, benchmarks).
+        ``scrubber``: the API key's; a prompt holding the key is never written or sent."""
         self.store = store
         self.provider = provider
         self.policy = policy or RetryPolicy()
@@ -147,6 +156,7 @@ class Runner:
         self.sleep = sleep
         self.checkpoint = checkpoint
         self.renderer: PromptRenderer = renderer or Renderer()
+        self.scrubber = scrubber or Scrubber(None)
         # Separate thread budgets: rendering a prompt must never queue behind replies being
         # fsynced to a busy disk, or the provider's concurrency would sit idle.
         self._prepare_threads = anyio.CapacityLimiter(8)
@@ -246,6 +256,11 @@ class Runner:
             store.remove_parsed(job.stage, job.gen_id)
             return self._fail(run, FailureKind.RENDER_ERROR, str(exc))
         run.render_ms = _ms(t)
+        if self.scrubber.text(run.prompt) is not run.prompt:
+            # Only a file of 1_raw can have put it there: whatever the route, it goes no further.
+            store.remove_parsed(job.stage, job.gen_id)
+            run.prompt = None
+            return self._fail(run, FailureKind.RENDER_ERROR, KEY_IN_PROMPT)
         assert job.model is not None
         run.input_sha256 = input_sha256(run.prompt, job.model.model, job.settings.call_parameters())
         previous = store.read_metadata(job.stage, job.gen_id)

@@ -273,7 +273,9 @@ def read_api_key(env_name: str, env: Mapping[str, str], dotenv_path: Path | None
     if dotenv_path is None:
         return None
     try:
-        with dotenv_path.open(encoding="utf-8") as handle:
+        # O_NONBLOCK: a FIFO put there must not hang the start; check_private refuses it.
+        fd = os.open(dotenv_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
             check_private(dotenv_path, os.fstat(handle.fileno()), env_name)
             lines = handle.read().splitlines()
     except FileNotFoundError:
@@ -331,6 +333,8 @@ def check_private(path: Path, info: os.stat_result, env_name: str) -> None:
     Raises:
         ConfigError: naming the file, its mode or owner, and the command that fixes it.
     """
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"refusing to read {env_name} from {path}: it is not a regular file")
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         raise ConfigError(

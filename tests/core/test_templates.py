@@ -293,3 +293,20 @@ def test_static_checks_never_evaluate_the_template(text: str) -> None:
     assert time.monotonic() - started < 1.0
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        pytest.param(
+            "{{ " + "9" * 5000 + " }}", "Jinja cannot read this template: ValueError", id="long-number"
+        ),
+        pytest.param("{{ concepts" + "|e" * 5000 + " }}", "nested too deeply", id="filter-chain"),
+        pytest.param("{{ x" + ".a" * 20000 + " }}", "nested too deeply", id="attribute-chain"),
+        pytest.param("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nested too deeply", id="parentheses"),
+    ],
+)
+def test_texts_that_break_jinja2_itself_are_problems_not_exceptions(text: str, word: str) -> None:
+    """The service reads templates while it runs: nothing in one may raise out of the checks."""
+    (problem,) = check_template(Stage.DRAFT, "1_raw/templates/draft/t.txt", text)
+    assert problem.level is Level.ERROR and word in problem.message

@@ -4,6 +4,7 @@
   API key): refused and reported naming the file; nothing of it reaches a prompt or the provider;
 * a template folder that is a link out of ``1_raw``: refused, nothing read from it;
 * a FIFO in ``templates/``: refused, and neither the service nor ``validate`` blocks on it;
+* a 4 GB sparse file in ``1_raw``: refused from its size, never read (it killed the service);
 * ``DD_COHORT=../../../x`` (or ``experiment.cohort``, or ``--cohort``): an error naming the
   setting, nothing written outside ``data/``;
 * a symbolic link at the lock file's path: refused, its target untouched;
@@ -204,6 +205,32 @@ async def test_a_fifo_in_templates_blocks_neither_the_service_nor_validate(
         assert validated.returncode == 1
         assert "rigor-judge.txt: error: refused: it is a FIFO" in validated.stdout + validated.stderr
         assert await daemon.stop() == 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident size (``VmHWM``), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
+async def test_a_huge_sparse_file_in_1_raw_is_refused_without_being_read(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The review's 4 GB sparse ``notes.txt`` killed the service at startup (MemoryError): now it is
+    refused from its size, an error naming it and the limit, and the service stays small."""
+    daemon = make(daemons, tmp_path, fast_config(None, provider="mock"))
+    with (daemon.raw / "notes.txt").open("wb") as f:
+        f.truncate(4 * 1024**3)
+    status = await daemon.start()
+    message = errors(status).get("1_raw/notes.txt", "")
+    assert f"{4 * 1024**3:,} bytes" in message and "16 MiB" in message, status
+    assert daemon.process is not None
+    peak_kib = peak_rss_kib(daemon.process.pid)
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB"
+
+    (daemon.raw / "notes.txt").unlink()
+    await daemon.wait_for(lambda s: s is not None and not errors(s), deadline_s=SEEN_S, what="mended")
+    assert await daemon.stop() == 0
 
 
 # ---- cohort ids: nothing written outside data/ ----------------------------------------------------

@@ -39,7 +39,7 @@ from daydreamd.core.problems import has_errors
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.daemon.runner import Outcome, Runner
-from daydreamd.llm.apikey import REDACTED
+from daydreamd.llm.apikey import REDACTED, Scrubber
 from daydreamd.llm.offline import EchoProvider, MockProvider, mock_score
 from daydreamd.llm.openai_compat import OpenAiCompatibleClient
 from daydreamd.llm.registry import make_provider
@@ -147,13 +147,16 @@ class Rig:
         self.runner = self.make_runner()
         self.rebuild()
 
-    def make_runner(self, *, checkpoint: Callable[[str, str], None] | None = None) -> Runner:
+    def make_runner(
+        self, *, checkpoint: Callable[[str, str], None] | None = None, scrubber: Scrubber | None = None
+    ) -> Runner:
         return Runner(
             store=self.store,
             provider=self.provider,
             rng=random.Random(0),
             sleep=self.sleeps,
             checkpoint=checkpoint,
+            scrubber=scrubber,
         )
 
     def rebuild(self) -> None:
@@ -581,6 +584,29 @@ async def test_template_failing_at_render_time_makes_no_request(rig: Rig) -> Non
         md = rig.metadata(g)
         assert (md["status"], md["error"]["kind"], md["reply"]) == ("failed", "render_error", None)
         assert md["files"] == {"prompt": None, "raw": None, "parsed": None}
+
+
+async def test_a_prompt_holding_the_key_is_neither_written_nor_sent(rig: Rig) -> None:
+    """However a 1_raw file came to hold the key (a link the containment missed, a paste), the
+    rendered prompt is checked: render_error, no request, no prompt.txt, no key in any file."""
+    assert rig.fake is not None
+    description = rig.data_dir / "1_raw" / "concepts" / "descriptions-paragraph" / "serendipity.txt"
+    description.write_text(f"Serendipity, and by the way: {KEY[:20]}...\n", encoding="utf-8")
+    rig.rebuild()
+    rig.runner = rig.make_runner(scrubber=Scrubber(KEY))
+    drafts = rig.pick(Stage.DRAFT, "bridge-sketch")  # two of the three combos hold serendipity
+
+    outcomes = [await rig.run(g) for g in drafts]
+
+    refused = [(g, o) for g, o in zip(drafts, outcomes, strict=True) if not o.ok]
+    assert len(refused) == 2 and rig.fake.request_count == 1
+    for g, outcome in refused:
+        assert outcome.kind is FailureKind.RENDER_ERROR
+        assert "contains the API key" in outcome.message
+        assert rig.files(g) == {"metadata.json"}
+    for path in (rig.data_dir / "gens").rglob("*"):
+        if path.is_file():
+            assert KEY[:12].encode() not in path.read_bytes(), path
 
 
 # ---- 3. never pay twice ---------------------------------------------------------------------------

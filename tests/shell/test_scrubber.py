@@ -16,6 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -329,6 +330,15 @@ def test_a_dotenv_others_may_access_is_refused(tmp_path: Path, mode: int) -> Non
     assert str(dotenv) in message and f"{mode:04o}" in message
     assert f"chmod 600 {dotenv}" in message and "OPENROUTER_API_KEY" in message
     assert KEY[:12] not in message
+
+
+def test_a_fifo_at_the_dotenv_path_is_refused_without_blocking(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    os.mkfifo(dotenv, 0o600)
+    with ThreadPoolExecutor(1) as thread:
+        read = thread.submit(read_api_key, "OPENROUTER_API_KEY", {}, dotenv)
+        with pytest.raises(ConfigError, match="not a regular file"):
+            read.result(timeout=10)
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o400])
