@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import platform
@@ -451,8 +452,15 @@ class _OpenHow(ctypes.Structure):
     _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
 
 
-_syscall: Callable[..., int] | None = None
-_available: bool | None = None
+@functools.cache
+def _libc_syscall() -> Callable[..., int]:
+    """libc's ``syscall()``, typed for ``openat2`` (looked up once; ENOSYS where it has no number)."""
+    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    function = ctypes.CDLL(None, use_errno=True).syscall
+    function.restype = ctypes.c_long
+    function.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
+    return function
 
 
 def _openat2_beneath(dir_fd: int, path: bytes, flags: int) -> int:
@@ -462,17 +470,11 @@ def _openat2_beneath(dir_fd: int, path: bytes, flags: int) -> int:
     ELOOP for a chain of over 40 links or a ``/proc`` magic link, EAGAIN when renames kept
     racing it, ENOSYS where there is no ``openat2``.
     """
-    global _syscall
-    if _syscall is None:
-        if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
-            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
-        function = ctypes.CDLL(None, use_errno=True).syscall
-        function.restype = ctypes.c_long
-        function.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
-        _syscall = function
+    syscall = _libc_syscall()
     how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    code = errno.EAGAIN
     for _attempt in range(_RETRIES):
-        fd = _syscall(_SYS_OPENAT2, dir_fd, path, ctypes.addressof(how), ctypes.sizeof(how))
+        fd = syscall(_SYS_OPENAT2, dir_fd, path, ctypes.addressof(how), ctypes.sizeof(how))
         if fd >= 0:
             return fd
         code = ctypes.get_errno()
@@ -481,19 +483,17 @@ def _openat2_beneath(dir_fd: int, path: bytes, flags: int) -> int:
     raise OSError(code, os.strerror(code), os.fsdecode(path))
 
 
+@functools.cache
 def openat2_available() -> bool:
-    """Whether links can be followed safely here (``openat2`` works; probed once)."""
-    global _available
-    if _available is None:
-        root = os.open("/", _DIR_FLAGS)
-        try:
-            os.close(_openat2_beneath(root, b".", _O_PATH | os.O_CLOEXEC))
-            _available = True
-        except OSError:  # ENOSYS (old kernel), EPERM (a seccomp filter), EINVAL
-            _available = False
-        finally:
-            os.close(root)
-    return _available
+    """Whether links can be followed safely here (``openat2`` works; probed once per process)."""
+    root = os.open("/", _DIR_FLAGS)
+    try:
+        os.close(_openat2_beneath(root, b".", _O_PATH | os.O_CLOEXEC))
+        return True
+    except OSError:  # ENOSYS (old kernel), EPERM (a seccomp filter), EINVAL
+        return False
+    finally:
+        os.close(root)
 
 
 # ---- messages: the path is shown before them; each says why, and what to do -------------------------
