@@ -8,9 +8,10 @@ handlers, error answers and the socket file) is :mod:`daydreamd.daemon.server`; 
 between it and the socket's clients.
 
 * **The cap** (:class:`ConnectionGate`, the protocol factory the socket serves): at most
-  ``max_connections`` connections are open; a new one beyond closes the one quiet longest that has
-  not sent a complete request, or is answered 503 when every one is busy. Request heads must arrive
-  within ``header_timeout_s``, and an idle keep-alive connection is closed after
+  ``max_connections`` connections are open, and at most ``max_user_share`` of them from one user
+  (the peer's uid, from ``SO_PEERCRED``); a new one beyond closes the one quiet longest that has
+  not sent a complete request (head and body), or is answered 503 when every one is busy. Request
+  heads must arrive within ``header_timeout_s``, and an idle keep-alive connection is closed after
   ``keepalive_timeout_s``. What clients are allowed is one :class:`ServerLimits` (overridable through
   :data:`LIMITS_ENV`); its body and event-stream limits are applied by the server's handlers.
 * **The descriptor budget**: the soft open-files limit is raised towards the hard one
@@ -27,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import re
 import resource
 import socket
+import struct
 import sys
 import termios
 import time
@@ -38,7 +41,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, cast
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from daydreamd.core.errors import DaydreamError
 
@@ -51,8 +54,12 @@ HEADER_TIMEOUT_S = 5.0
 the first bytes of the next request on a kept-alive connection)."""
 KEEPALIVE_TIMEOUT_S = 5.0
 """An idle keep-alive connection is closed after this long."""
-BODY_TIMEOUT_S = 10.0
-"""A request body must have arrived this long after its headers (else 408 and the connection closes)."""
+BODY_TIMEOUT_S = 2.0
+"""A request body must have arrived this long after its headers (else 408 and the connection closes):
+every API body is a small JSON object, sent with its headers by any real client."""
+MAX_USER_SHARE = 0.5
+"""The share of ``max_connections`` one user (peer uid) may hold, so that one user cannot take the
+socket from the others, however many connections they open."""
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body (413 beyond); every API body is a small JSON object."""
 MAX_EVENT_STREAMS = 64
@@ -66,7 +73,10 @@ IN_TRANSIT = 3 * ACCEPT_BATCH
 """Descriptors of connections accepted but not yet admitted, or closed but not yet released (each a
 loop iteration away): under a flood about three accept batches, measured by ``bench/socket_abuse.py``."""
 VICTIM_SCAN = 32
-"""Connections looked at, oldest first, for one without unread bytes to close for room."""
+"""Connections looked at, quiet longest first, for one to close for room."""
+PEEK_BYTES = 16384
+"""Unread bytes looked at to tell whether a connection's first bytes are a complete request (one
+longer than this, not yet read, is taken for complete)."""
 MIN_CONNECTIONS = 8
 """A low open-files limit never lowers the connection cap below this."""
 OPEN_FILES_WANTED = 65536
@@ -87,6 +97,8 @@ class ServerLimits:
     """
 
     max_connections: int = MAX_CONNECTIONS
+    max_user_share: float = MAX_USER_SHARE
+    """At most this share of the connection cap (at least one) is open from one peer uid at once."""
     header_timeout_s: float = HEADER_TIMEOUT_S
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
@@ -146,12 +158,22 @@ class ConnectionGate:
     headers are complete (the handler starts) and when its handler is done.
 
     * **Cap.** At most ``cap`` connections are open. A new one beyond it closes the connection
-      quiet longest among those that are neither handling a request nor holding a complete
-      request head not yet handled: idle ones (after a response, or never a byte) and ones still
-      sending their headers. A client that sent its whole request at once (as every real one does)
-      is so never closed to make room, however fast others connect. If no connection can be
+      quiet longest (the one whose last bytes arrived longest ago) among those the service is not
+      working on: idle ones (after a response, or never a byte), ones still sending their headers,
+      and ones still sending their body (a request whose body has not fully arrived is not being
+      handled yet, however long its handler has been waiting for it: 300 clients trickling a body
+      a byte a second once held every connection, and ``daydreamctl status`` got 503s). Only a
+      connection with a complete request in hand (head, and body if any), being handled or about
+      to be, is never closed to make room: a client that sent its whole request at once (as every
+      real one does) is so never closed, however fast others connect. If no connection can be
       closed, the new one is answered 503 and closed at once. Socket clients so never hold more
       than ``cap`` descriptors, plus those in transit (:data:`IN_TRANSIT`).
+    * **Share of one user.** At most ``user_cap`` (``max_user_share`` of the cap, at least one) are
+      open from one peer uid (``SO_PEERCRED``). A new connection from a user who has that many
+      closes that user's own connection quiet longest, or is answered 503 if the service is working
+      on every one of them. One user, whatever they do, so leaves the others at least
+      ``cap - user_cap`` connections. The quota applies to every uid, root and the service's own
+      included: ``daydreamctl`` needs one connection per command, not hundreds.
     * **Header timeout.** A connection must complete its request line and headers within
       ``header_timeout_s`` of opening (a slowloris client sending a byte now and then is closed
       then, however it trickles).
@@ -171,17 +193,28 @@ class ConnectionGate:
         self._server = server
         self._limits = limits
         self.cap = cap
+        self.user_cap = min(cap, max(1, int(cap * limits.max_user_share)))
+        """Connections one peer uid may have open at once."""
+        self.peer_uid: Callable[[asyncio.BaseTransport], int | None] = peer_uid
+        """How a connection's user is found (tests replace it to play several users)."""
         self._open: set[_GatedProtocol] = set()
+        self._users: Counter[int] = Counter()
+        """Open connections by peer uid."""
         self._quiet: OrderedDict[_GatedProtocol, None] = OrderedDict()
-        """Open connections that may be closed to make room: not handling a request and without a
-        complete request head, the one quiet longest first."""
+        """Open connections that may be closed to make room: not with a complete request in hand
+        (:meth:`_GatedProtocol.evictable`), the one quiet longest first."""
+        self._quiet_by_user: dict[int | None, OrderedDict[_GatedProtocol, None]] = {}
+        """The same, by peer uid (None: unknown), in the same order."""
         self._by_handler: dict[object, _GatedProtocol] = {}
         self.closed: Counter[str] = Counter()
-        """Connections closed by the gate, by reason: ``evicted``, ``refused``, ``header_timeout``,
-        ``idle_timeout``."""
+        """Connections closed by the gate, by reason: ``evicted``, ``refused``, ``refused_user``,
+        ``header_timeout``, ``idle_timeout``."""
         self._throttle = LogThrottle(limits.log_interval_s)
         self._loop = asyncio.get_running_loop()
-        self.busy_answer = _busy_answer(cap)
+        self.busy_answer = _busy_answer(
+            f"daydreamd is handling a request on each of the {cap} connections its socket allows; "
+            "try again shortly"
+        )
         """What a connection the gate has no room for is sent before it is closed."""
         handler: _RequestHandler = server.request_handler
         server.request_handler = self._tracked(handler)
@@ -194,6 +227,15 @@ class ConnectionGate:
         """Connections open now."""
         return len(self._open)
 
+    @property
+    def evictable(self) -> int:
+        """Open connections that may be closed to make room (those without a complete request in hand)."""
+        return len(self._quiet)
+
+    def open_from(self, uid: int) -> int:
+        """Connections open now from peer uid ``uid``."""
+        return self._users[uid]
+
     def close(self) -> None:
         """Cancel every timer (at stop; the connections themselves are closed by aiohttp)."""
         for guard in list(self._open):
@@ -201,18 +243,27 @@ class ConnectionGate:
 
     # -- what the protocols report -------------------------------------------------------------
 
-    def admit(self, guard: _GatedProtocol) -> bool:
-        """A connection opened: make room for it (False: no room, answer 503 and close it)."""
-        if len(self._open) >= self.cap:
-            victim = self._victim()
+    def admit(self, guard: _GatedProtocol) -> bytes | None:
+        """A connection opened: make room for it (None), or the 503 to answer before closing it."""
+        uid = guard.uid
+        if uid is not None and self.user_cap < self.cap and self._users[uid] >= self.user_cap:
+            victim = self._victim(self._quiet_by_user.get(uid))
+            if victim is None:
+                self._note("refused_user", uid=uid)
+                return self._user_answer(uid)
+            self._close(victim, "evicted")
+        elif len(self._open) >= self.cap:
+            victim = self._victim(self._quiet)
             if victim is None:
                 self._note("refused")
-                return False
+                return self.busy_answer
             self._close(victim, "evicted")
         self._open.add(guard)
-        self._quiet[guard] = None
+        if uid is not None:
+            self._users[uid] += 1
+        self._sync(guard, to_back=True)
         self._arm(guard, self._limits.header_timeout_s, "header_timeout")
-        return True
+        return None
 
     def handler_for(self, guard: _GatedProtocol) -> asyncio.Protocol:
         """aiohttp's protocol for an admitted connection (its requests name it)."""
@@ -221,21 +272,37 @@ class ConnectionGate:
         return handler
 
     def received(self, guard: _GatedProtocol, data: bytes) -> None:
-        """Bytes arrived: the connection is active; after a response, the next headers' clock starts.
+        """Bytes arrived (before aiohttp reads them): the connection is active.
 
-        Once they include the blank line that ends a request head, the connection is no longer one
-        to close for room (the header timer still runs until the request is handled).
+        After a response, the next headers' clock starts. Once the bytes include the blank line
+        that ends a request head, the connection is no longer one to close for room, unless the
+        head announces a body still to come (then it is not until the body is in: :meth:`parsed`);
+        the header timer still runs until the request is handled.
         """
-        if guard.busy or guard not in self._quiet:  # a body, or more after a complete head
+        if guard not in self._open:
             return
-        self._quiet.move_to_end(guard)
+        if guard.payload is not None:  # a body arriving: progress, not yet a request in hand
+            self._sync(guard, to_back=True)
+            return
+        if guard.busy or guard.head_in:  # more after a complete head
+            return
+        self._sync(guard, to_back=True)
         if guard.awaiting_request:
             guard.awaiting_request = False
             self._arm(guard, self._limits.header_timeout_s, "header_timeout")
         seen = guard.tail + data
-        if b"\r\n\r\n" in seen:
-            del self._quiet[guard]
+        if b"\r\n\r\n" in seen and (guard.tail or request_complete(data)):
+            # A request in hand (its handler starts on the next turn of the loop). One that came in
+            # this one read with its body still to come is not: it stays closable for room.
+            guard.head_in = True
+            self._sync(guard)
         guard.tail = seen[-3:]
+
+    def parsed(self, guard: _GatedProtocol) -> None:
+        """aiohttp has read the bytes just received: the body being waited for may be complete."""
+        if guard.payload is not None and guard.payload.is_eof() and guard in self._open:
+            guard.payload = None
+            self._sync(guard)
 
     def lost(self, guard: _GatedProtocol) -> None:
         """The connection is closed (by either side)."""
@@ -247,32 +314,64 @@ class ConnectionGate:
         async def tracked(request: web.BaseRequest) -> web.StreamResponse:
             guard = self._by_handler.get(request.protocol)
             if guard is not None and guard in self._open:  # headers complete: no timer while handled
-                guard.busy = True
-                self._quiet.pop(guard, None)
+                guard.busy, guard.head_in = True, False
+                guard.payload = None if request.content.is_eof() else request.content
+                self._sync(guard)
                 self._disarm(guard)
             try:
                 return await handler(request)
             finally:
                 if guard is not None and guard in self._open:
                     guard.busy, guard.tail, guard.awaiting_request = False, b"", True
-                    self._quiet[guard] = None
+                    if guard.payload is not None and guard.payload.is_eof():
+                        guard.payload = None  # else aiohttp reads and drops the rest, if it comes
+                    self._sync(guard, to_back=True)
                     self._arm(guard, self._limits.keepalive_timeout_s, "idle_timeout")
 
         return tracked
 
-    def _victim(self) -> _GatedProtocol | None:
-        """The connection to close for room: the one quiet longest with nothing waiting to be read.
+    def _sync(self, guard: _GatedProtocol, *, to_back: bool = False) -> None:
+        """Put ``guard`` among the connections to close for room, or take it out, as it now is.
+
+        ``to_back``: it is active now (it goes behind every other one; else it keeps its place).
+        """
+        if not guard.evictable():
+            self._unqueue(guard)
+            return
+        mine = self._quiet_by_user.get(guard.uid)
+        if mine is None:
+            mine = self._quiet_by_user[guard.uid] = OrderedDict()
+        for queue in (self._quiet, mine):
+            queue[guard] = None
+            if to_back:
+                queue.move_to_end(guard)
+
+    def _unqueue(self, guard: _GatedProtocol) -> None:
+        self._quiet.pop(guard, None)
+        mine = self._quiet_by_user.get(guard.uid)
+        if mine is not None:
+            mine.pop(guard, None)
+            if not mine:
+                del self._quiet_by_user[guard.uid]
+
+    def _victim(self, queue: OrderedDict[_GatedProtocol, None] | None) -> _GatedProtocol | None:
+        """The connection in ``queue`` to close for room: the one quiet longest that may be.
 
         Under a flood of connections, asyncio accepts a batch of them before it reads from any, so a
         client's request can sit unread in the kernel while hundreds of newer connections arrive:
-        a connection with bytes waiting counts as active (it is moved to the back). At most
-        :data:`VICTIM_SCAN` are looked at; if each has bytes waiting, there is no victim.
+        a connection with bytes waiting counts as active (it is moved to the back), unless nothing
+        of its request was read yet and what waits is not a complete request (a client of a flood
+        that reconnects at once and sends a head for a body it trickles, say; were those protected,
+        a batch of them could take every slot before any was read, and the 503 would go to the
+        newcomer). At most :data:`VICTIM_SCAN` are looked at; if none may be closed, there is no victim.
         """
-        for _ in range(min(VICTIM_SCAN, len(self._quiet))):
-            candidate = next(iter(self._quiet))
-            if not _bytes_waiting(candidate.transport):
+        if queue is None:
+            return None
+        for _ in range(min(VICTIM_SCAN, len(queue))):
+            candidate = next(iter(queue))
+            if _closable(candidate):
                 return candidate
-            self._quiet.move_to_end(candidate)
+            self._sync(candidate, to_back=True)
         return None
 
     def _arm(self, guard: _GatedProtocol, delay_s: float, reason: str) -> None:
@@ -293,16 +392,27 @@ class ConnectionGate:
     def _close(self, guard: _GatedProtocol, reason: str) -> None:
         self._forget(guard)
         guard.transport.abort()
-        self._note(reason)
+        self._note(reason, uid=guard.uid)
 
     def _forget(self, guard: _GatedProtocol) -> None:
         self._disarm(guard)
-        self._open.discard(guard)
-        self._quiet.pop(guard, None)
+        if guard in self._open:
+            self._open.discard(guard)
+            if guard.uid is not None:
+                self._users[guard.uid] -= 1
+                if not self._users[guard.uid]:
+                    del self._users[guard.uid]
+        self._unqueue(guard)
         if guard.handler is not None:
             self._by_handler.pop(guard.handler, None)
 
-    def _note(self, reason: str) -> None:
+    def _user_answer(self, uid: int) -> bytes:
+        return _busy_answer(
+            f"uid {uid} has {self._users[uid]} connections open on daydreamd's socket, the most one user "
+            f"may (of {self.cap}), and a request in hand on each; close some and try again"
+        )
+
+    def _note(self, reason: str, **fields: object) -> None:
         self.closed[reason] += 1
         if reason == "idle_timeout":  # routine: a client that kept its connection and went away
             return
@@ -313,6 +423,7 @@ class ConnectionGate:
                 reason=reason,
                 open=len(self._open),
                 max_connections=self.cap,
+                **fields,
                 not_logged=not_logged,
                 total=self.closed[reason],
             )
@@ -321,23 +432,46 @@ class ConnectionGate:
 class _GatedProtocol(asyncio.Protocol):
     """One connection: aiohttp's protocol for it, with every event reported to the gate first."""
 
-    __slots__ = ("awaiting_request", "busy", "gate", "handler", "tail", "timer", "transport")
+    __slots__ = (
+        "awaiting_request",
+        "busy",
+        "gate",
+        "handler",
+        "head_in",
+        "payload",
+        "tail",
+        "timer",
+        "transport",
+        "uid",
+    )
 
     def __init__(self, gate: ConnectionGate) -> None:
         self.gate = gate
         self.handler: asyncio.Protocol | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.uid: int | None = None
+        """The peer's user id (None where the platform does not say)."""
         self.busy = False
         """A request is being handled."""
+        self.head_in = False
+        """A complete request head has arrived and its handler has not started yet."""
+        self.payload: StreamReader | None = None
+        """The body of the request being handled (or just answered) while it has not fully arrived."""
         self.awaiting_request = False
         """A response was sent and no byte of the next request has arrived."""
         self.tail = b""
         """The last bytes received (a request head's blank line may come split)."""
 
+    def evictable(self) -> bool:
+        """Whether the gate may close this connection to make room: no complete request in hand."""
+        return self.payload is not None or not (self.busy or self.head_in)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if not self.gate.admit(self):
-            self.transport.write(self.gate.busy_answer)  # a fresh socket's buffer takes it at once
+        self.uid = self.gate.peer_uid(transport)
+        refusal = self.gate.admit(self)
+        if refusal is not None:
+            self.transport.write(refusal)  # a fresh socket's buffer takes it at once
             self.transport.close()
             return
         self.handler = self.gate.handler_for(self)
@@ -347,6 +481,7 @@ class _GatedProtocol(asyncio.Protocol):
         if self.handler is not None:
             self.gate.received(self, data)
             self.handler.data_received(data)
+            self.gate.parsed(self)
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received() if self.handler is not None else None
@@ -365,29 +500,88 @@ class _GatedProtocol(asyncio.Protocol):
             self.handler.resume_writing()
 
 
-def _bytes_waiting(transport: asyncio.Transport) -> bool:
-    """Whether the kernel holds bytes from this connection that the server has not read yet."""
+_PEERCRED = struct.Struct("3i")
+"""``struct ucred``: pid, uid, gid."""
+
+
+def peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    """The user id of the process at the other end of a Unix socket connection (``SO_PEERCRED``).
+
+    None where it cannot be known (not Linux, not a Unix socket): the connection then has no
+    per-user quota, only the cap.
+    """
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return None
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size))
+    except (OSError, struct.error):
+        return None
+    return int(uid)
+
+
+def _closable(guard: _GatedProtocol) -> bool:
+    """Whether an evictable connection may be closed now: nothing waits to be read, or nothing of its
+    request has been read and what waits is not a whole request."""
+    waiting = _bytes_waiting(guard.transport)
+    if not waiting:
+        return True
+    if guard.payload is not None or guard.tail:  # the rest of a request: more of it arriving
+        return False
+    return not request_complete(_peek(guard.transport, min(waiting, PEEK_BYTES)))
+
+
+def _bytes_waiting(transport: asyncio.Transport) -> int:
+    """How many bytes the kernel holds from this connection that the server has not read yet."""
     sock = transport.get_extra_info("socket")
     if sock is None:
-        return False
+        return 0
     try:
         waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
     except OSError:
+        return 0
+    return int.from_bytes(waiting, sys.byteorder)
+
+
+def _peek(transport: asyncio.Transport, size: int) -> bytes:
+    """Up to ``size`` of the bytes waiting on the connection, left there for aiohttp to read."""
+    transport_socket = transport.get_extra_info("socket")
+    if transport_socket is None:
+        return b""
+    sock = socket.socket(fileno=transport_socket.fileno())  # asyncio's wrapper has no recv()
+    try:
+        return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return b""
+    finally:
+        sock.detach()  # the descriptor stays asyncio's
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,12})[ \t]*(?:\r\n|$)")
+
+
+def request_complete(data: bytes) -> bool:
+    """Whether ``data``, the first bytes of a request, hold all of it (its head, and its body).
+
+    A rough reading (aiohttp's parser decides what the request is): a chunked body is complete once
+    its last chunk is there, and ``data`` of :data:`PEEK_BYTES` or more is taken for complete.
+    """
+    if len(data) >= PEEK_BYTES:
+        return True
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
         return False
-    return int.from_bytes(waiting, sys.byteorder) > 0
+    head = data[:end].lower()
+    if b"\r\ntransfer-encoding:" in head:
+        return data.endswith(b"0\r\n\r\n")
+    length = _CONTENT_LENGTH.search(head)
+    return len(data) - end - 4 >= (int(length.group(1)) if length else 0)
 
 
-def _busy_answer(cap: int) -> bytes:
-    """The 503 a connection gets when every one of the ``cap`` open connections is handling a request."""
-    body = json.dumps(
-        {
-            "error": {
-                "type": "unavailable",
-                "message": f"daydreamd is handling a request on each of the {cap} connections its socket "
-                "allows; try again shortly",
-            }
-        }
-    ).encode()
+def _busy_answer(message: str) -> bytes:
+    """A complete 503 answer (``unavailable``, ``message``) sent to a connection closed at once."""
+    body = json.dumps({"error": {"type": "unavailable", "message": message}}).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
@@ -453,19 +647,24 @@ def shown_limit(value: int) -> int | str:
 
 
 class LogThrottle:
-    """At most one log line per kind of event every ``interval_s`` seconds; the rest are counted.
+    """At most ``burst`` log lines per kind of event every ``interval_s`` seconds; the rest are counted.
 
     :meth:`admit` says whether to log now and how many of that kind were left out since the last
-    line, so the next line carries the count: a flood costs one line per kind per interval.
+    line, so the next line carries the count: a flood costs ``burst`` lines per kind per interval.
     """
 
     MAX_KINDS = 512
     """Kinds remembered at once (a new kind beyond this forgets those quiet for an interval)."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float, clock: Callable[[], float] = time.monotonic, *, burst: int = 1
+    ) -> None:
         self.interval_s = interval_s
+        self.burst = burst
         self._clock = clock
         self._last: dict[Hashable, float] = {}
+        """When the kind's current interval began (its first line logged)."""
+        self._logged: Counter[Hashable] = Counter()
         self._skipped: Counter[Hashable] = Counter()
 
     def admit(self, kind: Hashable) -> int | None:
@@ -473,13 +672,18 @@ class LogThrottle:
         now = self._clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval_s:
-            self._skipped[kind] += 1
-            return None
+            if self._logged[kind] >= self.burst:
+                self._skipped[kind] += 1
+                return None
+            self._logged[kind] += 1
+            return self._skipped.pop(kind, 0)
         if last is None and len(self._last) >= self.MAX_KINDS:
             for old in [k for k, at in self._last.items() if now - at >= self.interval_s]:
                 del self._last[old]
+                self._logged.pop(old, None)
                 self._skipped.pop(old, None)
         self._last[kind] = now
+        self._logged[kind] = 1
         return self._skipped.pop(kind, 0)
 
 

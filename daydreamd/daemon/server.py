@@ -15,8 +15,11 @@ No client can take the socket away from the others or the service's file descrip
 its other parts (:class:`~daydreamd.daemon.connections.ServerLimits`). The socket's connections
 (their cap, the header and keep-alive timeouts, the open-files budget, the throttled log of
 event-loop errors) are :mod:`daydreamd.daemon.connections`' concern; here, a body must arrive
-within ``body_timeout_s`` and be at most ``max_body_bytes``, and event streams are capped. Every
-number a request carries is range-checked (a 400 naming it).
+within ``body_timeout_s`` and be at most ``max_body_bytes``, and event streams are capped. A body
+is strict JSON: a key given twice, or nesting deeper than :data:`MAX_JSON_DEPTH`, is a 400 naming
+it. Every number a request carries is range-checked (a 400 naming it). An unexpected exception is
+a 500, reported to ``on_error`` at most :data:`REPORTS_PER_INTERVAL` times per ``log_interval_s``
+per exception type, so that a request that trips a bug cannot flood the log with tracebacks.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from daydreamd.core.errors import DaydreamError
 from daydreamd.daemon.connections import (
     ConnectionGate,
     GatedSite,
+    LogThrottle,
     ServerLimits,
     connection_cap,
     open_files_limit,
@@ -70,10 +74,18 @@ MAX_SOCKET_PATH = 107
 
 MAX_LINE_BYTES = 8190
 """Longest request line and header field (aiohttp's own default, made explicit; 400 beyond)."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects in a request body (400 beyond): every API body is a flat
+object, and 200 KB of ``[[[[`` was a RecursionError, a 500 and a traceback in the log per request."""
+REPORTS_PER_INTERVAL = 3
+"""Unexpected exceptions of one type reported to ``on_error`` (the service logs each with its
+traceback) per ``log_interval_s``; the next report after that is preceded by a count of the rest."""
 
 
 CONTROL: web.AppKey[Control] = web.AppKey("control")
 LIMITS: web.AppKey[ServerLimits] = web.AppKey("limits")
+ERROR_REPORTS: web.AppKey[LogThrottle] = web.AppKey("error_reports")
+"""Throttles the reports of unexpected exceptions to ``on_error``, by exception type."""
 _QUERY_PARAMETERS = ("limit", "stage", "state")
 _ERROR_TYPES = {
     400: "bad_request",
@@ -106,7 +118,9 @@ def make_app(
 
     Args:
         control: what the handlers call.
-        on_error: called with any unexpected exception before the 500 answer (the service logs it).
+        on_error: called with an unexpected exception before the 500 answer (the service logs it),
+            at most :data:`REPORTS_PER_INTERVAL` times per exception type every ``log_interval_s``
+            (``control_request_failed_not_logged`` then says how many were not).
         limits: what clients are allowed (:func:`start_unix_site` applies them to the socket);
             None: the defaults with the overrides in
             :data:`~daydreamd.daemon.connections.LIMITS_ENV`, if set.
@@ -127,6 +141,7 @@ def make_app(
     )
     app[CONTROL] = control
     app[LIMITS] = limits
+    app[ERROR_REPORTS] = LogThrottle(limits.log_interval_s, burst=REPORTS_PER_INTERVAL)
     app[_STREAMS] = _Streams()
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/generations", _generations)
@@ -281,13 +296,80 @@ async def _body(request: web.Request) -> object:
     timeout_s = request.app[LIMITS].body_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
-            return await request.json()
+            text = await request.text()
     except TimeoutError as exc:
         raise ControlError(
             408, "timeout", f"the request body did not arrive within {timeout_s:g} s of its headers"
         ) from exc
-    except ValueError as exc:  # JSONDecodeError, bytes that are not UTF-8, an integer of 4,300+ digits
+    except LookupError as exc:  # charset=nope in the Content-Type
+        raise bad_request(f"charset {shown(request.charset)}: unknown; send the body in UTF-8") from exc
+    except ValueError as exc:  # bytes that are not UTF-8
         raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+    except (ConnectionError, RuntimeError) as exc:  # aiohttp's "Connection closed." is a RuntimeError
+        if request.transport is not None:
+            raise
+        # The client went away, or the gate closed its connection for room: no one to answer.
+        raise ControlError(400, "bad_request", "the connection closed before the body arrived") from exc
+    return _decode(text)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object with ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refusing a key given twice (``json`` would keep the last silently)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def _decode(text: str) -> object:
+    """A request body decoded as strict JSON.
+
+    Raises:
+        ControlError: 400 when the text is not JSON, names a key twice in one object (naming it:
+            ``{"stage": "draft", "stage": "essay"}`` was an approval of essays), or nests arrays and
+            objects more than :data:`MAX_JSON_DEPTH` levels deep (deeper than the interpreter's
+            recursion limit, that was a 500).
+    """
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        name = exc.key if exc.key.isprintable() and len(exc.key) <= 40 else shown(exc.key)
+        raise bad_request(f"{name}: given more than once in the request body") from None
+    except RecursionError:  # deeper than the interpreter's recursion limit
+        raise _too_deep() from None
+    except ValueError as exc:  # JSONDecodeError, an integer of 4,300+ digits
+        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return value
+
+
+def _too_deep() -> ControlError:
+    return bad_request(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _deeper_than(value: object, most: int) -> bool:
+    """Whether arrays and objects nest more than ``most`` levels in ``value`` (without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > most:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -311,7 +393,7 @@ def _json_errors(on_error: Callable[[BaseException], None] | None) -> Any:
             return await handler(request)
         except ControlError as exc:
             response = _error(exc.status, exc.type, exc.message)
-            if exc.status == 408:  # the rest of that body is not waited for
+            if exc.status == 408 or request.transport is None:  # the rest of that body is not waited for
                 response.force_close()
             return response
         except web.HTTPException as exc:
@@ -319,11 +401,33 @@ def _json_errors(on_error: Callable[[BaseException], None] | None) -> Any:
                 raise
             return _http_error(request, exc)
         except Exception as exc:  # the per-request boundary: answer 500, let the service log it
+            if isinstance(exc, ConnectionError) and request.transport is None:
+                # The client went away (or the gate closed it for room) while a response was written:
+                # nobody to answer, nothing wrong with the service.
+                response = _error(400, "bad_request", "the connection closed before the request was answered")
+                response.force_close()
+                return response
             if on_error is not None:
-                on_error(exc)
+                _report(on_error, request.app[ERROR_REPORTS], exc)
             return _error(500, "internal", f"internal error ({type(exc).__name__}); see the daydreamd log")
 
     return middleware
+
+
+def _report(on_error: Callable[[BaseException], None], reports: LogThrottle, exc: Exception) -> None:
+    """Pass ``exc`` to ``on_error``, unless as many of its type as an interval allows already were."""
+    kind = type(exc)
+    not_logged = reports.admit(f"{kind.__module__}.{kind.__qualname__}")
+    if not_logged is None:
+        return
+    if not_logged:
+        log.error(
+            "control_request_failed_not_logged",
+            error_type=kind.__name__,
+            not_logged=not_logged,
+            log_interval_s=reports.interval_s,
+        )
+    on_error(exc)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -395,6 +499,7 @@ async def start_unix_site(app: web.Application, path: Path) -> SocketRunner:
     log.info(
         "control_socket_limits",
         max_connections=cap,
+        max_connections_per_user=runner.gate.user_cap,
         header_timeout_s=limits.header_timeout_s,
         keepalive_timeout_s=limits.keepalive_timeout_s,
         body_timeout_s=limits.body_timeout_s,

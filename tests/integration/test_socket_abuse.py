@@ -1,12 +1,18 @@
-"""The control socket under abuse, with the real process: idle and slowloris connections, huge
-numbers, a symbolic link at the socket path.
+"""The control socket under abuse, with the real process: idle and slowloris connections, bodies
+trickled a byte at a time, huge numbers, bodies that are not strict JSON, a symbolic link at the
+socket path.
 
-- Hundreds of idle connections (more than the cap of 256) and a few slowloris clients trickling
-  their headers: ``/v1/status`` still answers promptly while they are attached (a new connection
-  closes the one quiet longest), the header timeout closes every one of them within a bound, and
-  the log says so in a handful of lines, not one per connection.
+- Hundreds of idle connections (more than one user's share of the cap of 256) and a few slowloris
+  clients trickling their headers: ``/v1/status`` still answers promptly while they are attached (a
+  new connection closes the one quiet longest), the header timeout closes every one of them within
+  a bound, and the log says so in a handful of lines, not one per connection.
+- Twice as many clients as the cap, each sending a complete head for a 100,000-byte body and then
+  a byte at a time, reconnecting when closed (the security review's attack, scaled down): every
+  status answers, promptly.
 - ``limit=10**29`` in a query or a body, ``concurrency`` 10**23: a 400 naming the field and the
-  range (the body's limit was an OverflowError from SQLite and a 500).
+  range (the body's limit was an OverflowError from SQLite and a 500). A key given twice, and
+  200 KB of ``[[[[`` (a RecursionError, a 500 and a traceback in the log per request): a 400
+  naming the problem, and nothing in the log.
 - A symbolic link at ``paths.socket`` to a stale socket elsewhere: the service refuses to start
   and leaves the link and its target alone.
 
@@ -31,12 +37,16 @@ import pytest
 
 from daydreamd.cli.client import ServiceClient, ServiceError
 from daydreamd.core.control import MAX_APPROVAL_LIMIT, MAX_CONCURRENCY, MAX_REQUESTS_PER_MINUTE
-from daydreamd.daemon.connections import LIMITS_ENV, MAX_CONNECTIONS
+from daydreamd.daemon.connections import LIMITS_ENV, MAX_CONNECTIONS, MAX_USER_SHARE
 from tests.integration.daemon import Daemon, fast_config
+from tests.shell.test_server import raw_request
+from tests.shell.test_server_limits import trickling, until
 
 HEADER_TIMEOUT_S = 3.0
 IDLE = 300
 """Idle connections: more than the cap, so some are closed to make room."""
+SHARE = int(MAX_CONNECTIONS * MAX_USER_SHARE)
+"""Connections one user may hold (every client here is the test's user)."""
 SLOWLORIS = 5
 PROMPT_S = 1.0
 """A status answer slower than this, with the connections attached, fails the test."""
@@ -130,8 +140,8 @@ async def test_status_answers_while_idle_and_slowloris_connections_are_attached(
             assert max(latencies) < PROMPT_S, latencies
             attached = idle.poll()
             assert time.monotonic() - idle.opened < HEADER_TIMEOUT_S, "too slow to test while attached"
-            # Beyond the cap, the connections quiet longest were closed to make room, no more.
-            assert MAX_CONNECTIONS - SLOWLORIS - len(latencies) <= attached < MAX_CONNECTIONS, attached
+            # Beyond the user's share, their connections quiet longest were closed to make room, no more.
+            assert SHARE - SLOWLORIS - len(latencies) <= attached < SHARE, attached
             assert slow.poll() == SLOWLORIS
 
             # The header timeout closes every slowloris client (however it trickles) and every idle one.
@@ -155,6 +165,30 @@ async def test_status_answers_while_idle_and_slowloris_connections_are_attached(
     assert 1 <= len(closes) <= 6, closes
     assert any('"reason": "evicted"' in line for line in closes)
     assert any('"reason": "header_timeout"' in line for line in closes)
+
+
+TRICKLE_CAP = 32
+
+
+async def test_status_answers_while_clients_trickle_their_bodies(
+    tmp_path: Path, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More clients than the cap, each with a body arriving a byte at a time and reconnecting once
+    closed: the service closes them for room (they are not being handled until their body is in),
+    and status answers every time, promptly (before, most status calls got a 503 or a reset)."""
+    monkeypatch.setenv(LIMITS_ENV, f"max_connections={TRICKLE_CAP}")
+    daemon = Daemon(tmp_path, start_config())
+    daemons.append(daemon)
+    await daemon.start()
+    async with trickling(daemon.socket, clients=2 * TRICKLE_CAP, pace_s=0.2) as opened:
+        await until(lambda: opened[0] >= 4 * TRICKLE_CAP)  # every slot taken, and taken again
+        latencies = [await timed_status(daemon) for _ in range(10)]
+    assert max(latencies) < PROMPT_S, latencies
+    log_lines = (tmp_path / "state" / "dd.log").read_text().splitlines()
+    assert not [line for line in log_lines if "control_request_failed" in line]
+    closes = [line for line in log_lines if "control_connection_closed" in line]
+    assert 1 <= len(closes) <= 8, closes
+    assert any('"reason": "evicted"' in line for line in closes)
 
 
 async def test_huge_numbers_are_400_naming_the_field_and_range(tmp_path: Path, daemons: list[Daemon]) -> None:
@@ -208,10 +242,22 @@ async def test_huge_numbers_are_400_naming_the_field_and_range(tmp_path: Path, d
     for method, path, payload, message in cases:
         caught = await error(method, path, payload)
         assert (caught.status, caught.type, caught.message) == (400, "bad_request", message), path
+
+    not_strict = [
+        (b'{"stage": "draft", "stage": "essay"}', "stage: given more than once in the request body"),
+        (b"[" * 200_000, "the request body nests arrays and objects more than 32 levels deep"),
+    ]
+    for _ in range(3):
+        for body, message in not_strict:
+            status_code, _, answer = await raw_request(daemon.socket, "POST", "/v1/approvals", body)
+            assert (status_code, answer["error"]["message"]) == (400, message)
+
     status = await daemon.status()  # nothing was approved, nothing changed
     assert status is not None and status["stages"]["draft"]["queued"] == 0
     limits = await daemon.get("/v1/limits")
     assert limits["concurrency"] == 8
+    log = (tmp_path / "state" / "dd.log").read_text()
+    assert "control_request_failed" not in log and "RecursionError" not in log
 
 
 async def test_a_symlink_at_the_socket_path_stops_the_service_and_is_left_alone(

@@ -1,12 +1,14 @@
-"""The control socket against abusive clients: the connection cap, the header, keep-alive and body
-timeouts, the event-stream cap, range checks on every number, symlinks at the socket path, and the
-throttled log of repeated loop errors.
+"""The control socket against abusive clients: the connection cap and each user's share of it,
+clients trickling their bodies, the header, keep-alive and body timeouts, the event-stream cap,
+strict JSON bodies (duplicate keys, deep nesting), range checks on every number, symlinks at the
+socket path, and the throttled logs of repeated loop errors and failed requests.
 
 Each test serves the app over :class:`FakeControl` (from ``test_server``) on a real Unix socket,
 with short limits passed to ``make_app``; clients are raw sockets, so a test controls every byte.
-Waiting is on a condition with a deadline (the server closing a connection, a response arriving,
-a count polled until it holds); the other sleeps are the pace of a slowloris client and of the fake
-event stream, which are the behaviour under test.
+Several users are played by replacing the gate's ``peer_uid`` (every test client is this process's
+user). Waiting is on a condition with a deadline (the server closing a connection, a response
+arriving, a count polled until it holds); the other sleeps are the pace of a slowloris client, of a
+client trickling its body, and of the fake event stream, which are the behaviour under test.
 """
 
 from __future__ import annotations
@@ -24,20 +26,30 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from daydreamd.cli.client import ServiceClient
 from daydreamd.core.control import MAX_APPROVAL_LIMIT, MAX_CONCURRENCY, MAX_REQUESTS_PER_MINUTE
 from daydreamd.core.errors import DaydreamError
-from daydreamd.daemon import connections
+from daydreamd.daemon import connections, server
 from daydreamd.daemon.connections import (
     LIMITS_ENV,
+    ConnectionGate,
     LogThrottle,
     ServerLimits,
     connection_cap,
     raise_open_files_limit,
     throttle_loop_errors,
 )
-from daydreamd.daemon.server import SocketRunner, make_app, start_unix_site, stop
+from daydreamd.daemon.server import (
+    ERROR_REPORTS,
+    MAX_JSON_DEPTH,
+    REPORTS_PER_INTERVAL,
+    SocketRunner,
+    make_app,
+    start_unix_site,
+    stop,
+)
 from tests.shell.test_server import (  # noqa: F401 (_sock: the fixture ``sock``)
     STATUS,
     FakeControl,
@@ -87,10 +99,14 @@ class StreamingControl(FakeControl):
 
 @asynccontextmanager
 async def serving_with(
-    limits: ServerLimits, path: Path, control: FakeControl | None = None
+    limits: ServerLimits,
+    path: Path,
+    control: FakeControl | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> AsyncIterator[SocketRunner]:
     """The app over ``control`` (a :class:`StreamingControl` by default) with ``limits``, on ``path``."""
-    runner = await start_unix_site(make_app(control or StreamingControl(), limits=limits), path)
+    app = make_app(control or StreamingControl(), limits=limits, on_error=on_error)
+    runner = await start_unix_site(app, path)
     try:
         yield runner
     finally:
@@ -160,7 +176,11 @@ async def status_now(path: Path) -> dict[str, Any]:
 async def test_the_cap_closes_the_connection_idle_longest(sock: Path) -> None:
     """At the cap, a new connection closes the one quiet longest; status still answers."""
     limits = ServerLimits(
-        max_connections=8, header_timeout_s=30, keepalive_timeout_s=30, raise_open_files=False
+        max_connections=8,
+        max_user_share=1.0,  # every client here is one user
+        header_timeout_s=30,
+        keepalive_timeout_s=30,
+        raise_open_files=False,
     )
     async with serving_with(limits, sock) as runner:
         assert runner.gate is not None and runner.gate.cap == 8
@@ -181,7 +201,7 @@ async def test_the_cap_closes_the_connection_idle_longest(sock: Path) -> None:
 
 async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(sock: Path) -> None:
     """When every open connection is handling a request (streams here), a new one is answered 503."""
-    limits = ServerLimits(max_connections=8, max_event_streams=8, raise_open_files=False)
+    limits = ServerLimits(max_connections=8, max_user_share=1.0, max_event_streams=8, raise_open_files=False)
     async with serving_with(limits, sock) as runner:
         assert runner.gate is not None
         streams = [await Raw.open(sock) for _ in range(8)]
@@ -201,6 +221,168 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(sock: Pa
         assert await status_now(sock) == STATUS
         for stream in streams[1:]:
             stream.close()
+
+
+BODY_HEAD = (
+    b"POST /v1/approvals HTTP/1.1\r\nHost: daydreamd\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100000\r\n\r\n"
+)
+"""A complete head announcing a body no real client would send a byte at a time."""
+
+
+@asynccontextmanager
+async def trickling(path: Path, clients: int, pace_s: float = 0.05) -> AsyncIterator[list[int]]:
+    """The security review's attack, scaled down: ``clients`` connections each send a complete head
+    for a 100,000-byte body, then a body byte every ``pace_s``, and reconnect once closed.
+
+    Yields a one-item list: the connections opened so far. The clients stop on exit.
+    """
+    opened = [0]
+
+    async def client() -> None:
+        while True:
+            connection = await Raw.open(path)
+            try:
+                await connection.send(BODY_HEAD + b"{")
+                opened[0] += 1
+                while True:
+                    try:
+                        async with asyncio.timeout(pace_s):
+                            if not await connection.reader.read(1):
+                                break  # closed by the server
+                    except TimeoutError:
+                        await connection.send(b" ")
+            except ConnectionError:
+                pass  # closed by the server (a write or a read met the reset)
+            finally:
+                connection.close()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(client)
+        try:
+            yield opened
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_clients_trickling_bodies_cannot_keep_status_out(sock: Path) -> None:
+    """More connections than the cap, each with a body arriving a byte at a time: status answers.
+
+    A request whose body has not arrived is not being handled yet: its connection may be closed to
+    make room like one still sending headers (before, each held its connection for the whole body
+    timeout and status got 503s). The body timeout here is long, so that it is not what helps.
+    """
+    limits = ServerLimits(
+        max_connections=16,
+        max_user_share=1.0,  # one user plays every client
+        header_timeout_s=30,
+        keepalive_timeout_s=30,
+        body_timeout_s=30,
+        raise_open_files=False,
+    )
+    control, reported = StreamingControl(), list[BaseException]()
+    async with serving_with(limits, sock, control, reported.append) as runner:
+        gate = runner.gate
+        assert gate is not None
+        async with trickling(sock, clients=32) as opened:
+            await until(lambda: gate.closed["evicted"] >= 16 and gate.open == gate.evictable == 16)
+            for _ in range(10):
+                assert await status_now(sock) == STATUS
+            assert opened[0] >= 32 and gate.open <= 16
+    assert [name for name, _ in control.calls] == ["status"] * 10
+    assert reported == []  # a body cut off by a close for room is no error of the service
+
+
+class Users:
+    """Plays several users: each connection made from now on is from ``uid``."""
+
+    def __init__(self, gate: ConnectionGate, uid: int = 1001) -> None:
+        self.uid = uid
+        gate.peer_uid = lambda _transport: self.uid
+
+
+async def test_one_user_cannot_hold_more_than_their_share(sock: Path) -> None:
+    """A user at their share closes their own connection quiet longest; others' are left alone."""
+    limits = ServerLimits(
+        max_connections=8, header_timeout_s=30, keepalive_timeout_s=30, raise_open_files=False
+    )
+    async with serving_with(limits, sock) as runner:
+        gate = runner.gate
+        assert gate is not None and gate.user_cap == 4
+        users = Users(gate, 1001)
+        greedy = [await Raw.open(sock) for _ in range(7)]
+        await until(lambda: gate.closed["evicted"] == 3)
+        assert (gate.open, gate.open_from(1001)) == (4, 4)
+        for connection in greedy[:3]:
+            assert await connection.closed_within(DEADLINE_S) == b""
+        users.uid = 1002
+        others = [await Raw.open(sock) for _ in range(4)]
+        await until(lambda: gate.open == 8)
+        assert gate.closed["evicted"] == 3  # there was room: nothing was closed for them
+        users.uid = 1001
+        more = [await Raw.open(sock) for _ in range(4)]
+        await until(lambda: gate.closed["evicted"] == 7)
+        assert (gate.open, gate.open_from(1001), gate.open_from(1002)) == (8, 4, 4)
+        for connection in greedy[3:]:
+            assert await connection.closed_within(DEADLINE_S) == b""
+        for connection in others + more:
+            assert not connection.reader.at_eof()
+            connection.close()
+
+
+async def test_a_user_with_a_request_on_each_of_their_share_gets_503_and_others_get_in(sock: Path) -> None:
+    limits = ServerLimits(max_connections=8, max_event_streams=8, raise_open_files=False)
+    async with serving_with(limits, sock) as runner:
+        gate = runner.gate
+        assert gate is not None
+        users = Users(gate, 1001)
+        streams = [await open_stream(sock) for _ in range(4)]
+        assert [status for status, _ in streams] == [200] * 4
+        refused = await Raw.open(sock)
+        answer = await refused.closed_within(DEADLINE_S)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        body = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert body["error"] == {
+            "type": "unavailable",
+            "message": "uid 1001 has 4 connections open on daydreamd's socket, the most one user may "
+            "(of 8), and a request in hand on each; close some and try again",
+        }
+        assert gate.closed["refused_user"] == 1 and gate.open == 4
+        users.uid = 1002
+        assert await status_now(sock) == STATUS
+        assert gate.closed["evicted"] == 0
+        for _, stream in streams:
+            stream.close()
+
+
+async def test_the_user_is_the_peer_s_uid(sock: Path) -> None:
+    limits = ServerLimits(header_timeout_s=30, raise_open_files=False)
+    async with serving_with(limits, sock) as runner:
+        gate = runner.gate
+        assert gate is not None
+        client = await Raw.open(sock)
+        await until(lambda: gate.open_from(os.getuid()) == 1)
+        client.close()
+        await until(lambda: gate.open_from(os.getuid()) == 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "complete"),
+    [
+        (REQUEST, True),
+        (b"GET /v1/status HTTP/1.1\r\nHost: daydreamd\r\n", False),
+        (BODY_HEAD + b"{", False),
+        (b"POST /v1/pause HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", True),
+        (b"POST /v1/pause HTTP/1.1\r\ncontent-length:  3 \r\nHost: d\r\n\r\n{}", False),
+        (b"POST /v1/pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n", False),
+        (b"POST /v1/pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", True),
+        (b"GET /v1/status HTTP/1.1\r\nX-Long: " + b"a" * connections.PEEK_BYTES, True),
+    ],
+)
+def test_whether_waiting_bytes_are_a_whole_request(data: bytes, complete: bool) -> None:
+    """What decides whether a connection whose first bytes are unread may be closed for room."""
+    assert connections.request_complete(data) is complete
 
 
 def test_the_cap_leaves_descriptors_to_the_rest_of_the_service() -> None:
@@ -408,6 +590,107 @@ async def test_an_integer_too_long_to_read_is_invalid_json(sock: Path) -> None:
     assert status == 400 and "not valid JSON" in answer["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"stage": "draft", "stage": "essay"}', "stage: given more than once in the request body"),
+        ('{"stage": "draft", "limit": 1, "limit": 1}', "limit: given more than once in the request body"),
+        ('{"stage": "draft", "x": {"a": 1, "a": 2}}', "a: given more than once in the request body"),
+        ('{"\\n": 1, "\\n": 2}', "'\\n': given more than once in the request body"),
+    ],
+)
+async def test_a_key_given_twice_is_400_naming_it(sock: Path, body: str, message: str) -> None:
+    """``json`` keeps the last of two equal keys: an approval of drafts could silently be one of essays."""
+    control = StreamingControl()
+    async with serving_with(SHORT, sock, control):
+        status, _, answer = await raw_request(sock, "POST", "/v1/approvals", body.encode())
+    assert (status, answer["error"]) == (400, {"type": "bad_request", "message": message})
+    assert control.calls == []
+
+
+def nested(depth: int, *, closed: bool = True) -> bytes:
+    return b"[" * depth + (b"]" * depth if closed else b"")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        nested(200_000, closed=False),  # the review's 200 KB of [[[[: a RecursionError, a 500 and a traceback
+        nested(100_000),
+        b'{"stage": ' + nested(MAX_JSON_DEPTH) + b"}",  # one level too many, well within recursion
+        b'{"stage": "draft", "x": {"y": ' + b'{"z": ' * 40 + b"1" + b"}" * 42,
+    ],
+)
+async def test_deeply_nested_json_is_400_and_not_an_error_of_the_service(sock: Path, body: bytes) -> None:
+    control, reported = StreamingControl(), list[BaseException]()
+    async with serving_with(SHORT, sock, control, reported.append):
+        status, _, answer = await raw_request(sock, "POST", "/v1/approvals", body)
+    assert (status, answer["error"]) == (
+        400,
+        {
+            "type": "bad_request",
+            "message": f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+        },
+    )
+    assert control.calls == [] and reported == []
+
+
+async def test_json_nested_to_the_limit_is_read(sock: Path) -> None:
+    """At MAX_JSON_DEPTH levels the body is decoded (and refused for what it says, not its shape)."""
+    async with serving_with(SHORT, sock):
+        body = b'{"stage": ' + nested(MAX_JSON_DEPTH - 1) + b"}"
+        status, _, answer = await raw_request(sock, "POST", "/v1/approvals", body)
+    assert status == 400 and answer["error"]["message"].startswith("stage: ")
+
+
+async def test_an_unknown_charset_is_400(sock: Path) -> None:
+    control = StreamingControl()
+    async with serving_with(SHORT, sock, control):
+        client = await Raw.open(sock)
+        body = b'{"stage": "draft"}'
+        await client.send(
+            b"POST /v1/approvals HTTP/1.1\r\nHost: daydreamd\r\n"
+            b"Content-Type: application/json; charset=nope\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        status, answer = await client.response()
+        client.close()
+    assert (status, answer["error"]["message"]) == (400, "charset 'nope': unknown; send the body in UTF-8")
+    assert control.calls == []
+
+
+async def test_failed_requests_are_reported_a_few_times_per_interval(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that trips a bug, sent in a loop, costs a few tracebacks per interval, then a count."""
+    now = [0.0]
+    logged = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(server, "log", logged)
+    control, reported = StreamingControl(), list[BaseException]()
+    control.error = KeyError("stages")
+    app = make_app(control, limits=SHORT, on_error=reported.append)
+    app[ERROR_REPORTS] = LogThrottle(60.0, clock=lambda: now[0], burst=REPORTS_PER_INTERVAL)
+    runner = await start_unix_site(app, sock)
+    try:
+        for _ in range(10):
+            status, _, answer = await raw_request(sock, "GET", "/v1/status")
+            assert (status, answer["error"]["type"]) == (500, "internal")
+        assert len(reported) == REPORTS_PER_INTERVAL
+        control.error = ValueError("another kind")
+        assert (await raw_request(sock, "GET", "/v1/status"))[0] == 500
+        assert reported[-1] is control.error  # each type has its own allowance
+        now[0] = 60.0
+        control.error = KeyError("stages")
+        assert (await raw_request(sock, "GET", "/v1/status"))[0] == 500
+    finally:
+        await stop(runner)
+    assert len(reported) == REPORTS_PER_INTERVAL + 2
+    counts = [call.kwargs for call in logged.calls if call.args == ("control_request_failed_not_logged",)]
+    assert counts == [
+        {"error_type": "KeyError", "not_logged": 10 - REPORTS_PER_INTERVAL, "log_interval_s": 60.0}
+    ]
+
+
 # -- the socket path ---------------------------------------------------------------------------
 
 
@@ -480,6 +763,16 @@ def test_the_log_throttle_keeps_one_line_per_kind_per_interval() -> None:
     assert throttle.admit("emfile") is None
     now[0] = 20.0
     assert throttle.admit("emfile") == 1
+
+
+def test_the_log_throttle_may_let_a_few_through_per_interval() -> None:
+    now = [0.0]
+    throttle = LogThrottle(5.0, clock=lambda: now[0], burst=3)
+    assert [throttle.admit("bug") for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] = 4.9
+    assert throttle.admit("bug") is None
+    now[0] = 5.0
+    assert [throttle.admit("bug") for _ in range(4)] == [3, 0, 0, None]
 
 
 async def test_repeated_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
