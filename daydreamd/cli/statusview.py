@@ -135,7 +135,7 @@ def render_status(status: Status) -> RenderableType:
     if status.errors:
         notes.append(Text(f"problems in data/1_raw ({len(status.errors)}):", style="bold red"))
         for e in status.errors:
-            where = f"{e.file}:{e.line}" if e.line else str(e.file)
+            where = f"{e.file}:{e.line}" if e.line else (e.file or "1_raw")  # no file: the count of the rest
             notes.append(
                 Text(
                     f"  {where}: {e.level}: {e.message}",

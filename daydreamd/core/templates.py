@@ -29,6 +29,9 @@ from daydreamd.core.errors import TemplateError, TemplateLimitError
 from daydreamd.core.problems import Problem, error
 from daydreamd.core.stages import CONCEPT_ATTRIBUTES, TEMPLATE_VARIABLES, Stage
 
+MAX_TEMPLATE_CHARS = 64 * 1024
+"""Longest template text: real ones are a few kilobytes, and Jinja2 parses about 0.25 MB a second
+of the worst kind of text (a million tiny expressions), in the service, at every rebuild."""
 MAX_POWER_BITS = 4096
 """Largest integer ``a ** b`` a template may compute (in bits): enough for any arithmetic a
 prompt needs, far below the sizes that take seconds or gigabytes (``10**10**10``)."""
@@ -182,6 +185,9 @@ def check_template(stage: Stage, path: str, text: str) -> list[Problem]:
     number, expressions nested thousands deep) is a problem on its file, never an exception:
     the service reads these texts while it runs.
     """
+    if len(text) > MAX_TEMPLATE_CHARS:
+        limit = f"{MAX_TEMPLATE_CHARS:,}"
+        return [error(path, f"template is {len(text):,} characters long; the limit is {limit} (split it up)")]
     try:
         return _check(stage, path, text)
     except jinja2.TemplateSyntaxError as exc:

@@ -96,9 +96,24 @@ class Current:
         return self.build.cohort.cohort_id if self.build and self.build.cohort else None
 
     def errors(self) -> tuple[ProblemStatus, ...]:
-        """Problems of the latest files, errors first (what ``/v1/status`` shows)."""
+        """Problems of the latest files, errors first (what ``/v1/status`` shows), at most
+        :data:`MAX_PROBLEMS_SHOWN` and a last line counting the rest: a ``1_raw`` pointed at
+        ``/`` has tens of thousands, and every status answer would carry them all."""
         ordered = sorted(self.problems, key=lambda p: p.level is not Level.ERROR)
-        return tuple(ProblemStatus.from_problem(p) for p in ordered)
+        shown = [ProblemStatus.from_problem(p) for p in ordered[:MAX_PROBLEMS_SHOWN]]
+        hidden = ordered[MAX_PROBLEMS_SHOWN:]
+        if hidden:
+            errors = sum(p.level is Level.ERROR for p in hidden)
+            message = (
+                f"and {len(hidden)} more problems ({errors} errors) not shown here; "
+                "daydreamctl validate lists them all"
+            )
+            shown.append(ProblemStatus(level="error" if errors else "warning", message=message))
+        return tuple(shown)
+
+
+MAX_PROBLEMS_SHOWN = 100
+"""Problems ``status`` lists one by one (``validate`` lists every one)."""
 
 
 class Rebuilder:

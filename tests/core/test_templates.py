@@ -310,3 +310,12 @@ def test_texts_that_break_jinja2_itself_are_problems_not_exceptions(text: str, w
     """The service reads templates while it runs: nothing in one may raise out of the checks."""
     (problem,) = check_template(Stage.DRAFT, "1_raw/templates/draft/t.txt", text)
     assert problem.level is Level.ERROR and word in problem.message
+
+
+def test_a_template_over_the_length_limit_is_refused_before_jinja2_reads_it() -> None:
+    """Parsing a million tiny expressions takes Jinja2 most of a minute, at every rebuild."""
+    started = time.monotonic()
+    (problem,) = check_template(Stage.DRAFT, "t.txt", "{{ concepts }}" * 1_000_000)
+    assert time.monotonic() - started < 0.5
+    assert problem.level is Level.ERROR and "the limit is 65,536" in problem.message
+    assert check_template(Stage.DRAFT, "t.txt", "{{ concepts }}" * 4000) == []
