@@ -9,7 +9,9 @@ budgeted approval runs one call at a time until then: a first burst of calls of 
 cannot pass the budget by a whole round of concurrency.
 
 A call counts from the moment it starts (the pool checks as it starts each one); work the pool
-has merely read ahead is not started and costs nothing.
+has merely read ahead is not started and costs nothing. Work of an approval newer than the last
+refresh (:meth:`Budgets.unknown`) waits for the next one: an approval's rows are queued before
+its budget is read back, and a pool that started them meanwhile would not know to hold them.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class Budgets:
         """Approval id -> dollars."""
         self.spend: defaultdict[int, float] = defaultdict(float)
         self.calls: Counter[int] = Counter()
+        self.known_through = 0
+        """The newest approval id at the last refresh: later ones may carry a budget not read yet."""
 
     async def refresh(self, store: Store, price_of: PriceOf) -> None:
         """Reload budgeted approvals and what they have spent so far."""
-        self.budgets = await store.budgets()
+        self.known_through, self.budgets = await store.budgets()
         self.spend.clear()
         self.calls.clear()
         for row in await store.usage_by_approval(list(self.budgets)):
@@ -44,6 +48,10 @@ class Budgets:
             priced = price.cost(row["unpriced_prompt"], row["unpriced_completion"]) if price else 0.0
             self.spend[row["approval_id"]] += (row["cost"] or 0.0) + priced
             self.calls[row["approval_id"]] += row["calls"]
+
+    def unknown(self, approval_id: int) -> bool:
+        """True for an approval newer than the last refresh (its budget, if any, is not known)."""
+        return approval_id > self.known_through
 
     def record(self, approval_id: int | None, cost: float) -> None:
         """Count one finished call of ``approval_id`` (ignored unless it has a budget)."""

@@ -168,6 +168,8 @@ class Pool:
         self._forget = True
         """Set when work may have become ready (or stopped being ready) in ways no lane knows of."""
         self._exhausted: set[int] = set()
+        self._budgets_stale = False
+        """Set when ready work of an approval newer than the budgets' last refresh was seen."""
         self._parents: list[str] = []
         """Generations finished since the last look whose children may now be ready."""
         self._children_at = 0.0
@@ -268,6 +270,9 @@ class Pool:
         jobs = self.current.jobs
         if jobs is None or self.limits.paused or self.runner.disk.failing or self.state_db.failing:
             return IDLE_POLL_S
+        if self._budgets_stale:
+            self._budgets_stale = False
+            await self.refresh_budgets()
         exhausted = self.exhausted_approvals()
         if self._forget or set(exhausted) != self._exhausted:
             self.lanes.forget()
@@ -339,6 +344,10 @@ class Pool:
 
         def allowed(ready: Ready) -> bool:
             approval = ready.approval_id
+            if approval is not None and self.budgets.unknown(approval):
+                self._budgets_stale = True  # read its budget (if any) first, then look again
+                self._wake.set()
+                return False
             return approval is None or approval not in self.budgets.exhausted(budgeted)
 
         def take(ready: Ready) -> None:

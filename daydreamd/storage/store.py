@@ -402,12 +402,18 @@ class Store:
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
         return retried
 
-    async def budgets(self) -> dict[int, float]:
-        """Approvals that carry a budget: id -> dollars."""
-        async with self.db.execute(
-            "SELECT id, budget_usd FROM approvals WHERE budget_usd IS NOT NULL AND action = 'approve'"
-        ) as cursor:
-            return {row[0]: row[1] for row in await cursor.fetchall()}
+    async def budgets(self) -> tuple[int, dict[int, float]]:
+        """The newest approval id, and the approvals up to it that carry a budget: id -> dollars.
+
+        One read, so no approval can fall between the two: an id above the first is one whose
+        budget (if any) is not in the second yet.
+        """
+        rows = await self.db.execute_fetchall(
+            "SELECT id, budget_usd FROM approvals WHERE (budget_usd IS NOT NULL AND action = 'approve') "
+            "OR id = (SELECT MAX(id) FROM approvals)"
+        )
+        newest = max((row[0] for row in rows), default=0)
+        return newest, {row[0]: row[1] for row in rows if row[1] is not None}
 
     async def usage_by_approval(self, approval_ids: Sequence[int]) -> list[dict[str, Any]]:
         """Attempts' cost and tokens per (approval, model), for the approvals given."""

@@ -25,6 +25,7 @@ from daydreamd.core.cohort import Cohort, Generation
 from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import RawFiles, read_raw_dir
 from daydreamd.core.stages import STAGES, Stage, State
+from daydreamd.daemon.budgets import Budgets
 from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import (
@@ -997,3 +998,29 @@ async def test_sync_membership_of_a_100k_cohort(store: Store) -> None:
         "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
         "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
     )
+
+
+async def test_budgets_come_with_the_newest_approval_id_read_at_the_same_time(store: Store) -> None:
+    """The pool holds work of approvals newer than its last read of budgets: an approval's rows
+    are queued before its budget is read back, and a pool that started them in that gap ran a
+    first burst of calls past the budget (seen once in a full run: 4 calls against $0.35)."""
+    assert await store.budgets() == (0, {})
+    cohort = await synced(store)
+    first, _ = await approve(store, "draft", cohort_id=cohort.cohort_id)
+    budgeted, _ = await store.approve(
+        stage="essay",
+        template_id=None,
+        llm_model_id=None,
+        limit=None,
+        requested_by="tester",
+        cohort_id=cohort.cohort_id,
+        budget_usd=0.35,
+    )
+    newest, budgets = await store.budgets()
+    assert (newest, budgets) == (budgeted, {budgeted: 0.35})
+
+    known = Budgets()
+    await known.refresh(store, lambda _model: None)
+    assert not known.unknown(first) and not known.unknown(budgeted)
+    later, _ = await approve(store, "evaluation", cohort_id=cohort.cohort_id)
+    assert known.unknown(later)
