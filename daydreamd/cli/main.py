@@ -417,7 +417,6 @@ def _render(
 ) -> None:
     from daydreamd.cli.dryrun import render_to_files
     from daydreamd.core.build import read_and_build
-    from daydreamd.core.jobs import Jobs
     from daydreamd.storage.gens import GensStore
 
     build = read_and_build(settings, renderer)
@@ -425,7 +424,8 @@ def _render(
         for problem in build.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException("no cohort: the experiment has errors; see daydreamctl validate")
-    factory = Jobs(build.experiment, settings)
+    factory = build.jobs
+    assert factory is not None  # built with the cohort
     generations = (g for g in build.cohort.generations if stage is None or g.stage == stage)
     jobs = (job for g in generations if (job := factory.job(g)) is not None)
     store = GensStore(settings.paths.data_dir)

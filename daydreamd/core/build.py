@@ -27,6 +27,9 @@ class Build:
     experiment: Experiment
     problems: tuple[Problem, ...]
     cohort: Cohort | None
+    jobs: Jobs | None = None
+    """The cohort's generations turned into jobs (None with the cohort): made once, used by the
+    trial renders and by whoever runs or renders the cohort."""
 
     @property
     def ok(self) -> bool:
@@ -48,10 +51,12 @@ def build_from_raw(raw: RawFiles, settings: Settings, renderer: PromptRenderer |
     problems = problems + link_problems
     if link_problems:
         return Build(raw, experiment, problems, None)
+    jobs = Jobs(experiment, settings)
     if renderer is not None:
-        jobs = Jobs(experiment, settings)
         problems = problems + tuple(trial_problems(cohort.generations, jobs, renderer, raw.label))
-    return Build(raw, experiment, problems, None if has_errors(problems) else cohort)
+    if has_errors(problems):
+        return Build(raw, experiment, problems, None)
+    return Build(raw, experiment, problems, cohort, jobs)
 
 
 def read_and_build(settings: Settings, renderer: PromptRenderer | None = None) -> Build:

@@ -37,6 +37,7 @@ from daydreamd.daemon.server import make_app, start_unix_site, stop
 from daydreamd.daemon.service import Service
 from daydreamd.daemon.settings import key_scrubber, reloadable
 from daydreamd.daemon.watcher import rebuild_loop, watch_tree
+from daydreamd.llm.apikey import Scrubber
 from daydreamd.llm.registry import check_settings, make_provider, needs_session
 from daydreamd.sandbox.render_process import RenderProcess
 from daydreamd.storage.atomic import remove_stale_temps
@@ -72,9 +73,12 @@ def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
     return sum(remove_stale_temps(folder) for folder in folders)
 
 
-async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool = False) -> int:
+async def serve(
+    settings: Settings, env: Mapping[str, str], *, scrubber: Scrubber, new_state: bool = False
+) -> int:
     """Run the service until SIGTERM/SIGINT; return the exit code.
 
+    ``scrubber``: the API key's, which the log uses too; a prompt holding the key is never sent.
     ``new_state``: an unreadable run state is renamed aside and a new one started (else an error).
     """
     config_dir = settings.config_path.parent if settings.config_path else None
@@ -102,7 +106,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, new_state: bool =
                 policy=settings.retry,
                 rng=random.Random(),
                 renderer=renderer,
-                scrubber=key_scrubber(settings, env),  # a prompt holding the key is never sent
+                scrubber=scrubber,
             )
             service = Service(settings, store, runner)
             await service.pool.restore_limits()
@@ -249,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         scrubber = key_scrubber(settings, os.environ)  # the log scrubs the key too; a bad .env stops here
         configure_logging(log_file=settings.paths.log_file, level=args.log_level, scrubber=scrubber)
         logging_on = True
-        code = anyio.run(partial(serve, settings, dict(os.environ), new_state=args.new_state))
+        code = anyio.run(
+            partial(serve, settings, dict(os.environ), scrubber=scrubber, new_state=args.new_state)
+        )
     except (DaydreamError, BaseExceptionGroup) as raised:
         exc = _daydream_error(raised)
         if exc is None:

@@ -176,7 +176,7 @@ class Rebuilder:
         result = await self._apply(settings, build, fingerprint, changed=fingerprint != applied)
         await self.last_good.save(raw)
         self.current.build = build
-        self.current.jobs = Jobs(build.experiment, settings)
+        self.current.jobs = build.jobs
         self.current.rebuilds += 1
         self._record(reason, fingerprint, t0, ok=True, sync=result)
         log.info(
@@ -250,7 +250,7 @@ class Rebuilder:
             return
         result = await self._sync(settings, build, raw.fingerprint)
         self.current.build = build
-        self.current.jobs = Jobs(build.experiment, settings)
+        self.current.jobs = build.jobs
         log.warning(
             "serving_last_good_cohort",
             cohort_id=build.cohort.cohort_id,

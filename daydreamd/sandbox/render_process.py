@@ -15,7 +15,6 @@ Children get a minimal environment (never the API key) and talk JSON, not pickle
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -130,14 +129,14 @@ class RenderProcess:
         for child in self._children:
             self._idle.put(child)
         self._strikes: dict[str, tuple[int, str]] = {}
+        """Template text -> (limit hits, the last reason): an edited template starts afresh."""
         self._lock = threading.Lock()
         self._closed = False
 
     def render(self, text: str, variables: Mapping[str, Any], *, template_id: str, stage: str) -> str:
         """Render ``text``; raise TemplateError (TemplateLimitError past a limit) naming the template."""
-        key = hashlib.sha256(text.encode()).hexdigest()
         with self._lock:
-            strikes, reason = self._strikes.get(key, (0, ""))
+            strikes, reason = self._strikes.get(text, (0, ""))
         if strikes >= STRIKES:
             raise TemplateLimitError(
                 f"template {stage}/{template_id}: not rendered: it went past a render limit "
@@ -154,7 +153,7 @@ class RenderProcess:
             return prompt
         message: str = answer["error"]
         if answer.get("limit"):
-            self._strike(key, message)
+            self._strike(text, message)
             raise TemplateLimitError(message, template_id=template_id, stage=stage)
         raise TemplateError(message, template_id=template_id, stage=stage)
 
@@ -186,10 +185,10 @@ class RenderProcess:
             "limit": True,
         }
 
-    def _strike(self, key: str, reason: str) -> None:
+    def _strike(self, text: str, reason: str) -> None:
         with self._lock:
-            count, _ = self._strikes.get(key, (0, ""))
-            self._strikes[key] = (count + 1, reason.split(": ", 1)[-1])
+            count, _ = self._strikes.get(text, (0, ""))
+            self._strikes[text] = (count + 1, reason.split(": ", 1)[-1])
 
     def pids(self) -> list[int]:
         """The process ids of the children running now (for diagnostics and tests)."""
