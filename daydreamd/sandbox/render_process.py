@@ -163,27 +163,18 @@ class RenderProcess:
         child = self._idle.get()
         try:
             answer = child.ask(request)
-            died = None
-        except (EOFError, OSError) as exc:
-            answer, died = None, exc
+            why = f"rendering took longer than {self.limits.timeout_s:g} s (render.timeout_s)"
+        except (EOFError, OSError):
+            child.stop()  # before another thread can take it
+            answer = None
+            why = "the rendering process died while rendering (most likely out of memory: render.memory_mb)"
         finally:
             self._idle.put(child)
         if self._closed:
             raise RenderUnavailableError("the renderer is closed (the service is stopping)")
         if answer is not None:
             return answer
-        if died is not None:
-            child.stop()
-            return {
-                "error": f"template {stage}/{template_id}: the rendering process died while rendering "
-                "(most likely out of memory: render.memory_mb); check the template's loops",
-                "limit": True,
-            }
-        took = f"rendering took longer than {self.limits.timeout_s:g} s (render.timeout_s)"
-        return {
-            "error": f"template {stage}/{template_id}: {took}; check the template's loops",
-            "limit": True,
-        }
+        return {"error": f"template {stage}/{template_id}: {why}; check the template's loops", "limit": True}
 
     def _strike(self, text: str, reason: str) -> None:
         with self._lock:
