@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -257,14 +258,25 @@ async def test_status_loop_sends_changes_only_and_survives_a_failed_fetch(manage
         {"cohort_id": "c_2"},
     ]
 
+    fetches = 0
+    repeated = anyio.Event()
+
     async def fetch() -> Mapping[str, Any]:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 6:  # c_2 answered twice more after it was sent: a change would show by now
+            repeated.set()
         answer = answers.pop(0) if answers else {"cohort_id": "c_2"}
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    with anyio.move_on_after(0.5):
-        await status_loop(notifier, fetch, interval_s=0.05)
+    # Waits for the fetches themselves, not for a time (0.5 s was too short on a loaded machine).
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(status_loop, notifier, fetch, interval_s=0.05))
+        with anyio.fail_after(10):
+            await repeated.wait()
+        tg.cancel_scope.cancel()
     assert manager.drain() == [{"STATUS": "cohort c_1"}, {"STATUS": "cohort c_2"}]
 
 
