@@ -66,7 +66,11 @@ def service(obj: Context) -> Iterator[ServiceClient]:
 
 
 def scope_body(
-    stage: str, template_id: str | None, llm_model_id: str | None, limit: int | None
+    stage: str,
+    template_id: str | None,
+    llm_model_id: str | None,
+    limit: int | None,
+    cohort: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of an approval, revocation or plan: the scope, and who asks (:func:`current_user`)."""
     from daydreamd.core.control import ApprovalRequest
@@ -77,6 +81,7 @@ def scope_body(
         llm_model_id=llm_model_id,
         limit=limit,
         requested_by=current_user(),
+        cohort=cohort,
     )
     return request.to_dict()
 

@@ -15,11 +15,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import click
 
 from daydreamd.cli.common import print_json, scope_body, service
-from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option, model_option, template_option
+from daydreamd.cli.options import (
+    CONTEXT,
+    STAGE_CHOICE,
+    cohort_option,
+    json_option,
+    model_option,
+    template_option,
+)
 from daydreamd.core.stages import State
 from daydreamd.core.status import (
     ModelStatus,
@@ -58,8 +66,11 @@ def register(cli: click.Group) -> None:
 @click.option(
     "--plain/--rich", "plain", default=None, help="Plain text or the rich view (default: rich on a terminal)."
 )
+@cohort_option
 @click.pass_obj
-def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: bool | None) -> None:
+def status(
+    obj: Context, as_json: bool, watch: bool, interval: float, plain: bool | None, cohort: str | None
+) -> None:
     """Show the running service: progress per stage, rates, failures, models, spend, input errors.
 
     Counts: pending (not approved), queued (approved, waiting), running, done, failed, and
@@ -70,9 +81,11 @@ def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: boo
       daydreamctl status
       daydreamctl status --watch
       daydreamctl status --json | jq .stages.essay
+      daydreamctl status --cohort rejudge-top5
     """
+    path = "/v1/status" + (f"?cohort={quote(cohort)}" if cohort else "")
     with service(obj) as client:
-        result = client.get("/v1/status")
+        result = client.get(path)
         if as_json:
             print_json(result)
             return
@@ -99,7 +112,7 @@ def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: boo
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         with Live(render_status(result), console=console, refresh_per_second=4) as live:
             while not stop.wait(interval):
-                live.update(render_status(client.get("/v1/status")))
+                live.update(render_status(client.get(path)))
 
 
 @click.command(context_settings=CONTEXT)
@@ -115,6 +128,7 @@ def status(obj: Context, as_json: bool, watch: bool, interval: float, plain: boo
 @click.option(
     "--plan", "plan_hash", help="Refuse unless this approval covers exactly what `daydreamctl plan` showed."
 )
+@cohort_option
 @json_option
 @click.pass_obj
 def approve(
@@ -125,6 +139,7 @@ def approve(
     limit: int | None,
     budget_usd: float | None,
     plan_hash: str | None,
+    cohort: str | None,
     as_json: bool,
 ) -> None:
     """Approve pending generations of STAGE, so the service runs them (and spends money on them).
@@ -138,15 +153,16 @@ def approve(
       daydreamctl approve draft --plan 3f2a9c1d0b7e4a55 --budget-usd 5
       daydreamctl approve essay --template polished-essay --model gemini_25_flash --limit 10
       daydreamctl approve evaluation --json
+      daydreamctl approve evaluation --cohort rejudge-top5
     """
-    body = scope_body(stage, template_id, llm_model_id, limit)
+    body = scope_body(stage, template_id, llm_model_id, limit, cohort)
     body.update({k: v for k, v in (("budget_usd", budget_usd), ("plan", plan_hash)) if v is not None})
     with service(obj) as client:
         result = client.post("/v1/approvals", body)
     if as_json:
         print_json(result)
         return
-    scope = _scope(stage, template_id, llm_model_id)
+    scope = _scope(stage, template_id, llm_model_id) + _of_cohort(cohort, result)
     budget = f", budget ${result['budget_usd']:g}" if result.get("budget_usd") else ""
     approval = f"approval {result.get('approval_id')}{budget}"
     click.echo(f"approved {result.get('matched', 0):,} pending {scope} ({approval})")
@@ -156,10 +172,16 @@ def approve(
 @click.argument("stage", type=STAGE_CHOICE)
 @template_option
 @model_option
+@cohort_option
 @json_option
 @click.pass_obj
 def revoke(
-    obj: Context, stage: str, template_id: str | None, llm_model_id: str | None, as_json: bool
+    obj: Context,
+    stage: str,
+    template_id: str | None,
+    llm_model_id: str | None,
+    cohort: str | None,
+    as_json: bool,
 ) -> None:
     """Send queued (approved, not yet started) generations of STAGE back to pending.
 
@@ -170,13 +192,13 @@ def revoke(
       daydreamctl revoke essay
       daydreamctl revoke evaluation --model anthropic/claude-3.5-haiku --json
     """
-    body = scope_body(stage, template_id, llm_model_id, None)
+    body = scope_body(stage, template_id, llm_model_id, None, cohort)
     with service(obj) as client:
         result = client.post("/v1/revocations", body)
     if as_json:
         print_json(result)
         return
-    scope = _scope(stage, template_id, llm_model_id)
+    scope = _scope(stage, template_id, llm_model_id) + _of_cohort(cohort, result)
     click.echo(f"revoked {result.get('revoked', 0):,} queued {scope}; they are pending again")
 
 
@@ -203,6 +225,33 @@ def show(obj: Context, gen_id: str, as_json: bool) -> None:
 
 
 # -- text output -------------------------------------------------------------------------------
+
+
+def list_cohorts(obj: Context, *, as_json: bool) -> None:
+    """``daydreamctl cohort list``: ``GET /v1/cohorts``, as a table or JSON."""
+    with service(obj) as client:
+        result = client.get("/v1/cohorts")
+    if as_json:
+        print_json(result)
+        return
+    for entry in result.get("cohorts") or []:
+        name = str(entry.get("cohort_id"))
+        kind = "default" if entry.get("kind") == "default" else f"spec {entry.get('spec') or ''}".strip()
+        spent = entry.get("spent_usd")
+        money = f"${spent:,.2f}" if isinstance(spent, int | float) else "$?"
+        click.echo(f"{name}  ({kind}; spent {money})")
+        for stage, value in (entry.get("stages") or {}).items():
+            counts = StageCounts.from_json(value)
+            live = counts.pending + counts.approved
+            states = ", ".join(f"{n:,} {state}" for state, n in counts.to_json().items() if n)
+            click.echo(f"  {stage:<11} {live:>9,}  {states or '-'}")
+        for problem in entry.get("errors") or []:
+            click.echo(f"  error: {problem}")
+
+
+def _of_cohort(cohort: str | None, result: Mapping[str, Any]) -> str:
+    """`` of cohort X`` when the command named a cohort (the service says which it acted on)."""
+    return f" of cohort {result.get('cohort_id') or cohort}" if cohort else ""
 
 
 def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> str:

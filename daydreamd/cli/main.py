@@ -303,6 +303,96 @@ def compile_spec_verb(
     sys.exit(run_compile(obj.settings(), spec, limit=limit, fmt=fmt, seed=seed))
 
 
+@cohort.command("new", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--from-top", "top", type=int, required=True, metavar="N", help="How many essays to take.")
+@click.option(
+    "--by",
+    required=True,
+    metavar="EVAL_TEMPLATE[:JUDGE]",
+    help="Rank by the mean score of this evaluation template (of this judge only, with :JUDGE).",
+)
+@click.option("--cohort", "source", metavar="SRC", help="The cohort to rank (default: the current cohort).")
+@click.option(
+    "--evaluation-template",
+    "evaluation_templates",
+    multiple=True,
+    metavar="T",
+    help="Re-judge with this template; repeatable (default: the active evaluation templates).",
+)
+@click.option(
+    "--judge",
+    "judges",
+    multiple=True,
+    metavar="J",
+    help="Re-judge on this model; repeatable (default: the evaluation models).",
+)
+@data_option
+@json_option
+@click.pass_context
+def new_cohort_verb(
+    ctx: click.Context,
+    name: str,
+    top: int,
+    by: str,
+    source: str | None,
+    evaluation_templates: tuple[str, ...],
+    judges: tuple[str, ...],
+    data: Path | None,
+    as_json: bool,
+) -> None:
+    """Write a cohort spec that re-judges the top N essays of an earlier cohort.
+
+    Ranks the essays of SRC by the mean recorded score of their done evaluations by
+    EVAL_TEMPLATE (and JUDGE), then the number of those scores, then gen_id, and writes
+    data/cohorts/NAME/spec/config.yaml (how they were chosen, in comments) and
+    items/top_essays.csv (each essay's coordinates), never over an existing spec. Offline:
+    reads the run state (paths.state_db) and data/cohorts/SRC/membership.csv.
+
+    \b
+    Examples:
+      daydreamctl cohort new rejudge-top20 --from-top 20 --by novelty-judge
+      daydreamctl cohort new rigor-top5 --from-top 5 --by rigor-judge:sonnet_4 --judge gpt_4o_mini
+    """
+    from daydreamd.cli.cohortnew import run_new
+
+    obj: Context = ctx.obj
+    if data is not None:
+        obj.data = data
+    group_json = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
+    run_new(
+        obj.settings(),
+        name,
+        top=top,
+        by=by,
+        source=source,
+        evaluation_templates=evaluation_templates,
+        judges=judges,
+        as_json=as_json or group_json,
+    )
+
+
+@cohort.command("list", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def list_cohorts_verb(ctx: click.Context, as_json: bool) -> None:
+    """List the cohorts of the running service: the default one and each spec folder's.
+
+    For each: its size and progress per stage, what was spent on its generations (a generation
+    two cohorts share counts in both), and when it was last built. Exits 3 when the service is
+    not running.
+
+    \b
+    Examples:
+      daydreamctl cohort list
+      daydreamctl cohort list --json
+    """
+    from daydreamd.cli.live import list_cohorts
+
+    group_json = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
+    list_cohorts(ctx.obj, as_json=as_json or group_json)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--stage",

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from daydreamd.cli.common import current_user, print_json, scope_body, service
-from daydreamd.cli.options import CONTEXT, STAGE_CHOICE, json_option, model_option, template_option
+from daydreamd.cli.options import (
+    CONTEXT,
+    STAGE_CHOICE,
+    cohort_option,
+    json_option,
+    model_option,
+    template_option,
+)
 from daydreamd.core.control import FAILURE_KINDS
 
 if TYPE_CHECKING:
@@ -37,6 +44,7 @@ def register(cli: click.Group) -> None:
 @template_option
 @model_option
 @click.option("--limit", type=click.IntRange(min=1), help="Plan for at most N generations (parents first).")
+@cohort_option
 @json_option
 @click.pass_obj
 def plan(
@@ -45,6 +53,7 @@ def plan(
     template_id: str | None,
     llm_model_id: str | None,
     limit: int | None,
+    cohort: str | None,
     as_json: bool,
 ) -> None:
     """Show what approving STAGE would start and what it would cost, before spending anything.
@@ -57,8 +66,9 @@ def plan(
     Examples:
       daydreamctl plan draft
       daydreamctl plan evaluation --model sonnet_4 --json
+      daydreamctl plan evaluation --cohort rejudge-top5
     """
-    body = scope_body(stage, template_id, llm_model_id, limit)
+    body = scope_body(stage, template_id, llm_model_id, limit, cohort)
     with service(obj) as client:
         result = client.post("/v1/plans", body)
     if as_json:
@@ -169,6 +179,7 @@ def _print_pause(result: Mapping[str, Any], as_json: bool) -> None:
 @click.option(
     "--fresh", is_flag=True, help="Pay for a new reply even where one is saved (empty, cut off, filtered)."
 )
+@cohort_option
 @json_option
 @click.pass_obj
 def retry(
@@ -178,6 +189,7 @@ def retry(
     template_id: str | None,
     llm_model_id: str | None,
     fresh: bool,
+    cohort: str | None,
     as_json: bool,
 ) -> None:
     """Send failed generations back to the queue (they run again without a new approval).
@@ -197,6 +209,7 @@ def retry(
             ("kind", kind),
             ("template_id", template_id),
             ("llm_model_id", llm_model_id),
+            ("cohort", cohort),
         )
         if v
     }

@@ -32,3 +32,13 @@ def template_option(func: F) -> F:
 def model_option(func: F) -> F:
     """``--model M``: narrow to one model (``llm_model_id``)."""
     return click.option("--model", "llm_model_id", help="Only generations on this model id.")(func)
+
+
+def cohort_option(func: F) -> F:
+    """``--cohort NAME``: act on one cohort (``cohort``): a named one, or the default one's id."""
+    return click.option(
+        "--cohort",
+        "cohort",
+        metavar="NAME",
+        help="Only this cohort: a spec folder's name (default: the default cohort; see `cohort list`).",
+    )(func)

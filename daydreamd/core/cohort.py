@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daydreamd.core import ids
 from daydreamd.core.canonical import sha256_hex
 from daydreamd.core.config import Settings
-from daydreamd.core.experiment import Experiment, Generator, LlmModel, Template
+from daydreamd.core.experiment import Concept, Experiment, Generator, LlmModel, Template
 from daydreamd.core.problems import Problem, error
 from daydreamd.core.stages import STAGES, Stage
 
@@ -118,16 +118,21 @@ def build_cohort(experiment: Experiment, settings: Settings) -> tuple[Cohort, tu
     return cohort, tuple(check_links(generations))
 
 
+def draft_parent_key(concepts: Mapping[str, Concept], combo: Combo) -> str:
+    """What a draft's id takes from its combo: the combo id and each concept's name and description."""
+    texts = []
+    for cid in combo.concept_ids:
+        text, used = concepts[cid].description(combo.description_level)
+        texts.append((cid, concepts[cid].name, used, text))
+    return ids.draft_parent_key(combo.combo_id, texts)
+
+
 def _drafts(experiment: Experiment, settings: Settings, combos: Sequence[Combo]) -> Iterator[Generation]:
     concepts = {c.concept_id: c for c in experiment.concepts}
     specs = _specs(experiment, settings, Stage.DRAFT, experiment.generation_models())
     replicates = range(1, experiment.replicates_for(Stage.DRAFT) + 1)
     for combo in combos:
-        texts = []
-        for cid in combo.concept_ids:
-            text, used = concepts[cid].description(combo.description_level)
-            texts.append((cid, concepts[cid].name, used, text))
-        parent_key = ids.draft_parent_key(combo.combo_id, texts)
+        parent_key = draft_parent_key(concepts, combo)
         for (template, model), spec in specs.items():
             for r in replicates:
                 gen_id = ids.gen_id(Stage.DRAFT, spec, parent_key, r)
@@ -166,13 +171,14 @@ def _specs(
     """The gen_id spec of each (template, model) pair of a stage, in CSV order, computed once."""
     params = settings.stage(stage).call_parameters()
     return {
-        (t.template_id, m.model_id): _spec(stage, t, m, params)
+        (t.template_id, m.model_id): generation_spec(stage, t, m, params)
         for t in experiment.active_templates(stage)
         for m in models
     }
 
 
-def _spec(stage: Stage, template: Template, model: LlmModel, params: dict[str, Any]) -> str:
+def generation_spec(stage: Stage, template: Template, model: LlmModel, params: dict[str, Any]) -> str:
+    """What a template and a model contribute to a gen_id (the model is ignored for copy templates)."""
     return ids.gen_spec(
         stage=stage,
         template_id=template.template_id,
@@ -209,12 +215,12 @@ def build_manifest(
         "schema": MANIFEST_SCHEMA,
         "k": len(combos[0].concept_ids) if combos else 0,
         "description_level": level,
-        "concepts": [_concept_entry(c, level) for c in experiment.active_concepts()],
+        "concepts": [concept_entry(c, level) for c in experiment.active_concepts()],
         "combos": [{"combo_id": c.combo_id, "concept_ids": list(c.concept_ids)} for c in combos],
-        "templates": {str(s): [_template_entry(t) for t in _sorted_templates(experiment, s)] for s in STAGES},
+        "templates": {str(s): [template_entry(t) for t in _sorted_templates(experiment, s)] for s in STAGES},
         "models": {
-            "generation": [_model_entry(m) for m in sorted(experiment.generation_models(), key=_model_key)],
-            "evaluation": [_model_entry(m) for m in sorted(experiment.evaluation_models(), key=_model_key)],
+            "generation": [model_entry(m) for m in sorted(experiment.generation_models(), key=_model_key)],
+            "evaluation": [model_entry(m) for m in sorted(experiment.evaluation_models(), key=_model_key)],
         },
         "replicates": {str(s): experiment.replicates_for(s) for s in STAGES},
         "stage_parameters": {str(s): settings.stage(s).call_parameters() for s in STAGES},
@@ -222,7 +228,7 @@ def build_manifest(
     }
 
 
-def _concept_entry(concept: Any, level: str) -> dict[str, str]:
+def concept_entry(concept: Any, level: str) -> dict[str, str]:
     text, used = concept.description(level)
     return {"concept_id": concept.concept_id, "name": concept.name, "level": used, "sha256": sha256_hex(text)}
 
@@ -231,7 +237,7 @@ def _sorted_templates(experiment: Experiment, stage: Stage) -> list[Template]:
     return sorted(experiment.active_templates(stage), key=lambda t: t.template_id)
 
 
-def _template_entry(template: Template) -> dict[str, str]:
+def template_entry(template: Template) -> dict[str, str]:
     return {
         "template_id": template.template_id,
         "sha256": template.text_sha256,
@@ -244,5 +250,5 @@ def _model_key(model: LlmModel) -> str:
     return model.model_id
 
 
-def _model_entry(model: LlmModel) -> dict[str, str]:
+def model_entry(model: LlmModel) -> dict[str, str]:
     return {"id": model.model_id, "model": model.model}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daydreamd.core.errors import DaydreamError
+from daydreamd.core.ids import cohort_id_problem
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import Stage, State
 from daydreamd.core.status import ServiceStatus
@@ -88,7 +89,16 @@ def checked_int(value: object, name: str, low: int, high: int, *, nullable: bool
     return value
 
 
-_REQUEST_FIELDS = ("stage", "template_id", "llm_model_id", "limit", "requested_by", "budget_usd", "plan")
+_REQUEST_FIELDS = (
+    "stage",
+    "template_id",
+    "llm_model_id",
+    "limit",
+    "requested_by",
+    "budget_usd",
+    "plan",
+    "cohort",
+)
 FAILURE_KINDS: tuple[str, ...] = tuple(kind.value for kind in FailureKind)
 """Failure kinds a retry may select (the values of ``daydreamd.core.retry.FailureKind``)."""
 
@@ -112,6 +122,8 @@ class ApprovalRequest:
     (above 0, below :data:`MAX_BUDGET_USD`)."""
     plan: str | None = None
     """The hash of a ``plan``: refuse unless the approval would cover exactly what that plan showed."""
+    cohort: str | None = None
+    """Only generations of this cohort: a named cohort, or the default cohort's id (None: the default)."""
 
     @classmethod
     def from_json(cls, body: object) -> ApprovalRequest:
@@ -133,6 +145,7 @@ class ApprovalRequest:
             requested_by=_requested_by(body.get("requested_by", "")),
             budget_usd=_budget(body.get("budget_usd")),
             plan=_optional_text(body, "plan"),
+            cohort=cohort_name(body.get("cohort")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,7 +186,7 @@ def _optional_choice(body: Mapping[str, object], name: str, choices: tuple[str, 
     return str(value)
 
 
-_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by")
+_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by", "cohort")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +201,8 @@ class RetryRequest:
     fresh: bool = False
     """Pay for a new reply even where one is saved (for empty, cut-off or filtered replies)."""
     requested_by: str = ""
+    cohort: str | None = None
+    """Only failures of this cohort (None: the default cohort)."""
 
     @classmethod
     def from_json(cls, body: object) -> RetryRequest:
@@ -203,6 +218,7 @@ class RetryRequest:
             llm_model_id=_optional_text(fields, "llm_model_id"),
             fresh=fresh,
             requested_by=_requested_by(fields.get("requested_by", "")),
+            cohort=cohort_name(fields.get("cohort")),
         )
 
 
@@ -274,6 +290,17 @@ class LimitsRequest:
         return request
 
 
+def cohort_name(value: object) -> str | None:
+    """A cohort named by a request: None (the default cohort) or a valid cohort id (400 otherwise)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"cohort: must be a cohort name or null, got {shown(value)}")
+    if problem := cohort_id_problem(value):
+        raise bad_request(f"cohort: {problem}")
+    return value
+
+
 def _stage(value: object) -> str:
     if value is None:
         raise bad_request("stage: required; one of " + ", ".join(STAGE_NAMES))
@@ -304,12 +331,19 @@ def _requested_by(value: object) -> str:
 class Control(Protocol):
     """What the control server needs from the service. Every method may raise :class:`ControlError`."""
 
-    async def status(self) -> ServiceStatus:
-        """The service's state: cohort, counts per stage and state, pool, raw-input errors."""
+    async def status(self, cohort: str | None = None) -> ServiceStatus:
+        """The service's state: cohort, counts per stage and state (of ``cohort``; None: the default
+        cohort), pool, raw-input errors. Raises a 404 ControlError for an unknown cohort."""
         ...
 
-    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` generations, optionally of one stage and/or state, parents first."""
+    async def generations(
+        self, *, stage: str | None, state: str | None, limit: int, cohort: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` generations, optionally of one stage and/or state and/or cohort, parents first."""
+        ...
+
+    async def cohorts(self) -> dict[str, Any]:
+        """Every cohort: the default one and each named one, with sizes per stage and state, and spend."""
         ...
 
     async def generation(self, gen_id: str) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from daydreamd.daemon.sdnotify import Notifier, status_line, status_loop, watchd
 from daydreamd.daemon.server import make_app, start_unix_site, stop
 from daydreamd.daemon.service import Service
 from daydreamd.daemon.settings import key_scrubber, reloadable
-from daydreamd.daemon.watcher import rebuild_loop, watch_tree
+from daydreamd.daemon.watcher import rebuild_loop, spec_relevant, watch_tree
 from daydreamd.llm.apikey import Scrubber
 from daydreamd.llm.registry import check_settings, make_provider, needs_session
 from daydreamd.sandbox.render_process import RenderProcess
@@ -148,6 +148,8 @@ async def serve(
                         watch_tree, debounce_ms=settings.watch.debounce_ms, stop=service.stop_watching
                     )
                     tg.start_soon(watch, settings.raw_dir, service.trigger)
+                    cohorts = DataLayout(settings.paths.data_dir).cohorts
+                    tg.start_soon(partial(watch, relevant=spec_relevant), cohorts, service.trigger)
                     tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
                     tg.start_soon(service.keep_summary_fresh)
                     tg.start_soon(service.keep_parses_current)

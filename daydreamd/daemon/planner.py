@@ -40,6 +40,8 @@ class PlanContext:
 
     store: Store
     cohort_id: str | None
+    scope: str | None = None
+    """The cohort in the run state: None for the default cohort, else a named cohort."""
     jobs: Jobs | None
     settings: Settings
     renderer: PromptRenderer
@@ -54,6 +56,7 @@ async def make_plan(context: PlanContext, request: ApprovalRequest) -> dict[str,
         template_id=request.template_id,
         llm_model_id=request.llm_model_id,
         limit=request.limit,
+        scope=context.scope,
     )
     rows = await store.rows(ids)
     parents = sorted({row["parent_gen_id"] for row in rows if row["parent_gen_id"]})

@@ -30,6 +30,7 @@ from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.core.status import CohortProgress, ProblemStatus, RebuildStatus
 from daydreamd.core.templates import PromptRenderer
 from daydreamd.core.timestamps import utc_now
+from daydreamd.daemon.named import NamedCohorts
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.storage.cohort_files import write_cohort
 from daydreamd.storage.last_good import LastGoodRaw
@@ -76,6 +77,8 @@ class Current:
     build: Build | None = None
     jobs: Jobs | None = None
     problems: tuple[Problem, ...] = ()
+    spec_problems: tuple[Problem, ...] = ()
+    """Problems of the named cohorts' spec folders (see :mod:`daydreamd.daemon.named`)."""
     last: RebuildStatus | None = None
     """The last check that applied something (None before the first)."""
     rebuilds: int = 0
@@ -99,7 +102,7 @@ class Current:
         """Problems of the latest files, errors first (what ``/v1/status`` shows), at most
         :data:`MAX_PROBLEMS_SHOWN` and a last line counting the rest: a ``1_raw`` pointed at
         ``/`` has tens of thousands, and every status answer would carry them all."""
-        ordered = sorted(self.problems, key=lambda p: p.level is not Level.ERROR)
+        ordered = sorted((*self.problems, *self.spec_problems), key=lambda p: p.level is not Level.ERROR)
         shown = [ProblemStatus.from_problem(p) for p in ordered[:MAX_PROBLEMS_SHOWN]]
         hidden = ordered[MAX_PROBLEMS_SHOWN:]
         if hidden:
@@ -134,6 +137,7 @@ class Rebuilder:
         self.store = store
         self.current = current
         self.last_good = LastGoodRaw(store)
+        self.named = NamedCohorts(store)
         self.on_synced = on_synced
         """Called after a sync, before its cohort is put in force (the service re-reads its counts)."""
 
@@ -157,6 +161,7 @@ class Rebuilder:
         fingerprint = raw.fingerprint
         applied = await self.store.get_fact(APPLIED)
         if fingerprint == applied and self.current.build is not None:
+            await self._named(settings, self.current.build)  # a spec folder may have changed
             return False
         if self.current.building is None:
             self.current.building = Building(reason)
@@ -169,6 +174,8 @@ class Rebuilder:
             await self.store.set_fact(APPLIED, fingerprint)
             if self.current.build is None:  # nothing in force (a start, a reload): the last good one
                 await self._serve_last_good(settings, reason)
+                if self.current.build is not None:
+                    await self._named(settings, self.current.build)
             self._record(reason, fingerprint, t0, ok=False)
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
             log.warning("experiment_invalid", errors=len(errors), first=errors[:5], reason=reason)
@@ -179,6 +186,7 @@ class Rebuilder:
         self.current.jobs = build.jobs
         self.current.rebuilds += 1
         self._record(reason, fingerprint, t0, ok=True, sync=result)
+        await self._named(settings, build)
         log.info(
             "cohort_rebuilt",
             cohort_id=build.cohort.cohort_id,
@@ -231,6 +239,12 @@ class Rebuilder:
         if self.on_synced is not None:  # status shows the new cohort's id with its counts, not older ones
             await self.on_synced()
         return result
+
+    async def _named(self, settings: Settings, build: Build) -> None:
+        """The named cohorts, in step with their specs under ``build`` (the build in force)."""
+        self._phase("cohorts")
+        await self.named.apply(build, settings)
+        self.current.spec_problems = self.named.problems
 
     async def _serve_last_good(self, settings: Settings, reason: str) -> None:
         """Put the cohort of the last good files in force (their saved copy), when there is one.

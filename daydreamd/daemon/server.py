@@ -49,6 +49,7 @@ from daydreamd.core.control import (
     ReparseRequest,
     RetryRequest,
     bad_request,
+    cohort_name,
     shown,
 )
 from daydreamd.core.errors import DaydreamError
@@ -86,7 +87,7 @@ CONTROL: web.AppKey[Control] = web.AppKey("control")
 LIMITS: web.AppKey[ServerLimits] = web.AppKey("limits")
 ERROR_REPORTS: web.AppKey[LogThrottle] = web.AppKey("error_reports")
 """Throttles the reports of unexpected exceptions to ``on_error``, by exception type."""
-_QUERY_PARAMETERS = ("limit", "stage", "state")
+_QUERY_PARAMETERS = ("limit", "stage", "state", "cohort")
 _ERROR_TYPES = {
     400: "bad_request",
     404: "not_found",
@@ -144,6 +145,7 @@ def make_app(
     app[ERROR_REPORTS] = LogThrottle(limits.log_interval_s, burst=REPORTS_PER_INTERVAL)
     app[_STREAMS] = _Streams()
     app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/cohorts", _cohorts)
     app.router.add_get("/v1/generations", _generations)
     app.router.add_get("/v1/generations/{gen_id}", _generation)
     app.router.add_post("/v1/approvals", _approvals)
@@ -164,17 +166,25 @@ def make_app(
 
 
 async def _status(request: web.Request) -> web.Response:
-    status = await request.app[CONTROL].status()
+    query = request.rel_url.query
+    _reject_unknown_parameters(query, ("cohort",))
+    status = await request.app[CONTROL].status(cohort_name(query.get("cohort")))
     return _json(status.to_json())
+
+
+async def _cohorts(request: web.Request) -> web.Response:
+    _reject_unknown_parameters(request.rel_url.query, allowed=())
+    return _json(await request.app[CONTROL].cohorts())
 
 
 async def _generations(request: web.Request) -> web.Response:
     query = request.rel_url.query
-    _reject_unknown_parameters(query)
+    _reject_unknown_parameters(query, _QUERY_PARAMETERS)
     rows = await request.app[CONTROL].generations(
         stage=_choice(query, "stage", STAGE_NAMES),
         state=_choice(query, "state", STATE_NAMES),
         limit=_limit(query),
+        cohort=cohort_name(query.get("cohort")),
     )
     return _json({"generations": rows})
 
@@ -263,10 +273,12 @@ async def _metrics(request: web.Request) -> web.Response:
 # -- request parsing ---------------------------------------------------------------------------
 
 
-def _reject_unknown_parameters(query: Mapping[str, str]) -> None:
+def _reject_unknown_parameters(query: Mapping[str, str], allowed: tuple[str, ...] = ()) -> None:
+    """A 400 for a parameter not in ``allowed`` (a misspelt filter would widen what is answered)."""
     for name in query:
-        if name not in _QUERY_PARAMETERS:
-            raise bad_request(f"{name}: unknown parameter; expected one of {', '.join(_QUERY_PARAMETERS)}")
+        if name not in allowed:
+            expected = f"one of {', '.join(allowed)}" if allowed else "no parameters"
+            raise bad_request(f"{name}: unknown parameter; expected {expected}")
 
 
 def _choice(query: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:

@@ -25,6 +25,7 @@ from daydreamd.core.control import (
     RetryRequest,
 )
 from daydreamd.core.estimates import plan_hash
+from daydreamd.core.problems import Level, Problem
 from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
 from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.details import generation_detail
@@ -156,14 +157,23 @@ class Service:
 
     # -- the Control protocol ------------------------------------------------------------------
 
-    async def status(self) -> ServiceStatus:
-        """What ``GET /v1/status`` answers."""
+    async def status(self, cohort: str | None = None) -> ServiceStatus:
+        """What ``GET /v1/status`` answers: for the default cohort, or for ``cohort``."""
+        scope = await self._scope_of(cohort)
         pool, summary = self.pool.snapshot(), self.summary
+        if scope is not None:  # counted now (the summary is the default cohort's)
+            counts = await self.store.counts(scope=scope)
+            summary = Summary(
+                counts={stage: StageCounts.from_counts(states) for stage, states in counts.items()},
+                failures=await self.store.failures_by_kind(scope=scope),
+                recent_errors=summary.recent_errors,
+                parent_changed=summary.parent_changed,
+            )
         return ServiceStatus(
             version=__version__,
             started_at=self.started_at,
             uptime_s=round(time.monotonic() - self.started, 1),
-            cohort_id=self.current.cohort_id,
+            cohort_id=scope or self.current.cohort_id,
             stages=summary.counts,
             in_flight=pool.in_flight,
             models=pool.models,
@@ -179,9 +189,51 @@ class Service:
             cohort_progress=self.current.progress(),
         )
 
-    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async def generations(
+        self, *, stage: str | None, state: str | None, limit: int, cohort: str | None = None
+    ) -> list[dict[str, Any]]:
         """What ``GET /v1/generations`` answers."""
-        return await self.store.generations(stage=stage, state=state, limit=limit)
+        scope = await self._scope_of(cohort)
+        return await self.store.generations(stage=stage, state=state, limit=limit, scope=scope)
+
+    async def cohorts(self) -> dict[str, Any]:
+        """What ``GET /v1/cohorts`` answers: the default cohort, then each named one by name."""
+        named = await self.store.named_cohorts()
+        entries: list[dict[str, Any]] = [
+            {
+                "cohort_id": self.current.cohort_id,
+                "kind": "default",
+                "stages": await self.store.counts(),
+                "spent_usd": await self.store.spent_usd(),
+            }
+        ]
+        problems = self.current.spec_problems
+        for name, record in sorted(named.items()):
+            folder = f"cohorts/{name}/"
+            entries.append(
+                {
+                    "cohort_id": name,
+                    "kind": "spec",
+                    "spec": f"{folder}spec/",
+                    "stages": await self.store.counts(scope=name),
+                    "spent_usd": await self.store.spent_usd(scope=name),
+                    "first_seen": record.first_seen,
+                    "last_applied": record.last_applied,
+                    "errors": [str(p) for p in problems if p.path.startswith(folder) and _is_error(p)],
+                }
+            )
+        return {"cohorts": entries}
+
+    async def _scope_of(self, cohort: str | None) -> str | None:
+        """The run state's scope for a request's cohort: None for the default cohort (also when named by
+        its id), else a named cohort's name; a 404 for a cohort the service does not hold."""
+        if cohort is None or cohort == self.current.cohort_id:
+            return None
+        if cohort in await self.store.named_cohorts():
+            return cohort
+        raise ControlError(
+            404, "not_found", f"no cohort {cohort!r}; daydreamctl cohort list shows the cohorts there are"
+        )
 
     async def generation(self, gen_id: str) -> dict[str, Any] | None:
         """One generation with its attempts, files, parent chain, and the reply's tail if it failed."""
@@ -190,17 +242,20 @@ class Service:
     async def approve(self, request: ApprovalRequest) -> dict[str, Any]:
         """Queue matching pending generations of the current cohort."""
         self._check_known(request)
+        scope = await self._scope_of(request.cohort)
+        cohort_id = scope or self.current.cohort_id
         if request.plan is not None:
-            await self._check_plan(request)
+            await self._check_plan(request, scope)
         approval_id, matched = await self.store.approve(
             stage=request.stage,
             template_id=request.template_id,
             llm_model_id=request.llm_model_id,
             limit=request.limit,
             requested_by=request.requested_by,
-            cohort_id=self.current.cohort_id,
+            cohort_id=cohort_id,
             budget_usd=request.budget_usd,
             plan=request.plan,
+            scope=scope,
         )
         log.info(
             "approved",
@@ -217,19 +272,20 @@ class Service:
         return {
             "approval_id": approval_id,
             "matched": matched,
-            "cohort_id": self.current.cohort_id,
+            "cohort_id": cohort_id,
             "budget_usd": request.budget_usd,
         }
 
-    async def _check_plan(self, request: ApprovalRequest) -> None:
+    async def _check_plan(self, request: ApprovalRequest, scope: str | None) -> None:
         """Refuse an approval that would not cover exactly what the plan showed."""
         ids = await self.store.pending_ids(
             stage=request.stage,
             template_id=request.template_id,
             llm_model_id=request.llm_model_id,
             limit=request.limit,
+            scope=scope,
         )
-        now = plan_hash(self.current.cohort_id, ids)
+        now = plan_hash(scope or self.current.cohort_id, ids)
         if now != request.plan:
             raise ControlError(
                 409,
@@ -241,9 +297,11 @@ class Service:
     async def plan(self, request: ApprovalRequest) -> dict[str, Any]:
         """What approving ``request`` would start, with estimates and the plan's hash."""
         self._check_known(request)
+        scope = await self._scope_of(request.cohort)
         context = PlanContext(
             store=self.store,
-            cohort_id=self.current.cohort_id,
+            cohort_id=scope or self.current.cohort_id,
+            scope=scope,
             jobs=self.current.jobs,
             settings=self.settings,
             renderer=self.runner.renderer,
@@ -252,6 +310,7 @@ class Service:
 
     async def retry(self, request: RetryRequest) -> dict[str, Any]:
         """Send failed generations back to the queue."""
+        scope = await self._scope_of(request.cohort)
         retried = await self.store.retry(
             stage=request.stage,
             kind=request.kind,
@@ -259,6 +318,8 @@ class Service:
             llm_model_id=request.llm_model_id,
             fresh=request.fresh,
             requested_by=request.requested_by,
+            cohort_id=scope or self.current.cohort_id,
+            scope=scope,
         )
         log.info(
             "retried",
@@ -273,7 +334,7 @@ class Service:
         )
         self.pool.wake()
         await self.refresh_summary()
-        return {"retried": retried}
+        return {"retried": retried, "cohort_id": scope or self.current.cohort_id}
 
     async def reparse(self, request: ReparseRequest) -> dict[str, Any]:
         """Parse the saved replies of matching finished generations again; no model is called."""
@@ -396,16 +457,19 @@ class Service:
     async def revoke(self, request: ApprovalRequest) -> dict[str, Any]:
         """Send queued, not yet started generations back to pending."""
         self._check_known(request)
+        scope = await self._scope_of(request.cohort)
         revoked = await self.store.revoke(
             stage=request.stage,
             template_id=request.template_id,
             llm_model_id=request.llm_model_id,
             requested_by=request.requested_by,
+            cohort_id=scope or self.current.cohort_id,
+            scope=scope,
         )
         log.info("revoked", revoked=revoked, **_scope(request))
         self.pool.wake()  # the lanes forget what was read ahead (none of it could start anyway)
         await self.refresh_summary()
-        return {"revoked": revoked}
+        return {"revoked": revoked, "cohort_id": scope or self.current.cohort_id}
 
     def _check_known(self, request: ApprovalRequest) -> None:
         """A filter naming an unknown template or model is a mistake, not an empty match."""
@@ -420,6 +484,10 @@ class Service:
             raise ControlError(404, "not_found", f"no {request.stage} template {request.template_id!r}")
         if request.llm_model_id and experiment.model(request.llm_model_id) is None:
             raise ControlError(404, "not_found", f"no model {request.llm_model_id!r} in llm_models.csv")
+
+
+def _is_error(problem: Problem) -> bool:
+    return problem.level is Level.ERROR
 
 
 def _limit_gauges(info: ModelStatus) -> dict[str, float]:
@@ -439,4 +507,5 @@ def _scope(request: ApprovalRequest) -> dict[str, Any]:
         "model": request.llm_model_id,
         "limit": request.limit,
         "requested_by": request.requested_by,
+        "cohort": request.cohort,
     }

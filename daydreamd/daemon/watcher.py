@@ -72,6 +72,20 @@ def _relevant(root: str, path: str) -> bool:
     return not any(is_ignored_name(part) for part in Path(os.path.relpath(path, root)).parts)
 
 
+def spec_relevant(root: str, path: str) -> bool:
+    """Whether a change under ``data/cohorts`` can matter: one inside a ``<name>/spec/`` folder, or a
+    cohort folder itself (created, moved, removed). The membership and manifest written beside
+    ``spec/``, and reports, are outputs and never do."""
+    parts = Path(os.path.relpath(path, root)).parts
+    if any(is_ignored_name(part) for part in parts):
+        return False
+    return len(parts) == 1 or (len(parts) >= 2 and parts[1] == "spec")
+
+
+Relevance = Callable[[str, str], bool]
+"""(watched folder, changed path) -> whether the change asks for a rebuild."""
+
+
 def folder_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the folder ``path`` names now, through symlinks; None when there is none."""
     try:
@@ -94,8 +108,11 @@ class _Either:
 class _Session:
     """One watch on one folder (and on its parent, for the entry's name), until something ends it."""
 
-    def __init__(self, raw_dir: Path, identity: tuple[int, int], stop: anyio.Event) -> None:
+    def __init__(
+        self, raw_dir: Path, identity: tuple[int, int], stop: anyio.Event, relevant: Relevance = _relevant
+    ) -> None:
         self.raw_dir = raw_dir
+        self.relevant = relevant
         self.root = os.path.normpath(raw_dir)
         self.identity = identity
         self.done = anyio.Event()
@@ -131,7 +148,7 @@ class _Session:
             paths = [path for _, path in changes]
             if any(os.path.normpath(path) == self.root for path in paths):  # removed or moved away
                 self.end("directory_moved")
-            elif any(_relevant(self.root, path) for path in paths):
+            elif any(self.relevant(self.root, path) for path in paths):
                 log.debug("files_changed", changes=len(changes))
                 trigger.fire("files_changed")
 
@@ -172,9 +189,10 @@ async def _watch_session(
     debounce_ms: int,
     stop: anyio.Event,
     armed: str,
+    relevant: Relevance,
 ) -> str:
     """Watch one folder until the session ends; return why it ended. Raises OSError if it cannot arm."""
-    session = _Session(raw_dir, identity, stop)
+    session = _Session(raw_dir, identity, stop, relevant)
     tree = await anyio.to_thread.run_sync(lambda: _arm(raw_dir, recursive=True))
     notifiers = [tree]
     try:
@@ -197,8 +215,18 @@ async def _watch_session(
     return session.reason
 
 
-async def watch_tree(raw_dir: Path, trigger: Trigger, *, debounce_ms: int, stop: anyio.Event) -> None:
+async def watch_tree(
+    raw_dir: Path,
+    trigger: Trigger,
+    *,
+    debounce_ms: int,
+    stop: anyio.Event,
+    relevant: Relevance = _relevant,
+) -> None:
     """Fire ``trigger`` on every debounced batch of changes under ``raw_dir`` until ``stop`` is set.
+
+    ``relevant`` tells which changes count (default: any but hidden and editor temp files);
+    ``data/cohorts`` is watched with :func:`spec_relevant`, so only spec folders count.
 
     Whatever happens to the folder (removed, replaced, moved, a symlink swapped, a name watchfiles
     cannot decode), the watch is armed again on what ``raw_dir`` names then; it never raises.
@@ -214,7 +242,7 @@ async def watch_tree(raw_dir: Path, trigger: Trigger, *, debounce_ms: int, stop:
             continue
         try:
             ended = await _watch_session(
-                raw_dir, identity, trigger, debounce_ms=debounce_ms, stop=stop, armed=armed
+                raw_dir, identity, trigger, debounce_ms=debounce_ms, stop=stop, armed=armed, relevant=relevant
             )
         except (OSError, RuntimeError) as exc:  # gone before it was armed, or no inotify watch left
             if folder_identity(raw_dir) is not None:

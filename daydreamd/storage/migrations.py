@@ -179,6 +179,36 @@ M008_COUNTS = """
         CREATE INDEX generations_failed ON generations (stage, error_kind) WHERE state = 'failed' AND retired = 0;
 """
 
+M009_NAMED_COHORTS = """
+        -- Many cohorts, one run state: the default cohort (the spec in 1_raw) and named ones (a spec
+        -- folder each, e.g. rejudge-top5) share the generations table, so work done for one is done
+        -- for all. in_default marks the default cohort's members; cohort_members the named ones'.
+        -- retired keeps its meaning (the pool runs only retired = 0, generation_counts keys on it):
+        -- retired = 1 exactly when no cohort holds the row (in_default = 0 and no cohort_members row).
+        -- Until now every live row was the default cohort's: in_default = 1 exactly where retired = 0.
+        -- The default is 1 (a constant in the schema: no row is rewritten but the retired ones), so a
+        -- row inserted with the defaults (live) is the default cohort's, as it always was.
+        ALTER TABLE generations ADD COLUMN in_default INTEGER NOT NULL DEFAULT 1;
+        UPDATE generations SET in_default = 0 WHERE retired = 1;
+        CREATE TABLE cohort_members (
+            cohort TEXT NOT NULL,                            -- a named cohort (named_cohorts.name)
+            gen_id TEXT NOT NULL,
+            PRIMARY KEY (cohort, gen_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX cohort_members_gen ON cohort_members (gen_id);  -- does another cohort still hold it?
+        CREATE TABLE named_cohorts (
+            name         TEXT PRIMARY KEY,
+            key          TEXT NOT NULL,                      -- what its membership was synced from (the spec's key)
+            first_seen   TEXT NOT NULL,
+            last_applied TEXT NOT NULL,
+            counts       TEXT NOT NULL                       -- JSON {stage: n}
+        );
+        -- the live rows outside the default cohort (few: those only named cohorts hold), read from the
+        -- index alone: the default cohort's counts are generation_counts' live ones minus these
+        CREATE INDEX generations_outside_default ON generations (stage, state, llm_model_id, mode, error_kind)
+            WHERE retired = 0 AND in_default = 0;
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
@@ -188,6 +218,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m006_last_good_raw", M006_LAST_GOOD_RAW),
     ("m007_ready_by_model", M007_READY_BY_MODEL),
     ("m008_counts", M008_COUNTS),
+    ("m009_named_cohorts", M009_NAMED_COHORTS),
 )
 """(name, SQL script) in order. Append only."""
 

@@ -20,16 +20,24 @@ of its includes) and the pure core does the rest.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from daydreamd.core.ids import cohort_id_problem
 from daydreamd.core.problems import Problem, error
 from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.core.spec.document import KeyPath, SpecDocument, include_refs, include_target
+from daydreamd.storage.layout import COHORTS_DIR, DataLayout
+
+SPEC_DIR = "spec"
+"""A named cohort's spec folder inside its cohort folder: experiment input, versioned with ``1_raw``."""
 
 SPEC_NAMES = ("config.yaml", "config.yml", "config.toml", "config.json")
 """The file a spec folder's spec is read from, the first that exists."""
@@ -68,14 +76,16 @@ def read_spec(path: Path, *, shown: str | None = None) -> SpecDocument:
     raw = folder.files.get(path.name)
     if raw is None:
         reason = refused.get(path.name) or ("no such spec file" if not folder.missing else "no such folder")
-        return _failed(label, reason)
+        return _failed(label, reason, folder=folder.fingerprint)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return _failed(label, "not valid UTF-8", line=raw[: exc.start].count(b"\n") + 1)
+        line = raw[: exc.start].count(b"\n") + 1
+        return _failed(label, "not valid UTF-8", line=line, folder=folder.fingerprint)
+    fingerprint = f"{path.name}:{folder.fingerprint}"
     parsed = _parse(text, suffix, label)
     if isinstance(parsed, Problem):
-        return SpecDocument(path=label, problems=(parsed,))
+        return SpecDocument(path=label, problems=(parsed,), fingerprint=fingerprint)
     data, lines = parsed
     files: dict[str, bytes] = {}
     not_read: dict[str, str] = {}
@@ -91,11 +101,68 @@ def read_spec(path: Path, *, shown: str | None = None) -> SpecDocument:
         )
         if why_not is not None:
             not_read[target] = why_not
-    return SpecDocument(path=label, data=data, lines=lines, files=files, refused=not_read)
+    return SpecDocument(
+        path=label,
+        data=data,
+        lines=lines,
+        files=files,
+        refused=not_read,
+        fingerprint=fingerprint,
+    )
 
 
-def _failed(label: str, message: str, *, line: int | None = None) -> SpecDocument:
-    return SpecDocument(path=label, problems=(error(label, message, line=line),))
+def _failed(label: str, message: str, *, line: int | None = None, folder: str = "") -> SpecDocument:
+    """A spec that could not be read; its fingerprint still changes with the folder's contents."""
+    problem = error(label, message, line=line)
+    return SpecDocument(path=label, problems=(problem,), fingerprint=f"{folder}:{problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class CohortSpec:
+    """A named cohort's spec as found on disk: ``data/cohorts/<name>/spec/``."""
+
+    name: str
+    document: SpecDocument
+
+
+def read_cohort_specs(data_dir: Path) -> tuple[list[CohortSpec], list[Problem]]:
+    """Every ``data/cohorts/<name>/spec/`` with its spec read, and problems with folders that cannot be one.
+
+    A cohort folder or its ``spec`` folder that is a link is refused (the experiment folder may not
+    reach outside itself), and so is a name that is not a cohort id; a folder without ``spec/``
+    is an output folder (the default cohort's, or a removed spec's), not a named cohort.
+    """
+    layout = DataLayout(data_dir)
+    specs: list[CohortSpec] = []
+    problems: list[Problem] = []
+    try:
+        entries = sorted(os.scandir(layout.cohorts), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return specs, problems
+    except OSError as exc:
+        return specs, [error(f"{COHORTS_DIR}/", f"cannot list the cohorts folder: {exc.strerror}")]
+    for entry in entries:
+        shown = f"{COHORTS_DIR}/{entry.name}/{SPEC_DIR}"
+        try:
+            spec_stat = os.lstat(Path(entry.path) / SPEC_DIR)
+        except OSError:
+            continue  # no spec folder: an output folder
+        if entry.is_symlink() or stat.S_ISLNK(spec_stat.st_mode):
+            message = "is (or is inside) a link; a spec must be a real folder under cohorts/"
+            problems.append(error(shown, message))
+            continue
+        if not stat.S_ISDIR(spec_stat.st_mode) or entry.name.startswith("."):
+            continue
+        if why := cohort_id_problem(entry.name):
+            problems.append(error(shown, f"{why}; rename the folder {entry.name!r}"))
+            continue
+        document = read_spec(Path(entry.path) / SPEC_DIR, shown=_shown(entry, shown))
+        specs.append(CohortSpec(entry.name, document))
+    return specs, problems
+
+
+def _shown(entry: os.DirEntry[str], folder: str) -> str:
+    return f"{folder}/{spec_file(Path(entry.path) / SPEC_DIR).name}"
 
 
 def _parse(text: str, suffix: str, label: str) -> tuple[object, dict[KeyPath, int]] | Problem:

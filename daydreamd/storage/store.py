@@ -5,6 +5,11 @@ through a short ``BEGIN IMMEDIATE`` transaction, and claims carry a fencing toke
 whose lease was taken back (restart, revoke) can never commit over a newer claim. Nothing is
 ever deleted: generations that leave the cohort are marked retired and keep their state, so a
 generation that comes back is still done.
+
+Many cohorts share the one table, so work done for one is done for all: the default cohort (the
+spec in ``1_raw``; ``in_default = 1``) and named cohorts (a spec folder each; ``cohort_members``).
+A row is retired exactly when no cohort holds it. Reads and approvals take a ``scope``: None for
+the default cohort, a name for that named cohort.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +48,21 @@ GENERATION_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class SyncResult:
-    """What a membership sync changed."""
+    """What a membership sync changed (in the run state, where the pool sees it).
+
+    ``added``: rows inserted (new work, pending); ``revived``: retired rows made live again;
+    ``retired``: rows that left the cohort and that no other cohort holds (the pool drops them);
+    ``total``: the cohort's size. A row another cohort already holds live changes nothing the pool
+    sees when it joins or leaves this one (only its membership mark is written), so it counts in
+    neither: ``joined`` counts those taken in, ``kept`` those let go that stay live.
+    """
 
     added: int
     retired: int
     revived: int
     total: int
+    joined: int = 0
+    kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +113,19 @@ class Completion:
     """JSON of how it was parsed (``metadata.json``'s ``parse``)."""
     requeue: bool = False
     """Back to the queue instead of failed (its calls failed while the provider was down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamedCohortRecord:
+    """A named cohort as last synced (``named_cohorts``): what its membership came from, and its size."""
+
+    name: str
+    key: str
+    """What the membership was synced from (the spec folder's key): unchanged key, nothing to sync."""
+    first_seen: str
+    last_applied: str
+    counts: dict[str, int]
+    """Generations per stage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +255,16 @@ class Store:
     # -- membership ----------------------------------------------------------------------------
 
     async def live_gen_ids(self) -> list[str]:
-        """The gen_ids of the current membership (every row not retired) in rowid order, read in rowid
-        ranges so the pool's claims and completions run in between."""
+        """The gen_ids of the default cohort (``in_default = 1``; rows only named cohorts hold are
+        not its members) in rowid order, read in rowid ranges so the pool's claims and completions
+        run in between."""
         async with self.db.execute("SELECT coalesce(max(rowid), 0) FROM generations") as cursor:
             row = await cursor.fetchone()
         last = int(row[0]) if row else 0
         ids: list[str] = []
         for low in range(0, last, self.read_chunk):
             async with self.db.execute(
-                "SELECT gen_id FROM generations WHERE rowid > ? AND rowid <= ? AND retired = 0 ORDER BY rowid",
+                "SELECT gen_id FROM generations WHERE rowid > ? AND rowid <= ? AND in_default = 1 ORDER BY rowid",
                 (low, low + self.read_chunk),
             ) as cursor:
                 ids.extend(row[0] for row in await cursor.fetchall())
@@ -251,32 +279,35 @@ class Store:
         diff: MembershipDiff | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> SyncResult:
-        """Make the table match the cohort: new generations pending, vanished retired, returned revived.
+        """Make the default cohort match ``cohort``: new generations pending, returned ones revived,
+        vanished ones out of it (retired unless a named cohort still holds them).
 
         Only what changed is written: ``diff`` (from :func:`membership_diff`), or, without one, the
-        difference between the cohort and the rows not retired now. The writes go in chunks of
-        :attr:`sync_chunk` rows, each its own transaction, so the pool works in between; a sync cut
-        short (a crash) leaves a mix of both memberships, which the next sync of the cohort completes.
+        difference between the cohort and the default cohort's rows now (:meth:`live_gen_ids`). The
+        writes go in chunks of :attr:`sync_chunk` rows, each its own transaction, so the pool works in
+        between; a sync cut short (a crash) leaves a mix of both memberships, which the next sync of
+        the cohort completes.
         ``progress(done, total)`` is called after each chunk.
         """
         if diff is None:
             live = await self.live_gen_ids()
             diff = await anyio.to_thread.run_sync(membership_diff, cohort.generations, live)
         total, done = len(diff.add) + len(diff.retire), 0
-        added = revived = retired = 0
+        added = revived = retired = joined = kept = 0
         chunk = self.sync_chunk
         for start in range(0, len(diff.add), chunk):
             part = diff.add[start : start + chunk]
             async with self.transaction() as db:
-                revived_now, added_now = await _add_members(db, part, modes, utc_now())
-            revived, added = revived + revived_now, added + added_now
+                revived_now, added_now, joined_now = await _add_members(db, part, modes, utc_now())
+            revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
             done += len(part)
             if progress is not None:
                 progress(done, total)
         for start in range(0, len(diff.retire), chunk):
             ids = diff.retire[start : start + chunk]
             async with self.transaction() as db:
-                retired += await _retire_members(db, ids, utc_now())
+                retired_now, kept_now = await _retire_members(db, ids, utc_now())
+            retired, kept = retired + retired_now, kept + kept_now
             done += len(ids)
             if progress is not None:
                 progress(done, total)
@@ -289,7 +320,108 @@ class Store:
                 "fingerprint = excluded.fingerprint, counts = excluded.counts",
                 (cohort.cohort_id, now, now, fingerprint, counts),
             )
-        return SyncResult(added, retired, revived, len(cohort.generations))
+        return SyncResult(added, retired, revived, len(cohort.generations), joined, kept)
+
+    # -- named cohorts -------------------------------------------------------------------------
+
+    async def named_gen_ids(self, name: str) -> list[str]:
+        """The gen_ids of the named cohort ``name`` in gen_id order ([] for an unknown name), read in
+        ranges of :attr:`read_chunk` so the pool's claims and completions run in between."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            rows = list(
+                await self.db.execute_fetchall(
+                    "SELECT gen_id FROM cohort_members WHERE cohort = ? AND gen_id > ? ORDER BY gen_id LIMIT ?",
+                    (name, after, self.read_chunk),
+                )
+            )
+            ids.extend(row[0] for row in rows)
+            if len(rows) < self.read_chunk:
+                return ids
+            after = ids[-1]
+
+    async def sync_named(
+        self,
+        name: str,
+        generations: Sequence[Generation],
+        modes: dict[tuple[Stage, str], str],
+        *,
+        key: str,
+        counts: dict[str, int],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SyncResult:
+        """Make the named cohort ``name`` hold exactly ``generations``, sharing rows with every cohort.
+
+        A generation some cohort already holds is only marked a member (``joined``): done work is
+        not redone, so a named cohort over finished generations is finished at once. Missing ones
+        are inserted pending, retired ones revived; the ones that left are retired unless another
+        cohort (the default included) still holds them (``kept``). Chunked like
+        :meth:`sync_membership`, and a sync cut short is completed by the next one; the
+        ``named_cohorts`` row (``key``, ``counts``: generations per stage) is written last.
+        """
+        live = await self.named_gen_ids(name)
+        diff = await anyio.to_thread.run_sync(membership_diff, generations, live)
+        total, done = len(diff.add) + len(diff.retire), 0
+        added = revived = retired = joined = kept = 0
+        chunk = self.sync_chunk
+        for start in range(0, len(diff.add), chunk):
+            part = diff.add[start : start + chunk]
+            async with self.transaction() as db:
+                revived_now, added_now, joined_now = await _add_named(db, name, part, modes, utc_now())
+            revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
+            done += len(part)
+            if progress is not None:
+                progress(done, total)
+        for start in range(0, len(diff.retire), chunk):
+            ids = diff.retire[start : start + chunk]
+            async with self.transaction() as db:
+                retired_now, kept_now = await _leave_named(db, name, ids, utc_now())
+            retired, kept = retired + retired_now, kept + kept_now
+            done += len(ids)
+            if progress is not None:
+                progress(done, total)
+        now = utc_now()
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO named_cohorts (name, key, first_seen, last_applied, counts) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET key = excluded.key, last_applied = excluded.last_applied, "
+                "counts = excluded.counts",
+                (name, key, now, now, json.dumps(counts, sort_keys=True)),
+            )
+        return SyncResult(added, retired, revived, len(generations), joined, kept)
+
+    async def drop_named(self, name: str) -> int:
+        """Remove the named cohort ``name`` (its members and its record); returns how many rows were
+        retired: those no other cohort holds. Their state is kept, as for any retired row.
+
+        In chunks of :attr:`sync_chunk` members, each its own transaction; the record goes with
+        the last chunk, so a drop cut short is still listed and can be dropped again.
+        """
+        retired = 0
+        while True:
+            async with self.transaction() as db:
+                rows = list(
+                    await db.execute_fetchall(
+                        "SELECT gen_id FROM cohort_members WHERE cohort = ? LIMIT ?", (name, self.sync_chunk)
+                    )
+                )
+                retired_now, _ = await _leave_named(db, name, [row[0] for row in rows], utc_now())
+                retired += retired_now
+                if len(rows) < self.sync_chunk:
+                    await db.execute("DELETE FROM named_cohorts WHERE name = ?", (name,))
+                    return retired
+            await anyio.lowlevel.checkpoint()
+
+    async def named_cohorts(self) -> dict[str, NamedCohortRecord]:
+        """Every named cohort as last synced, by name."""
+        rows = await self.db.execute_fetchall(
+            "SELECT name, key, first_seen, last_applied, counts FROM named_cohorts ORDER BY name"
+        )
+        return {
+            str(name): NamedCohortRecord(str(name), str(key), str(first), str(last), json.loads(counts))
+            for name, key, first, last, counts in rows
+        }
 
     # -- approvals -----------------------------------------------------------------------------
 
@@ -304,9 +436,13 @@ class Store:
         cohort_id: str | None,
         budget_usd: float | None = None,
         plan: str | None = None,
+        scope: str | None = None,
     ) -> tuple[int, int]:
-        """Queue the matching pending generations of the current cohort; returns (approval id, matched)."""
+        """Queue the matching pending generations of a cohort (``scope``: None for the default one, else
+        a named cohort's name); returns (approval id, matched). Rows of other cohorts only stay pending:
+        approving one cohort's work must not spend on another's."""
         where, params = _scope(stage, template_id, llm_model_id)
+        source, member, scoped = _source(scope, "in_default = 1")
         async with self.transaction() as db:
             approval_id = await self._record_approval(
                 db, "approve", stage, template_id, llm_model_id, limit, requested_by, cohort_id
@@ -324,9 +460,9 @@ class Store:
                 n = await _changes(
                     db,
                     f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE rowid IN ("
-                    f"SELECT rowid FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
-                    f"ORDER BY stage_rank, rowid LIMIT ?)",
-                    (approval_id, utc_now(), *params, take),
+                    f"SELECT generations.rowid FROM {source} WHERE {member} AND state = 'pending' AND retired = 0 "
+                    f"AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?)",
+                    (approval_id, utc_now(), *scoped, *params, take),
                 )
                 matched += n
                 if n < take:
@@ -339,32 +475,50 @@ class Store:
         return approval_id, matched
 
     async def revoke(
-        self, *, stage: str, template_id: str | None, llm_model_id: str | None, requested_by: str
+        self,
+        *,
+        stage: str,
+        template_id: str | None,
+        llm_model_id: str | None,
+        requested_by: str,
+        cohort_id: str | None = None,
+        scope: str | None = None,
     ) -> int:
-        """Send queued (not started) generations back to pending; returns how many."""
+        """Send queued (not started) generations of a cohort back to pending; returns how many.
+
+        ``scope`` as for :meth:`approve`; the default cohort's also takes retired rows (no cohort
+        holds them, and the default one always took them), never rows only named cohorts hold.
+        """
         where, params = _scope(stage, template_id, llm_model_id)
+        where, scoped = _where_in(scope, "(in_default = 1 OR retired = 1)", f"state = 'queued' AND {where}")
         async with self.transaction() as db:
             approval_id = await self._record_approval(
-                db, "revoke", stage, template_id, llm_model_id, None, requested_by, None
+                db, "revoke", stage, template_id, llm_model_id, None, requested_by, cohort_id
             )
             revoked = await _changes(
                 db,
-                f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? "
-                f"WHERE state = 'queued' AND {where}",
-                (utc_now(), *params),
+                f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE {where}",
+                (utc_now(), *scoped, *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (revoked, approval_id))
         return revoked
 
     async def pending_ids(
-        self, *, stage: str, template_id: str | None, llm_model_id: str | None, limit: int | None
+        self,
+        *,
+        stage: str,
+        template_id: str | None,
+        llm_model_id: str | None,
+        limit: int | None,
+        scope: str | None = None,
     ) -> list[str]:
         """The gen_ids an approval with this scope would queue now, in the order it would take them."""
         where, params = _scope(stage, template_id, llm_model_id)
+        source, member, scoped = _source(scope, "in_default = 1")
         async with self.db.execute(
-            f"SELECT gen_id FROM generations WHERE state = 'pending' AND retired = 0 AND {where} "
-            "ORDER BY stage_rank, rowid LIMIT ?",
-            (*params, -1 if limit is None else limit),
+            f"SELECT generations.gen_id FROM {source} WHERE {member} AND state = 'pending' AND retired = 0 "
+            f"AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?",
+            (*scoped, *params, -1 if limit is None else limit),
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
 
@@ -377,8 +531,11 @@ class Store:
         llm_model_id: str | None,
         fresh: bool,
         requested_by: str,
+        cohort_id: str | None = None,
+        scope: str | None = None,
     ) -> int:
-        """Send failed generations of the current cohort back to queued; returns how many."""
+        """Send failed generations of a cohort (``scope`` as for :meth:`approve`) back to queued;
+        returns how many."""
         clauses, params = ["state = 'failed'", "retired = 0"], []
         for column, value in (
             ("stage", stage),
@@ -389,15 +546,16 @@ class Store:
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        where, scoped = _where_in(scope, "in_default = 1", " AND ".join(clauses))
         async with self.transaction() as db:
             approval_id = await self._record_approval(
-                db, "retry", stage or "*", template_id, llm_model_id, None, requested_by, None
+                db, "retry", stage or "*", template_id, llm_model_id, None, requested_by, cohort_id
             )
             retried = await _changes(
                 db,
                 "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
-                f"updated_at = ? WHERE {' AND '.join(clauses)}",
-                (int(fresh), utc_now(), *params),
+                f"updated_at = ? WHERE {where}",
+                (int(fresh), utc_now(), *scoped, *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
         return retried
@@ -450,6 +608,20 @@ class Store:
                 f"SELECT {GENERATION_COLUMNS} FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
             ) as cursor:
                 found.extend(dict(row) for row in await cursor.fetchall())
+        return found
+
+    async def generations_by_id(self, gen_ids: Collection[str]) -> dict[str, Generation]:
+        """gen_id -> its ``Generation``, for the ids given that have a row (retired ones included: a
+        named cohort's spec may name any generation the run state ever had). Read in chunks."""
+        ids = list(gen_ids)
+        found: dict[str, Generation] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT {GENERATION_COLUMNS} FROM generations WHERE gen_id IN ({marks})", tuple(chunk)
+            ) as cursor:
+                found.update((row["gen_id"], row_generation(row)) for row in await cursor.fetchall())
         return found
 
     async def states(self, gen_ids: Sequence[str]) -> dict[str, str]:
@@ -540,41 +712,79 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Generations per stage and state; retired ones counted apart under ``retired``."""
+    async def counts(self, *, scope: str | None = None) -> dict[str, dict[str, int]]:
+        """Generations of a cohort per stage and state; retired ones counted apart under ``retired``.
+
+        The default cohort (``scope`` None) is the live rows of the counts table less the few live
+        rows only named cohorts hold (their partial index), so neither is a scan of generations;
+        its ``retired`` is every retired row, as before there were named cohorts. A named cohort
+        is counted from its members (it has no retired ones: a member is live).
+        """
         result = {str(s): {str(state): 0 for state in State} for s in STAGES}
-        rows = await self.db.execute_fetchall(  # a few dozen rows, never a scan of generations
-            "SELECT stage, state, retired, sum(n) FROM generation_counts WHERE n != 0 GROUP BY stage, state, retired"
-        )  # (one trip: a statement left open across trips would see other tasks' writes half-way)
+        if scope is None:
+            rows = await self.db.execute_fetchall(  # a few dozen rows, never a scan of generations
+                "SELECT stage, state, retired, sum(n) FROM ("
+                "SELECT stage, state, retired, n FROM generation_counts WHERE n != 0 UNION ALL "
+                "SELECT stage, state, 0, -count(*) FROM generations WHERE retired = 0 AND in_default = 0 "
+                "GROUP BY stage, state) GROUP BY stage, state, retired HAVING sum(n) != 0"
+            )  # (one trip, one statement: two reads could fall either side of another task's write)
+        else:
+            rows = await self.db.execute_fetchall(
+                f"SELECT stage, state, retired, count(*) FROM {_NAMED_SOURCE} WHERE cohort_members.cohort = ? "
+                "GROUP BY stage, state, retired",
+                (scope,),
+            )
         for stage, state, retired, n in rows:
             result.setdefault(stage, {})
             key = str(State.RETIRED) if retired else state
             result[stage][key] = result[stage].get(key, 0) + n
         return result
 
-    async def counts_by_model(self) -> list[dict[str, Any]]:
-        """Generations of the current cohort per (stage, state, model, mode), from the counts table."""
-        rows = await self.db.execute_fetchall(
-            "SELECT stage, state, llm_model_id, mode, n FROM generation_counts WHERE retired = 0 AND n != 0 "
-            "ORDER BY stage, state, llm_model_id, mode"
-        )
+    async def counts_by_model(self, *, scope: str | None = None) -> list[dict[str, Any]]:
+        """Live generations of a cohort per (stage, state, model, mode): the default cohort's (``scope``
+        None) from the counts table less the rows only named cohorts hold, a named one's from its members."""
+        if scope is None:
+            rows = await self.db.execute_fetchall(
+                "SELECT stage, state, llm_model_id, mode, sum(n) AS n FROM ("
+                "SELECT stage, state, llm_model_id, mode, n FROM generation_counts WHERE retired = 0 AND n != 0 "
+                "UNION ALL SELECT stage, state, llm_model_id, mode, -count(*) FROM generations "
+                "WHERE retired = 0 AND in_default = 0 GROUP BY stage, state, llm_model_id, mode) "
+                "GROUP BY stage, state, llm_model_id, mode HAVING sum(n) != 0 "
+                "ORDER BY stage, state, llm_model_id, mode"
+            )
+        else:
+            rows = await self.db.execute_fetchall(
+                f"SELECT stage, state, llm_model_id, mode, count(*) AS n FROM {_NAMED_SOURCE} "
+                "WHERE cohort_members.cohort = ? AND retired = 0 GROUP BY stage, state, llm_model_id, mode "
+                "ORDER BY stage, state, llm_model_id, mode",
+                (scope,),
+            )
         return [dict(row) for row in rows]
 
-    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-        """Rows as dicts, filtered by stage and state (``retired`` selects retired rows)."""
-        clauses: list[str] = []
-        params: list[Any] = []
+    async def generations(
+        self, *, stage: str | None, state: str | None, limit: int, scope: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of a cohort as dicts, filtered by stage and state (``retired`` selects retired rows,
+        which no cohort holds: ``scope`` is ignored for them).
+
+        ``scope`` as for :meth:`approve`. Without a state the default cohort lists retired rows too
+        (as it did before there were named cohorts), never the rows only named cohorts hold.
+        """
+        source, member, params = "generations", "retired = 1", list[Any]()
+        if state != State.RETIRED:
+            # with a state, retired = 0 is among the clauses below
+            default = "in_default = 1" if state else "(in_default = 1 OR retired = 1)"
+            source, member, params = _source(scope, default)
+        clauses = [member]
         if stage:  # stage_rank too: the listing indexes are ordered by it, so nothing is sorted
             clauses.extend(["stage_rank = ?", "stage = ?"])
             params.extend([_rank(stage), stage])
-        if state == State.RETIRED:
-            clauses.append("retired = 1")
-        elif state:
+        if state and state != State.RETIRED:
             clauses.extend(["state = ?", "retired = 0"])
             params.append(state)
-        where = " AND ".join(clauses) or "1"
         async with self.db.execute(
-            f"SELECT {GENERATION_COLUMNS} FROM generations WHERE {where} ORDER BY stage_rank, rowid LIMIT ?",
+            f"SELECT {_GENERATION_COLUMNS_QUALIFIED} FROM {source} WHERE {' AND '.join(clauses)} "
+            "ORDER BY stage_rank, generations.rowid LIMIT ?",
             (*params, limit),
         ) as cursor:
             return [dict(row) for row in await cursor.fetchall()]
@@ -595,12 +805,31 @@ class Store:
             attempts = [dict(a) for a in await cur.fetchall()]
         return {**dict(row), "attempt_log": attempts}
 
-    async def failures_by_kind(self) -> dict[str, dict[str, int]]:
-        """Failed generations of the current cohort by stage and failure kind."""
-        async with self.db.execute(
-            "SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM generations INDEXED BY generations_failed "
-            "WHERE state = 'failed' AND retired = 0 GROUP BY stage, error_kind"
-        ) as cursor:
+    async def failures_by_kind(self, *, scope: str | None = None) -> dict[str, dict[str, int]]:
+        """Failed generations of a cohort (``scope`` as for :meth:`approve`) by stage and failure kind.
+
+        The default cohort's: every live failure less those only named cohorts hold, both read from
+        partial indexes alone; a named cohort's from its members.
+        """
+        params: tuple[Any, ...] = ()
+        if scope is None:
+            sql = (
+                "SELECT stage, kind, sum(n) FROM ("
+                "SELECT stage, coalesce(error_kind, 'unknown') AS kind, count(*) AS n "
+                "FROM generations INDEXED BY generations_failed "
+                "WHERE state = 'failed' AND retired = 0 GROUP BY stage, error_kind UNION ALL "
+                "SELECT stage, coalesce(error_kind, 'unknown'), -count(*) "
+                "FROM generations INDEXED BY generations_outside_default "
+                "WHERE state = 'failed' AND retired = 0 AND in_default = 0 GROUP BY stage, error_kind) "
+                "GROUP BY stage, kind HAVING sum(n) != 0"
+            )
+        else:
+            sql, params = (
+                f"SELECT stage, coalesce(error_kind, 'unknown'), count(*) FROM {_NAMED_SOURCE} "
+                "WHERE cohort_members.cohort = ? AND state = 'failed' AND retired = 0 GROUP BY stage, error_kind",
+                (scope,),
+            )
+        async with self.db.execute(sql, params) as cursor:
             result: dict[str, dict[str, int]] = {}
             for stage, kind, n in await cursor.fetchall():
                 result.setdefault(stage, {})[kind] = n
@@ -614,6 +843,24 @@ class Store:
         ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
+    async def spent_usd(self, *, scope: str | None = None) -> float:
+        """Dollars recorded for a cohort's generations (``scope`` as for :meth:`approve`): a generation
+        two cohorts share counts in both, as each would have had to pay for it."""
+        if scope is None:
+            sql = (
+                "SELECT coalesce(sum(a.cost), 0) FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
+                "WHERE g.in_default = 1"
+            )
+            params: tuple[Any, ...] = ()
+        else:
+            sql = (
+                "SELECT coalesce(sum(a.cost), 0) FROM cohort_members m JOIN attempts a ON a.gen_id = m.gen_id "
+                "WHERE m.cohort = ?"
+            )
+            params = (scope,)
+        rows = await self.db.execute_fetchall(sql, params)
+        return float(next(iter(rows))[0])
+
 
 _COUNT_KEY = "stage, state, llm_model_id, mode"
 _ADD_COUNTS = (
@@ -626,16 +873,18 @@ CountKey = tuple[str, str, int, str, str]
 
 async def _add_members(
     db: aiosqlite.Connection, part: Sequence[Generation], modes: dict[tuple[Stage, str], str], now: str
-) -> tuple[int, int]:
-    """Revive the retired rows of ``part`` and insert the missing ones (state ``pending``), and count
-    both in ``generation_counts`` in the same transaction (no trigger does: see migration m008).
-    Returns (revived, added)."""
+) -> tuple[int, int, int]:
+    """Make ``part`` members of the default cohort: revive the retired rows, mark the rows only named
+    cohorts hold, insert the missing ones (state ``pending``), and count the revived and inserted in
+    ``generation_counts`` in the same transaction (no trigger does: see migration m008; marking a
+    live row changes no count). Returns (revived, added, joined)."""
     delta: Counter[CountKey] = Counter()
+    ids = json.dumps([g.gen_id for g in part])
     revived = list(
         await db.execute_fetchall(
-            f"UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 AND gen_id IN "
+            f"UPDATE generations SET retired = 0, in_default = 1, updated_at = ? WHERE retired = 1 AND gen_id IN "
             f"(SELECT value FROM json_each(?)) RETURNING gen_id, {_COUNT_KEY}",
-            (now, json.dumps([g.gen_id for g in part])),
+            (now, ids),
         )
     )
     back = set()
@@ -643,7 +892,155 @@ async def _add_members(
         back.add(gen_id)
         delta[(stage, state, 1, model, mode)] -= 1
         delta[(stage, state, 0, model, mode)] += 1
-    rows = [
+    joined: list[Any] = []
+    if await _any_outside_default(db):  # (a look at a partial index: none while no named cohort holds any)
+        joined = list(
+            await db.execute_fetchall(
+                "UPDATE generations SET in_default = 1, updated_at = ? WHERE retired = 0 AND in_default = 0 "
+                "AND gen_id IN (SELECT value FROM json_each(?)) RETURNING gen_id",
+                (now, ids),
+            )
+        )
+        back.update(row[0] for row in joined)
+    rows = _new_rows(part, back, modes, now)
+    before = db.total_changes
+    await db.executemany(
+        "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
+        "template_id, llm_model_id, replicate, mode, state, created_at, updated_at, in_default) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
+        rows,
+    )
+    added = db.total_changes - before
+    for row in rows:
+        delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
+    await _apply_counts(db, delta)
+    if added != len(rows):  # some were there already (a diff against a stale membership)
+        await _recount(db)
+    return len(revived), added, len(joined)
+
+
+async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> tuple[int, int]:
+    """Take these rows out of the default cohort: retire those no named cohort holds (and count it in
+    ``generation_counts``), only unmark the others. Returns (retired, kept)."""
+    members = json.dumps(list(ids))
+    retired = list(
+        await db.execute_fetchall(
+            f"UPDATE generations SET retired = 1, in_default = 0, updated_at = ? WHERE retired = 0 "
+            f"AND in_default = 1 AND gen_id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+            f"(SELECT 1 FROM cohort_members WHERE cohort_members.gen_id = generations.gen_id) RETURNING {_COUNT_KEY}",
+            (now, members),
+        )
+    )
+    delta: Counter[CountKey] = Counter()
+    for stage, state, model, mode in retired:
+        delta[(stage, state, 0, model, mode)] -= 1
+        delta[(stage, state, 1, model, mode)] += 1
+    await _apply_counts(db, delta)
+    kept = await _changes(  # held by a named cohort: they stay live, out of the default cohort
+        db,
+        "UPDATE generations SET in_default = 0, updated_at = ? WHERE in_default = 1 "
+        "AND gen_id IN (SELECT value FROM json_each(?))",
+        (now, members),
+    )
+    return len(retired), kept
+
+
+async def _add_named(
+    db: aiosqlite.Connection,
+    name: str,
+    part: Sequence[Generation],
+    modes: dict[tuple[Stage, str], str],
+    now: str,
+) -> tuple[int, int, int]:
+    """Make ``part`` members of the named cohort ``name``: the rows that exist are shared (a retired
+    one revived, outside the default cohort), the missing ones inserted pending, outside the default
+    cohort; revivals and inserts counted in ``generation_counts``. Returns (revived, added, joined)."""
+    ids = json.dumps([g.gen_id for g in part])
+    new = {  # its members now; the others were already (a diff against a stale membership)
+        row[0]
+        for row in await db.execute_fetchall(
+            "INSERT OR IGNORE INTO cohort_members (cohort, gen_id) SELECT ?, value FROM json_each(?) RETURNING gen_id",
+            (name, ids),
+        )
+    }
+    existing = {
+        row[0]: row[1]
+        for row in await db.execute_fetchall(
+            "SELECT gen_id, retired FROM generations WHERE gen_id IN (SELECT value FROM json_each(?))", (ids,)
+        )
+    }
+    delta: Counter[CountKey] = Counter()
+    revived: list[Any] = []
+    if any(existing.values()):
+        revived = list(
+            await db.execute_fetchall(
+                f"UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 AND gen_id IN "
+                f"(SELECT value FROM json_each(?)) RETURNING {_COUNT_KEY}",
+                (now, json.dumps([gen_id for gen_id, retired in existing.items() if retired])),
+            )
+        )
+    for stage, state, model, mode in revived:
+        delta[(stage, state, 1, model, mode)] -= 1
+        delta[(stage, state, 0, model, mode)] += 1
+    joined = sum(1 for gen_id, retired in existing.items() if not retired and gen_id in new)
+    rows = _new_rows(part, existing, modes, now)
+    before = db.total_changes
+    await db.executemany(
+        "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
+        "template_id, llm_model_id, replicate, mode, state, created_at, updated_at, in_default) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0)",
+        rows,
+    )
+    added = db.total_changes - before
+    for row in rows:
+        delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
+    await _apply_counts(db, delta)
+    if added != len(rows):  # cannot happen (they were looked up in this transaction); stay exact anyway
+        await _recount(db)
+    return len(revived), added, joined
+
+
+async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], now: str) -> tuple[int, int]:
+    """Take these rows out of the named cohort ``name``: retire those no cohort holds any more (and
+    count it in ``generation_counts``). Returns (retired, kept): kept stay live for another cohort."""
+    if not ids:
+        return 0, 0
+    left = [
+        row[0]
+        for row in await db.execute_fetchall(
+            "DELETE FROM cohort_members WHERE cohort = ? AND gen_id IN (SELECT value FROM json_each(?)) RETURNING gen_id",
+            (name, json.dumps(list(ids))),
+        )
+    ]
+    retired = list(
+        await db.execute_fetchall(
+            f"UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 AND in_default = 0 "
+            f"AND gen_id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+            f"(SELECT 1 FROM cohort_members WHERE cohort_members.gen_id = generations.gen_id) RETURNING {_COUNT_KEY}",
+            (now, json.dumps(left)),
+        )
+    )
+    delta: Counter[CountKey] = Counter()
+    for stage, state, model, mode in retired:
+        delta[(stage, state, 0, model, mode)] -= 1
+        delta[(stage, state, 1, model, mode)] += 1
+    await _apply_counts(db, delta)
+    return len(retired), len(left) - len(retired)
+
+
+async def _any_outside_default(db: aiosqlite.Connection) -> bool:
+    """Whether any live row is outside the default cohort (only named cohorts hold it)."""
+    rows = await db.execute_fetchall(
+        "SELECT EXISTS (SELECT 1 FROM generations WHERE retired = 0 AND in_default = 0)"
+    )
+    return bool(next(iter(rows))[0])
+
+
+def _new_rows(
+    part: Sequence[Generation], skip: Container[str], modes: dict[tuple[Stage, str], str], now: str
+) -> list[tuple[Any, ...]]:
+    """The insert parameters of the generations of ``part`` not in ``skip``."""
+    return [
         (
             g.gen_id,
             g.stage.value,
@@ -658,39 +1055,8 @@ async def _add_members(
             now,
         )
         for g in part
-        if g.gen_id not in back
+        if g.gen_id not in skip
     ]
-    before = db.total_changes
-    await db.executemany(
-        "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
-        "template_id, llm_model_id, replicate, mode, state, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-        rows,
-    )
-    added = db.total_changes - before
-    for row in rows:
-        delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
-    await _apply_counts(db, delta)
-    if added != len(rows):  # some were there already (a diff against a stale membership)
-        await _recount(db)
-    return len(revived), added
-
-
-async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> int:
-    """Retire these rows and count it in ``generation_counts``; returns how many were retired."""
-    retired = list(
-        await db.execute_fetchall(
-            f"UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 AND gen_id IN "
-            f"(SELECT value FROM json_each(?)) RETURNING {_COUNT_KEY}",
-            (now, json.dumps(list(ids))),
-        )
-    )
-    delta: Counter[CountKey] = Counter()
-    for stage, state, model, mode in retired:
-        delta[(stage, state, 0, model, mode)] -= 1
-        delta[(stage, state, 1, model, mode)] += 1
-    await _apply_counts(db, delta)
-    return len(retired)
 
 
 async def _apply_counts(db: aiosqlite.Connection, delta: Counter[CountKey]) -> None:
@@ -712,6 +1078,35 @@ async def _recount(db: aiosqlite.Connection) -> None:
 def _rank(stage: str) -> int:
     """A stage's ``stage_rank`` (-1, matching nothing, for an unknown stage)."""
     return STAGE_RANK[Stage(stage)] if stage in _STAGE_NAMES else -1
+
+
+_NAMED_SOURCE = "cohort_members CROSS JOIN generations ON generations.gen_id = cohort_members.gen_id"
+"""A named cohort's rows (with ``cohort_members.cohort = ?``), found from its members: CROSS JOIN keeps
+that order, where the planner would otherwise walk a listing index over every cohort's rows."""
+_GENERATION_COLUMNS_QUALIFIED = ", ".join(f"generations.{c.strip()}" for c in GENERATION_COLUMNS.split(","))
+
+
+def _source(scope: str | None, default: str) -> tuple[str, str, list[Any]]:
+    """Where a cohort's rows are read: (FROM clause, the condition selecting them, its parameters).
+
+    ``default`` is the condition of the default cohort (``scope`` None); a named cohort is read from
+    its members (:data:`_NAMED_SOURCE`). Columns of ``generations`` that ``cohort_members`` also has
+    (``gen_id``, ``rowid``) must be qualified in statements over the source.
+    """
+    if scope is None:
+        return "generations", default, []
+    return _NAMED_SOURCE, "cohort_members.cohort = ?", [scope]
+
+
+def _where_in(scope: str | None, default: str, where: str) -> tuple[str, list[Any]]:
+    """The WHERE of an UPDATE of ``generations`` that meets ``where`` within a cohort, and its parameters
+    (before ``where``'s): ``default`` joined to it, or the rowids of a named cohort's rows."""
+    if scope is None:
+        return f"{default} AND {where}", []
+    return (
+        f"rowid IN (SELECT generations.rowid FROM {_NAMED_SOURCE} WHERE cohort_members.cohort = ? AND {where})",
+        [scope],
+    )
 
 
 def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tuple[str, list[Any]]:

@@ -90,13 +90,22 @@ class FakeControl:
         if self.error is not None:
             raise self.error
 
-    async def status(self) -> CannedStatus:
-        self._record("status", None)
+    async def status(self, cohort: str | None = None) -> CannedStatus:
+        self._record("status", cohort)
         return CannedStatus()
 
-    async def generations(self, *, stage: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-        self._record("generations", {"stage": stage, "state": state, "limit": limit})
+    async def generations(
+        self, *, stage: str | None, state: str | None, limit: int, cohort: str | None = None
+    ) -> list[dict[str, Any]]:
+        args: dict[str, Any] = {"stage": stage, "state": state, "limit": limit}
+        if cohort is not None:
+            args["cohort"] = cohort
+        self._record("generations", args)
         return [GENERATION]
+
+    async def cohorts(self) -> dict[str, Any]:
+        self._record("cohorts", None)
+        return {"cohorts": [{"cohort_id": "c1", "kind": "default"}]}
 
     async def generation(self, gen_id: str) -> dict[str, Any] | None:
         self._record("generation", gen_id)
@@ -224,6 +233,43 @@ async def test_generations_rejects_bad_parameters(sock: Path, query: str, parame
     assert control.calls == []
 
 
+async def test_cohort_scoping_reaches_the_control(sock: Path) -> None:
+    """``cohort`` on status, listings and approvals reaches the Control; /v1/cohorts lists them."""
+    control = FakeControl()
+    async with serving(control, sock) as client:
+        await call(client.get, "/v1/status", {"cohort": "rejudge-top5"})
+        await call(client.get, "/v1/status")
+        await call(client.get, "/v1/generations", {"cohort": "rejudge-top5", "state": "done"})
+        listing = await call(client.get, "/v1/cohorts")
+        await call(client.post, "/v1/approvals", {"stage": "evaluation", "cohort": "rejudge-top5"})
+    assert listing == {"cohorts": [{"cohort_id": "c1", "kind": "default"}]}
+    assert control.calls[:4] == [
+        ("status", "rejudge-top5"),
+        ("status", None),
+        ("generations", {"stage": None, "state": "done", "limit": 100, "cohort": "rejudge-top5"}),
+        ("cohorts", None),
+    ]
+    assert control.calls[4] == ("approve", ApprovalRequest(stage="evaluation", cohort="rejudge-top5"))
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/v1/status?cohort=../etc", "cohort"),
+        ("/v1/status?cohorts=x", "cohorts"),
+        ("/v1/generations?cohort=a%20b", "cohort"),
+        ("/v1/cohorts?stage=draft", "stage"),
+    ],
+)
+async def test_bad_cohort_parameters_are_400_naming_them(sock: Path, path: str, parameter: str) -> None:
+    control = FakeControl()
+    async with serving(control, sock) as client:
+        error = await call_error(client.get, path)
+    assert (error.status, error.type) == (400, "bad_request")
+    assert error.message.startswith(f"{parameter}: ")
+    assert control.calls == []
+
+
 async def test_generation_found_and_not_found(sock: Path) -> None:
     """A known gen_id returns its row; an unknown one is a 404 naming the id."""
     async with serving(FakeControl(), sock) as client:
@@ -277,6 +323,8 @@ async def test_bad_json_body_is_400(sock: Path, body: bytes) -> None:
         ({"stage": "essay", "llm_model_id": 3}, "llm_model_id"),
         ({"stage": "essay", "requested_by": None}, "requested_by"),
         ({"stage": "essay", "model": "gpt"}, "model"),
+        ({"stage": "essay", "cohort": "../x"}, "cohort"),
+        ({"stage": "essay", "cohort": 7}, "cohort"),
     ],
 )
 async def test_approval_request_validation(sock: Path, body: dict[str, Any], field: str) -> None:

@@ -40,6 +40,7 @@ class AxisKind(StrEnum):
     GENERATION_MODEL = "generation model"
     EVALUATION_MODEL = "evaluation model"
     REPLICATE = "replicate"
+    GEN_ID = "gen_id"
 
 
 AXIS_KINDS: dict[str, AxisKind] = {
@@ -64,6 +65,8 @@ AXIS_KINDS: dict[str, AxisKind] = {
         ),
         AxisKind.REPLICATE,
     ),
+    "draft_gen_id": AxisKind.GEN_ID,
+    "essay_gen_id": AxisKind.GEN_ID,
 }
 """Column name -> what its values are (the names the original project's planner understood)."""
 
@@ -92,6 +95,7 @@ class Catalog:
             AxisKind.GENERATION_MODEL: (self.generation_models, f"{raw}/llm_models.csv"),
             AxisKind.EVALUATION_MODEL: (self.evaluation_models, f"{raw}/llm_models.csv"),
             AxisKind.REPLICATE: (None, ""),
+            AxisKind.GEN_ID: (None, ""),
         }[kind]
 
 

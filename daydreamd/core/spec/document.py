@@ -59,6 +59,8 @@ class SpecDocument:
     files: Mapping[str, bytes] = field(default_factory=dict)
     refused: Mapping[str, str] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    fingerprint: str = ""
+    """The spec folder's contents, hashed (the edge sets it): equal fingerprints mean an unchanged spec."""
 
     def line(self, key: KeyPath) -> int | None:
         """The line of ``key``, else of the nearest enclosing key that has one."""

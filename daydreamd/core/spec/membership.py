@@ -1,0 +1,482 @@
+"""From a compiled spec to a named cohort: its generations, ids and manifest (pure).
+
+Each compiled row names, by its columns, the coordinates of one path down the stages: a combo,
+a draft template, model and replicate, an essay template, model and replicate, an evaluation
+template, judge and replicate. A column a spec does not have takes the default cohort's levels,
+so a spec only names what it designs:
+
+* ``combo_id``: every combo of the default cohort (the k-subsets of the active concepts);
+* ``draft_template`` / ``essay_template`` / ``evaluation_template``: the active templates;
+* ``draft_llm``: the generation models; ``evaluation_llm``: the evaluation models;
+* ``essay_llm``: the draft's model (an essay is written by the model that wrote its draft);
+* a replicate column: ``1 .. replicates`` of ``replication_config.csv``.
+
+A copy-mode essay calls no model: it keeps its draft's model whatever ``essay_llm`` says, so it
+has the same id as in the default cohort.
+
+**Curated inputs.** A column ``essay_gen_id`` (or ``draft_gen_id``) starts the cohort from
+generations that already exist and defines only the stages below them. The id is looked up in
+the default cohort, then among the run state's generations the shell looked up (``known``). When
+the row also has the essay's (or draft's) coordinates -- as the files ``daydreamctl cohort new``
+writes do -- the id is computed from them instead, and must come out equal: so a spec rebuilds
+to the same generations from a fresh clone of the experiment, and a spec whose essays changed
+since they were chosen (a template's text, a concept's description, a stage setting) is an
+error rather than a cohort that quietly pays for new essays.
+
+Generations are identified as in the default cohort (:mod:`daydreamd.core.ids`), so a generation
+two cohorts share has one id, one set of files and one payment.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from daydreamd.core import ids
+from daydreamd.core.cohort import (
+    MANIFEST_SCHEMA,
+    Cohort,
+    Combo,
+    Generation,
+    check_links,
+    draft_parent_key,
+    generation_spec,
+    model_entry,
+    template_entry,
+)
+from daydreamd.core.config import Settings
+from daydreamd.core.experiment import Experiment, Generator, LlmModel, Template
+from daydreamd.core.problems import Problem, error
+from daydreamd.core.spec.compile import Compiled
+from daydreamd.core.spec.document import Origin
+from daydreamd.core.stages import STAGES, Stage
+
+COMBO = "combo_id"
+DRAFT_COLUMNS = ("combo_id", "draft_template", "draft_llm", "draft_replicate")
+ESSAY_COLUMNS = ("essay_template", "essay_llm", "essay_replicate")
+EVALUATION_COLUMNS = ("evaluation_template", "evaluation_llm", "evaluation_replicate")
+CURATED_COLUMNS = ("draft_gen_id", "essay_gen_id")
+
+CANONICAL: dict[str, str] = {
+    "combo_id": "combo_id",
+    "combo": "combo_id",
+    "draft_template": "draft_template",
+    "draft_llm": "draft_llm",
+    "draft_model": "draft_llm",
+    "generation_llm": "draft_llm",
+    "draft_replicate": "draft_replicate",
+    "draft_template_replicate": "draft_replicate",
+    "draft_rep": "draft_replicate",
+    "essay_template": "essay_template",
+    "essay_llm": "essay_llm",
+    "essay_replicate": "essay_replicate",
+    "essay_template_replicate": "essay_replicate",
+    "essay_rep": "essay_replicate",
+    "evaluation_template": "evaluation_template",
+    "evaluation_llm": "evaluation_llm",
+    "evaluation_replicate": "evaluation_replicate",
+    "evaluation_template_replicate": "evaluation_replicate",
+    "evaluation_llm_replicate": "evaluation_replicate",
+    "evaluation_rep": "evaluation_replicate",
+    "draft_gen_id": "draft_gen_id",
+    "essay_gen_id": "essay_gen_id",
+}
+"""Column name -> the coordinate it sets (the names the original project's planner understood)."""
+
+MAX_ERRORS = 50
+"""Problems listed per spec (a broken million-row spec would otherwise list a million)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpecInputs:
+    """What a spec cohort is built from besides its rows."""
+
+    experiment: Experiment
+    settings: Settings
+    default: Cohort | None
+    """The default cohort: its combos are the combos a spec may name, its generations the first
+    place a curated gen_id is looked up."""
+    combos: Mapping[str, Combo] = field(default_factory=dict)
+    """Further combos a spec may name (``combo_mappings.csv``'s, whose concepts still exist)."""
+    known: Mapping[str, Generation] = field(default_factory=dict)
+    """Generations of the run state, by gen_id: where curated ids not in the default cohort are found."""
+
+
+def curated_ids(compiled: Compiled) -> set[str]:
+    """The gen_ids a spec's curated columns name (the shell looks these up in the run state)."""
+    wanted: set[str] = set()
+    for column in compiled.columns:
+        if CANONICAL.get(column) in CURATED_COLUMNS:
+            wanted.update(v for v in compiled.design.column_values(column) if isinstance(v, str))
+    return wanted
+
+
+def build_spec_cohort(
+    name: str, compiled: Compiled, inputs: SpecInputs, *, fingerprint: str
+) -> tuple[Cohort | None, tuple[Problem, ...]]:
+    """The named cohort ``name`` of a compiled spec (None with the problems when one is an error)."""
+    builder = _Builder(compiled, inputs)
+    if builder.problems:
+        return None, tuple(builder.problems)
+    builder.run(compiled)
+    if builder.problems:
+        return None, tuple(builder.problems)
+    generations = (*builder.drafts.values(), *builder.essays.values(), *builder.evaluations.values())
+    links = tuple(check_links(generations))
+    if links:
+        return None, links
+    combos = tuple(builder.used_combos.values())
+    manifest = _manifest(name, compiled, inputs, combos, generations, fingerprint)
+    return Cohort(cohort_id=name, manifest=manifest, combos=combos, generations=generations), ()
+
+
+class _Builder:
+    """Turns rows into generations, each computed once (rows share drafts and essays)."""
+
+    def __init__(self, compiled: Compiled, inputs: SpecInputs) -> None:
+        self.spec = compiled.spec
+        self.inputs = inputs
+        self.experiment = inputs.experiment
+        self.problems: list[Problem] = []
+        self._seen_messages: set[str] = set()
+        self.columns: dict[str, str] = {}
+        """canonical coordinate -> the column as the spec wrote it."""
+        for column in compiled.columns:
+            canonical = CANONICAL.get(column)
+            if canonical is None:
+                continue  # the compiler warned that nothing reads it
+            if canonical in self.columns:
+                self._fail(
+                    self._origin(column),
+                    f"columns {self.columns[canonical]!r} and {column!r} both set {canonical}; keep one",
+                )
+            self.columns[canonical] = column
+        self.curated = self._curated_column()
+        self.concepts = {c.concept_id: c for c in self.experiment.concepts}
+        self.combos: dict[str, Combo] = dict(inputs.combos)
+        if inputs.default is not None:
+            self.combos.update((c.combo_id, c) for c in inputs.default.combos)
+        self.params = {s: inputs.settings.stage(s).call_parameters() for s in STAGES}
+        self.drafts: dict[str, Generation] = {}
+        self.essays: dict[str, Generation] = {}
+        self.evaluations: dict[str, Generation] = {}
+        self.used_combos: dict[str, Combo] = {}
+        self._draft_cache: dict[tuple[str, ...], Generation | None] = {}
+        self._essay_cache: dict[tuple[str, ...], Generation | None] = {}
+        self._specs: dict[tuple[Stage, str, str], str] = {}
+        self._by_id: dict[str, Generation] | None = None
+
+    # -- the columns -------------------------------------------------------------------------
+
+    def _curated_column(self) -> str | None:
+        curated = [c for c in CURATED_COLUMNS if c in self.columns]
+        if len(curated) > 1:
+            self._fail(
+                self._origin(self.columns["essay_gen_id"]),
+                "draft_gen_id and essay_gen_id cannot both be set: an essay fixes its draft; "
+                "keep essay_gen_id",
+            )
+            return None
+        if not curated:
+            return None
+        column = curated[0]
+        fixed = DRAFT_COLUMNS if column == "draft_gen_id" else DRAFT_COLUMNS + ESSAY_COLUMNS
+        present = [c for c in fixed if c in self.columns]
+        if present and len(present) != len(fixed):
+            missing = [c for c in fixed if c not in self.columns]
+            self._fail(
+                self._origin(self.columns[column]),
+                f"{column} is given with some of its coordinates ({', '.join(present)}) but not "
+                f"{', '.join(missing)}: give all of them (they are checked against the id) or none",
+            )
+        return column
+
+    def _defaults(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Each coordinate no column sets, with the default cohort's levels for it."""
+        fixed: tuple[str, ...] = ()
+        if self.curated == "essay_gen_id":
+            fixed = DRAFT_COLUMNS + ESSAY_COLUMNS
+        elif self.curated == "draft_gen_id":
+            fixed = DRAFT_COLUMNS
+        e = self.experiment
+        levels: dict[str, tuple[str, ...]] = {
+            "combo_id": tuple(c.combo_id for c in self.inputs.default.combos) if self.inputs.default else (),
+            "draft_template": _ids(e.active_templates(Stage.DRAFT)),
+            "draft_llm": tuple(m.model_id for m in e.generation_models()),
+            "draft_replicate": _replicates(e, Stage.DRAFT),
+            "essay_template": _ids(e.active_templates(Stage.ESSAY)),
+            "essay_llm": ("",),  # the draft's model
+            "essay_replicate": _replicates(e, Stage.ESSAY),
+            "evaluation_template": _ids(e.active_templates(Stage.EVALUATION)),
+            "evaluation_llm": tuple(m.model_id for m in e.evaluation_models()),
+            "evaluation_replicate": _replicates(e, Stage.EVALUATION),
+        }
+        return [
+            (coordinate, values)
+            for coordinate, values in levels.items()
+            if coordinate not in self.columns and coordinate not in fixed
+        ]
+
+    # -- the rows ----------------------------------------------------------------------------
+
+    def run(self, compiled: Compiled) -> None:
+        positions = [
+            (CANONICAL[column], index) for index, column in enumerate(compiled.columns) if column in CANONICAL
+        ]
+        defaults = self._defaults()
+        names = [name for name, _ in defaults]
+        for row in compiled.rows():
+            given = {coordinate: row[index] for coordinate, index in positions}
+            for extra in itertools.product(*(values for _, values in defaults)):
+                values = {**given, **dict(zip(names, extra, strict=True))}
+                self._path(values)
+                if len(self.problems) >= MAX_ERRORS:
+                    self.problems.append(
+                        error(
+                            self.spec.path,
+                            f"stopped after {MAX_ERRORS} problems; fix these and compile again",
+                        )
+                    )
+                    return
+
+    def _path(self, values: Mapping[str, Any]) -> None:
+        if self.curated == "essay_gen_id":
+            essay = self._curated_essay(values)
+        else:
+            draft = self._curated_draft(values) if self.curated == "draft_gen_id" else self._draft(values)
+            essay = None if draft is None else self._essay(draft, values)
+        if essay is not None:
+            self._evaluation(essay, values)
+
+    def _draft(self, values: Mapping[str, Any]) -> Generation | None:
+        key = tuple(str(values[c]) for c in DRAFT_COLUMNS)
+        if key in self._draft_cache:
+            return self._draft_cache[key]
+        combo_id, template_id, model_id, replicate = key
+        found = None
+        combo = self.combos.get(combo_id)
+        template = self._template(Stage.DRAFT, template_id, "draft_template")
+        model = self._model(model_id, "draft_llm")
+        number = self._replicate(replicate, "draft_replicate")
+        if combo is None:
+            self._fail(
+                self._value_origin("combo_id", combo_id),
+                f"combo_id {combo_id!r} is not a combo of this experiment: neither a k-subset of the active "
+                "concepts nor in combo_mappings.csv with concepts that still exist",
+            )
+        elif template is not None and model is not None and number is not None:
+            spec = self._spec(Stage.DRAFT, template, model)
+            gen_id = ids.gen_id(Stage.DRAFT, spec, draft_parent_key(self.concepts, combo), number)
+            found = Generation(Stage.DRAFT, gen_id, "", combo_id, template_id, model_id, number)
+            self.drafts.setdefault(gen_id, found)
+            self.used_combos.setdefault(combo_id, combo)
+        self._draft_cache[key] = found
+        return found
+
+    def _essay(self, draft: Generation, values: Mapping[str, Any]) -> Generation | None:
+        key = (draft.gen_id, *(str(values[c]) for c in ESSAY_COLUMNS))
+        if key in self._essay_cache:
+            return self._essay_cache[key]
+        _, template_id, model_id, replicate = key
+        found = None
+        template = self._template(Stage.ESSAY, template_id, "essay_template")
+        number = self._replicate(replicate, "essay_replicate")
+        if template is not None and number is not None:
+            if template.generator is Generator.COPY or not model_id:
+                model_id = draft.llm_model_id  # a copy calls no model; an unset essay_llm is the draft's
+            model = self._model(model_id, "essay_llm")
+            if model is not None:
+                spec = self._spec(Stage.ESSAY, template, model)
+                gen_id = ids.gen_id(Stage.ESSAY, spec, draft.gen_id, number)
+                found = Generation(
+                    Stage.ESSAY, gen_id, draft.gen_id, draft.combo_id, template_id, model_id, number
+                )
+                self.essays.setdefault(gen_id, found)
+        self._essay_cache[key] = found
+        return found
+
+    def _evaluation(self, essay: Generation, values: Mapping[str, Any]) -> None:
+        template_id, model_id, replicate = (str(values[c]) for c in EVALUATION_COLUMNS)
+        template = self._template(Stage.EVALUATION, template_id, "evaluation_template")
+        model = self._model(model_id, "evaluation_llm")
+        number = self._replicate(replicate, "evaluation_replicate")
+        if template is None or model is None or number is None:
+            return
+        spec = self._spec(Stage.EVALUATION, template, model)
+        gen_id = ids.gen_id(Stage.EVALUATION, spec, essay.gen_id, number)
+        self.evaluations.setdefault(
+            gen_id,
+            Generation(Stage.EVALUATION, gen_id, essay.gen_id, essay.combo_id, template_id, model_id, number),
+        )
+
+    # -- curated inputs ----------------------------------------------------------------------
+
+    def _curated_essay(self, values: Mapping[str, Any]) -> Generation | None:
+        wanted = str(values["essay_gen_id"])
+        if "essay_template" in self.columns:  # coordinates given: compute, and check against the id
+            draft = self._draft(values)
+            essay = None if draft is None else self._essay(draft, values)
+            if essay is not None and essay.gen_id != wanted:
+                self._changed("essay_gen_id", wanted, essay.gen_id)
+                return None
+            return essay
+        essay = self._look_up(wanted, Stage.ESSAY, "essay_gen_id")
+        if essay is None:
+            return None
+        draft = self._look_up(essay.parent_gen_id, Stage.DRAFT, "essay_gen_id", child=wanted)
+        if draft is None:
+            return None
+        self.drafts.setdefault(draft.gen_id, draft)
+        self.essays.setdefault(essay.gen_id, essay)
+        self._use_combo(draft.combo_id)
+        return essay
+
+    def _curated_draft(self, values: Mapping[str, Any]) -> Generation | None:
+        wanted = str(values["draft_gen_id"])
+        if "draft_template" in self.columns:
+            draft = self._draft(values)
+            if draft is not None and draft.gen_id != wanted:
+                self._changed("draft_gen_id", wanted, draft.gen_id)
+                return None
+            return draft
+        draft = self._look_up(wanted, Stage.DRAFT, "draft_gen_id")
+        if draft is not None:
+            self.drafts.setdefault(draft.gen_id, draft)
+            self._use_combo(draft.combo_id)
+        return draft
+
+    def _look_up(self, gen_id: str, stage: Stage, column: str, *, child: str = "") -> Generation | None:
+        if self._by_id is None:
+            default = self.inputs.default.generations if self.inputs.default is not None else ()
+            self._by_id = {g.gen_id: g for g in default if g.stage is not Stage.EVALUATION}
+        found = self._by_id.get(gen_id) or self.inputs.known.get(gen_id)
+        origin = self._value_origin(column, child or gen_id)
+        if found is None:
+            what = f"the draft {gen_id!r} of {child!r}" if child else f"{column} {gen_id!r}"
+            self._fail(
+                origin,
+                f"{what} is not a generation of this experiment or its run state; give its coordinates "
+                "too (as daydreamctl cohort new writes them), or check the id",
+            )
+            return None
+        if found.stage is not stage:
+            self._fail(origin, f"{column} {gen_id!r} is a {found.stage}, not a {stage}")
+            return None
+        return found
+
+    def _use_combo(self, combo_id: str) -> None:
+        combo = self.combos.get(combo_id)
+        if combo is not None:
+            self.used_combos.setdefault(combo_id, combo)
+
+    def _changed(self, column: str, wanted: str, computed: str) -> None:
+        self._fail(
+            self._value_origin(column, wanted),
+            f"{column} {wanted!r}: its coordinates now give {computed!r}, so the experiment changed since it "
+            "was chosen (a template's text, a concept's description or a stage setting); choose again "
+            "(daydreamctl cohort new) or restore what changed",
+        )
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def _template(self, stage: Stage, template_id: str, coordinate: str) -> Template | None:
+        template = self.experiment.template(stage, template_id)
+        if template is None:
+            self._fail(
+                self._value_origin(coordinate, template_id),
+                f"{coordinate} {template_id!r} is not a {stage} template in {stage}_templates.csv "
+                "(it need not be active, but must exist)",
+            )
+        return template
+
+    def _model(self, model_id: str, coordinate: str) -> LlmModel | None:
+        model = self.experiment.model(model_id)
+        if model is None:
+            self._fail(
+                self._value_origin(coordinate, model_id),
+                f"{coordinate} {model_id!r} is not a model in llm_models.csv (it need not be used by the "
+                "default cohort, but must exist)",
+            )
+        return model
+
+    def _replicate(self, value: str, coordinate: str) -> int | None:
+        if value.isascii() and value.isdigit() and int(value) >= 1:
+            return int(value)
+        self._fail(
+            self._value_origin(coordinate, value),
+            f"{coordinate} {value!r} is not a replicate index (1, 2, ...)",
+        )
+        return None
+
+    def _spec(self, stage: Stage, template: Template, model: LlmModel) -> str:
+        key = (stage, template.template_id, model.model_id)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = generation_spec(stage, template, model, self.params[stage])
+        return spec
+
+    # -- problems ----------------------------------------------------------------------------
+
+    def _origin(self, column: str) -> Origin:
+        axis = next((a for a in self.spec.axes if a.name == column), None)
+        return axis.origin if axis is not None else Origin(self.spec.path, None, column)
+
+    def _value_origin(self, coordinate: str, value: str) -> Origin:
+        column = self.columns.get(coordinate, coordinate)
+        return self.spec.origins.get((column, value)) or self._origin(column)
+
+    def _fail(self, origin: Origin, message: str) -> None:
+        text = f"{origin.key}: {message}"
+        if text in self._seen_messages:
+            return
+        self._seen_messages.add(text)
+        self.problems.append(error(origin.path, text, line=origin.line))
+
+
+def _ids(templates: Sequence[Template]) -> tuple[str, ...]:
+    return tuple(t.template_id for t in templates)
+
+
+def _replicates(experiment: Experiment, stage: Stage) -> tuple[str, ...]:
+    return tuple(str(r) for r in range(1, experiment.replicates_for(stage) + 1))
+
+
+def _manifest(
+    name: str,
+    compiled: Compiled,
+    inputs: SpecInputs,
+    combos: Sequence[Combo],
+    generations: Sequence[Generation],
+    fingerprint: str,
+) -> dict[str, Any]:
+    """What defines the named cohort: its spec, and the combos, templates and models its generations use."""
+    experiment = inputs.experiment
+    counts = Counter(g.stage for g in generations)
+    used: dict[Stage, set[str]] = {s: set() for s in STAGES}
+    models: dict[str, set[str]] = {"generation": set(), "evaluation": set()}
+    for g in generations:
+        used[g.stage].add(g.template_id)
+        models["evaluation" if g.stage is Stage.EVALUATION else "generation"].add(g.llm_model_id)
+    return {
+        "cohort_id": name,
+        "kind": "spec",
+        "schema": MANIFEST_SCHEMA,
+        "spec": {"path": compiled.spec.path, "fingerprint": fingerprint, "rows": compiled.count},
+        "description_level": inputs.settings.experiment.description_level,
+        "combos": [{"combo_id": c.combo_id, "concept_ids": list(c.concept_ids)} for c in combos],
+        "templates": {
+            str(s): [
+                template_entry(t) for t in experiment.templates if t.stage is s and t.template_id in used[s]
+            ]
+            for s in STAGES
+        },
+        "models": {
+            kind: [model_entry(m) for m in experiment.models if m.model_id in ids]
+            for kind, ids in models.items()
+        },
+        "stage_parameters": {str(s): inputs.settings.stage(s).call_parameters() for s in STAGES},
+        "counts": {str(s): counts.get(s, 0) for s in STAGES},
+    }
