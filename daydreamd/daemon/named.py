@@ -97,7 +97,14 @@ class NamedCohorts:
         known = await self.store.generations_by_id(wanted) if wanted else {}
         parents = {g.parent_gen_id for g in known.values() if g.parent_gen_id} - known.keys()
         known |= await self.store.generations_by_id(parents) if parents else {}
-        inputs = SpecInputs(experiment=build.experiment, settings=settings, default=build.cohort, known=known)
+        inputs = SpecInputs(
+            experiment=build.experiment,
+            settings=settings,
+            default=build.cohort,
+            known=known,
+            problems=build.problems,
+            raw_label=build.raw.label,
+        )
         cohort, more = await anyio.to_thread.run_sync(
             lambda: build_spec_cohort(spec.name, compiled, inputs, fingerprint=doc.fingerprint)
         )

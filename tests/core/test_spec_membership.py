@@ -59,9 +59,15 @@ def default() -> tuple[Experiment, Cohort]:
 
 
 def spec_cohort(
-    data: Any, files: dict[str, str] | None = None, *, known: dict[str, Generation] | None = None
+    data: Any,
+    files: dict[str, str] | None = None,
+    *,
+    known: dict[str, Generation] | None = None,
+    raw: dict[str, bytes] | None = None,
 ) -> tuple[Cohort | None, list[str]]:
-    experiment, cohort = default()
+    build = build_from_raw(RawFiles.of(raw or FILES), SETTINGS)
+    assert build.cohort is not None, [str(p) for p in build.problems]
+    experiment, cohort = build.experiment, build.cohort
     doc = SpecDocument(
         path="cohorts/x/spec/config.yaml",
         data=data,
@@ -69,7 +75,9 @@ def spec_cohort(
     )
     compiled, problems = compile_spec(doc)
     assert compiled is not None, [str(p) for p in problems]
-    inputs = SpecInputs(experiment=experiment, settings=SETTINGS, default=cohort, known=known or {})
+    inputs = SpecInputs(
+        experiment=experiment, settings=SETTINGS, default=cohort, known=known or {}, problems=build.problems
+    )
     built, problems = build_spec_cohort("x", compiled, inputs, fingerprint="f")
     return built, [str(p) for p in problems if p.level is Level.ERROR]
 
@@ -231,3 +239,34 @@ def test_a_curated_id_of_the_wrong_stage_is_an_error() -> None:
     _, base = default()
     draft = by_stage(base, Stage.DRAFT)[0]
     assert "is a draft, not a essay" in fails({"axes": {"essay_gen_id": [draft.gen_id]}})
+
+
+def test_a_spec_past_the_size_limit_is_refused_unbuilt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import daydreamd.core.spec.membership as membership
+
+    monkeypatch.setattr(membership, "MAX_PATHS", 5)
+    message = fails({"axes": {"draft_replicate": ["1", "2"]}})  # 2 rows x 3 combos x 2 essay templates
+    assert "expands to 12 paths" in message and "combo_id" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"templates/evaluation/rubric2.txt": None}, "missing"),
+        ({"templates/evaluation/rubric2.txt": "Rate {{ response \nSCORE: X\n"}, "rubric2.txt"),
+    ],
+)
+def test_an_inactive_template_with_problems_is_an_error_for_a_spec_that_uses_it(
+    change: dict[str, str | None], word: str
+) -> None:
+    raw = dict(FILES)
+    for path, text in change.items():
+        if text is None:
+            raw.pop(path)
+        else:
+            raw[path] = text.encode()
+    build = build_from_raw(RawFiles.of(raw), SETTINGS)
+    assert build.cohort is not None  # only a warning in 1_raw: nothing there uses it
+    message = fails({"axes": {"evaluation_template": ["rubric2"]}}, raw=raw)
+    assert "rubric2" in message and "inactive" in message and word in message
+    ok({"axes": {"evaluation_template": ["judge"]}})  # a spec that does not use it is fine

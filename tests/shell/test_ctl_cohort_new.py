@@ -24,7 +24,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from daydreamd.cli.cohortnew import Ranked, rank_essays
 from daydreamd.cli.main import cli
 from daydreamd.core.build import read_and_build
 from daydreamd.core.cohort import Cohort, Generation
@@ -32,6 +31,7 @@ from daydreamd.core.config import load_settings
 from daydreamd.core.experiment import Generator
 from daydreamd.core.problems import Level
 from daydreamd.core.spec.compile import compile_spec
+from daydreamd.core.spec.curation import Criterion, Ranked, rank_essays, spec_text
 from daydreamd.core.stages import Stage
 from daydreamd.storage.cohort_files import write_cohort
 from daydreamd.storage.spec_files import read_spec
@@ -192,6 +192,26 @@ def test_rank_essays_is_pure_and_deterministic() -> None:
     ]
     assert rank_essays(scores) == expected
     assert rank_essays(reversed(scores)) == expected
+
+
+@pytest.mark.parametrize("value", ["sonnet_4", "no", "017", "0x1F", "2024-05-01", "~", "<<", "a b", "é"])
+def test_ids_in_the_written_yaml_read_back_as_themselves(value: str) -> None:
+    assert yaml.safe_load(spec_text_axes(value)) == [value]
+
+
+def spec_text_axes(value: str) -> str:
+    mapping = spec_text(
+        source="c",
+        criterion=Criterion("t", None),
+        chosen=[],
+        requested=0,
+        when="now",
+        command="daydreamctl",
+        evaluation_templates=[value],
+        judges=[],
+    )
+    line = next(line for line in mapping.splitlines() if line.startswith("  evaluation_template:"))
+    return line.split(":", 1)[1]
 
 
 def test_judge_filter_counts_only_that_judges_scores(state: State) -> None:

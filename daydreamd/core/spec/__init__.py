@@ -16,6 +16,7 @@ combination, with one column per axis. The modules follow the pipeline:
 * :mod:`~daydreamd.core.spec.catalog`: the ids a spec may name (from the loaded experiment) and
   the check of every column's values against them;
 * :mod:`~daydreamd.core.spec.compile`: the whole step, document to rows and problems.
+* :mod:`~daydreamd.core.spec.curation`: a spec of curated inputs, the top essays of an earlier cohort.
 
 Reading files and parsing YAML/TOML/JSON happen at the edge (``storage/spec_files``), so this
 package uses only the standard library. Errors are :class:`~daydreamd.core.problems.Problem`

@@ -30,6 +30,7 @@ two cohorts share has one id, one set of files and one payment.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ CANONICAL: dict[str, str] = {
 
 MAX_ERRORS = 50
 """Problems listed per spec (a broken million-row spec would otherwise list a million)."""
+MAX_PATHS = 20_000_000
+"""The most rows a spec may expand to, the default cohort's levels included: beyond, building it
+would take minutes and gigabytes (a typo such as one axis too many), so it is refused unbuilt."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,10 @@ class SpecInputs:
     """Further combos a spec may name (``combo_mappings.csv``'s, whose concepts still exist)."""
     known: Mapping[str, Generation] = field(default_factory=dict)
     """Generations of the run state, by gen_id: where curated ids not in the default cohort are found."""
+    problems: tuple[Problem, ...] = ()
+    """The experiment's problems: those of an inactive template are warnings in ``1_raw`` (nothing
+    uses it), and errors for a spec that does."""
+    raw_label: str = "1_raw"
 
 
 def curated_ids(compiled: Compiled) -> set[str]:
@@ -121,7 +129,17 @@ def build_spec_cohort(
     builder = _Builder(compiled, inputs)
     if builder.problems:
         return None, tuple(builder.problems)
+    paths = compiled.count * math.prod(len(levels) for _, levels in builder.defaults())
+    if paths > MAX_PATHS:
+        unset = ", ".join(name for name, levels in builder.defaults() if len(levels) > 1)
+        also = f" (with the default cohort's levels for {unset})" if unset else ""
+        message = (
+            f"the spec expands to {paths:,} paths down the stages{also}; at most {MAX_PATHS:,} are "
+            "built: narrow an axis, or set the axes it leaves to the default cohort"
+        )
+        return None, (error(compiled.spec.path, message),)
     builder.run(compiled)
+    builder.problems.extend(_template_problems(compiled, inputs, builder.used_templates))
     if builder.problems:
         return None, tuple(builder.problems)
     generations = (*builder.drafts.values(), *builder.essays.values(), *builder.evaluations.values())
@@ -164,6 +182,8 @@ class _Builder:
         self.essays: dict[str, Generation] = {}
         self.evaluations: dict[str, Generation] = {}
         self.used_combos: dict[str, Combo] = {}
+        self.used_templates: dict[tuple[Stage, str], tuple[Template, str]] = {}
+        """(stage, template id) -> the template and the coordinate that first named it."""
         self._draft_cache: dict[tuple[str, ...], Generation | None] = {}
         self._essay_cache: dict[tuple[str, ...], Generation | None] = {}
         self._specs: dict[tuple[Stage, str, str], str] = {}
@@ -194,7 +214,7 @@ class _Builder:
             )
         return column
 
-    def _defaults(self) -> list[tuple[str, tuple[str, ...]]]:
+    def defaults(self) -> list[tuple[str, tuple[str, ...]]]:
         """Each coordinate no column sets, with the default cohort's levels for it."""
         fixed: tuple[str, ...] = ()
         if self.curated == "essay_gen_id":
@@ -226,7 +246,7 @@ class _Builder:
         positions = [
             (CANONICAL[column], index) for index, column in enumerate(compiled.columns) if column in CANONICAL
         ]
-        defaults = self._defaults()
+        defaults = self.defaults()
         names = [name for name, _ in defaults]
         for row in compiled.rows():
             given = {coordinate: row[index] for coordinate, index in positions}
@@ -384,7 +404,9 @@ class _Builder:
 
     def _template(self, stage: Stage, template_id: str, coordinate: str) -> Template | None:
         template = self.experiment.template(stage, template_id)
-        if template is None:
+        if template is not None:
+            self.used_templates.setdefault((stage, template_id), (template, coordinate))
+        else:
             self._fail(
                 self._value_origin(coordinate, template_id),
                 f"{coordinate} {template_id!r} is not a {stage} template in {stage}_templates.csv "
@@ -434,6 +456,43 @@ class _Builder:
             return
         self._seen_messages.add(text)
         self.problems.append(error(origin.path, text, line=origin.line))
+
+
+def _template_problems(
+    compiled: Compiled, inputs: SpecInputs, used: Mapping[tuple[Stage, str], tuple[Template, str]]
+) -> list[Problem]:
+    """An error for each template the spec uses that has problems in ``1_raw`` (an inactive one's
+    are only warnings there): a missing file or a broken template would be paid for, or fail late."""
+    label = inputs.raw_label
+    found: list[Problem] = []
+    for (stage, template_id), (template, coordinate) in used.items():
+        if template.active:
+            continue  # its problems are errors already, and an experiment with errors builds nothing
+        csv_path, text_path = f"{label}/{stage}_templates.csv", f"{label}/templates/{stage}/{template_id}.txt"
+        own = [
+            p
+            for p in inputs.problems
+            if p.path == text_path or (p.path == csv_path and p.line == template.line)
+        ]
+        if own:
+            where = _origin_of(compiled, coordinate, template_id)
+            found.append(
+                error(
+                    where.path,
+                    f"{where.key}: {coordinate} {template_id!r} is inactive in {csv_path} and has problems "
+                    f"there, which this spec would meet when it runs; fix them first: {own[0]}",
+                    line=where.line,
+                )
+            )
+    return found
+
+
+def _origin_of(compiled: Compiled, coordinate: str, value: str) -> Origin:
+    """Where the spec first wrote ``value`` for ``coordinate`` (the spec file itself if unknown)."""
+    for (column, text), origin in compiled.spec.origins.items():
+        if text == value and CANONICAL.get(column) == coordinate:
+            return origin
+    return Origin(compiled.spec.path, None, coordinate)
 
 
 def _ids(templates: Sequence[Template]) -> tuple[str, ...]:
