@@ -38,6 +38,10 @@ from daydreamd.storage.store import MembershipDiff, Store, SyncResult, membershi
 
 PENDING = "fingerprint.pending"
 APPLIED = "fingerprint.applied"
+SYNCED_CONTENT = "cohort.synced_content"
+"""The content id (files and settings) of the default cohort the run state was last synced to: the
+same files under new stage settings give new gen_ids, and must be synced although the files are
+the same."""
 log = structlog.get_logger("daydreamd.daemon.rebuild")
 
 
@@ -180,7 +184,9 @@ class Rebuilder:
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
             log.warning("experiment_invalid", errors=len(errors), first=errors[:5], reason=reason)
             return False
-        result = await self._apply(settings, build, fingerprint, changed=fingerprint != applied)
+        content = str(build.cohort.manifest.get("content_id", ""))
+        changed = fingerprint != applied or await self.store.get_fact(SYNCED_CONTENT) != content
+        result = await self._apply(settings, build, fingerprint, changed=changed)
         await self.last_good.save(raw)
         self.current.build = build
         self.current.jobs = build.jobs
@@ -235,6 +241,7 @@ class Rebuilder:
             cohort, modes, fingerprint, diff=diff, progress=building.synced if building else None
         )
         await self.store.set_fact("cohort.current", cohort.cohort_id)
+        await self.store.set_fact(SYNCED_CONTENT, str(cohort.manifest.get("content_id", "")))
         self.current.synced = cohort
         if self.on_synced is not None:  # status shows the new cohort's id with its counts, not older ones
             await self.on_synced()

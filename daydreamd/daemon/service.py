@@ -39,6 +39,7 @@ from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.daemon.watcher import Trigger
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.readers import spent_by_cohort
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import Store
 
@@ -199,12 +200,13 @@ class Service:
     async def cohorts(self) -> dict[str, Any]:
         """What ``GET /v1/cohorts`` answers: the default cohort, then each named one by name."""
         named = await self.store.named_cohorts()
+        spent = await anyio.to_thread.run_sync(spent_by_cohort, self.settings.paths.state_db)
         entries: list[dict[str, Any]] = [
             {
                 "cohort_id": self.current.cohort_id,
                 "kind": "default",
                 "stages": await self.store.counts(),
-                "spent_usd": await self.store.spent_usd(),
+                "spent_usd": round(spent.get(None, 0.0), 6),
             }
         ]
         problems = self.current.spec_problems
@@ -216,7 +218,7 @@ class Service:
                     "kind": "spec",
                     "spec": f"{folder}spec/",
                     "stages": await self.store.counts(scope=name),
-                    "spent_usd": await self.store.spent_usd(scope=name),
+                    "spent_usd": round(spent.get(name, 0.0), 6),
                     "first_seen": record.first_seen,
                     "last_applied": record.last_applied,
                     "errors": [str(p) for p in problems if p.path.startswith(folder) and _is_error(p)],
@@ -227,9 +229,21 @@ class Service:
     async def _scope_of(self, cohort: str | None) -> str | None:
         """The run state's scope for a request's cohort: None for the default cohort (also when named by
         its id), else a named cohort's name; a 404 for a cohort the service does not hold."""
-        if cohort is None or cohort == self.current.cohort_id:
+        if cohort is None:
             return None
-        if cohort in await self.store.named_cohorts():
+        named = await self.store.named_cohorts()
+        if cohort == self.current.cohort_id:
+            if (
+                cohort in named
+            ):  # a folder named after the default cohort's id: acting on either could be wrong
+                raise ControlError(
+                    409,
+                    "conflict",
+                    f"{cohort!r} is both the default cohort's id and a spec folder's cohort; rename the "
+                    f"folder cohorts/{cohort}/ (its spec is not built meanwhile)",
+                )
+            return None
+        if cohort in named:
             return cohort
         raise ControlError(
             404, "not_found", f"no cohort {cohort!r}; daydreamctl cohort list shows the cohorts there are"

@@ -84,3 +84,28 @@ def progress_counts(
     db.execute("CREATE TEMP TABLE members (gen_id TEXT PRIMARY KEY, stage TEXT)")
     db.executemany("INSERT OR IGNORE INTO temp.members VALUES (?, ?)", members)
     return iter(db.execute(PROGRESS_SQL))
+
+
+def spent_by_cohort(db_path: Path) -> dict[str | None, float]:
+    """Dollars recorded per cohort: None for the default cohort, else each named cohort's name.
+
+    A generation two cohorts share counts in both (each would have had to pay for it). Read on a
+    connection of its own, in the caller's thread: summing a million attempts takes a second, and
+    the service's connection (claims, completions) must not wait on it.
+    """
+    db = connect_readonly(db_path)
+    try:
+        spent: dict[str | None, float] = {None: 0.0}
+        row = db.execute(
+            "SELECT coalesce(sum(a.cost), 0) FROM attempts a CROSS JOIN generations g ON g.gen_id = a.gen_id "
+            "WHERE a.cost IS NOT NULL AND g.in_default = 1"
+        ).fetchone()
+        spent[None] = float(row[0])
+        for name, cost in db.execute(
+            "SELECT m.cohort, coalesce(sum(a.cost), 0) FROM cohort_members m "
+            "JOIN attempts a ON a.gen_id = m.gen_id GROUP BY m.cohort"
+        ):
+            spent[str(name)] = float(cost)
+        return spent
+    finally:
+        db.close()

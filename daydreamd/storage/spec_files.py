@@ -42,6 +42,8 @@ SPEC_DIR = "spec"
 SPEC_NAMES = ("config.yaml", "config.yml", "config.toml", "config.json")
 """The file a spec folder's spec is read from, the first that exists."""
 SPEC_TYPES = (".yaml", ".yml", ".toml", ".json")
+MAX_DEPTH = 32
+"""The deepest nesting of lists and mappings a spec may have (the deepest real one is about 6)."""
 MAX_VALUES = 5_000_000
 """The most values (scalars, lists, mappings) a spec may hold once YAML aliases are expanded."""
 
@@ -125,7 +127,20 @@ class CohortSpec:
     document: SpecDocument
 
 
-def read_cohort_specs(data_dir: Path) -> tuple[list[CohortSpec], list[Problem]]:
+@dataclass(frozen=True, slots=True)
+class CohortSpecs:
+    """What ``data/cohorts`` holds: the specs read, problems, and what must not be taken as removed."""
+
+    specs: tuple[CohortSpec, ...]
+    problems: tuple[Problem, ...] = ()
+    held: frozenset[str] = frozenset()
+    """Cohorts whose spec folder is there but could not be read (a link, no permission): they keep
+    their membership, as a broken spec does."""
+    listed: bool = True
+    """False when ``data/cohorts`` itself could not be listed: then no cohort may be taken as removed."""
+
+
+def read_cohort_specs(data_dir: Path) -> CohortSpecs:
     """Every ``data/cohorts/<name>/spec/`` with its spec read, and problems with folders that cannot be one.
 
     A cohort folder or its ``spec`` folder that is a link is refused (the experiment folder may not
@@ -135,30 +150,41 @@ def read_cohort_specs(data_dir: Path) -> tuple[list[CohortSpec], list[Problem]]:
     layout = DataLayout(data_dir)
     specs: list[CohortSpec] = []
     problems: list[Problem] = []
+    held: set[str] = set()
     try:
         entries = sorted(os.scandir(layout.cohorts), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
-        return specs, problems
+        return CohortSpecs(())
     except OSError as exc:
-        return specs, [error(f"{COHORTS_DIR}/", f"cannot list the cohorts folder: {exc.strerror}")]
+        message = f"cannot list the cohorts folder: {exc.strerror}; every named cohort is kept as it is"
+        return CohortSpecs((), (error(f"{COHORTS_DIR}/", message),), listed=False)
     for entry in entries:
+        if entry.name.startswith("."):
+            continue
         shown = f"{COHORTS_DIR}/{entry.name}/{SPEC_DIR}"
         try:
             spec_stat = os.lstat(Path(entry.path) / SPEC_DIR)
-        except OSError:
+        except FileNotFoundError:
             continue  # no spec folder: an output folder
+        except OSError as exc:
+            held.add(entry.name)
+            problems.append(error(shown, f"cannot be read: {exc.strerror}; the cohort is kept as it was"))
+            continue
         if entry.is_symlink() or stat.S_ISLNK(spec_stat.st_mode):
-            message = "is (or is inside) a link; a spec must be a real folder under cohorts/"
+            held.add(entry.name)
+            message = (
+                "is (or is inside) a link; a spec must be a real folder under cohorts/ (the cohort is kept)"
+            )
             problems.append(error(shown, message))
             continue
-        if not stat.S_ISDIR(spec_stat.st_mode) or entry.name.startswith("."):
+        if not stat.S_ISDIR(spec_stat.st_mode):
             continue
         if why := cohort_id_problem(entry.name):
             problems.append(error(shown, f"{why}; rename the folder {entry.name!r}"))
             continue
         document = read_spec(Path(entry.path) / SPEC_DIR, shown=_shown(entry, shown))
         specs.append(CohortSpec(entry.name, document))
-    return specs, problems
+    return CohortSpecs(tuple(specs), tuple(problems), frozenset(held))
 
 
 def _shown(entry: os.DirEntry[str], folder: str) -> str:
@@ -166,6 +192,33 @@ def _shown(entry: os.DirEntry[str], folder: str) -> str:
 
 
 def _parse(text: str, suffix: str, label: str) -> tuple[object, dict[KeyPath, int]] | Problem:
+    parsed = _parse_any(text, suffix, label)
+    if not isinstance(parsed, Problem) and _depth(parsed[0]) > MAX_DEPTH:
+        return error(label, f"refused: it nests more than {MAX_DEPTH} levels deep (a spec needs about 6)")
+    return parsed
+
+
+def _depth(data: object) -> int:
+    """How deeply lists and mappings nest in ``data`` (iteratively: a deep document must not
+    exhaust the stack of whoever walks it)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: list[object] = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple):
+            children = list(value)
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _parse_any(text: str, suffix: str, label: str) -> tuple[object, dict[KeyPath, int]] | Problem:
     try:
         if suffix == ".json":
             return json.loads(text), {}

@@ -358,12 +358,16 @@ class Store:
         are inserted pending, retired ones revived; the ones that left are retired unless another
         cohort (the default included) still holds them (``kept``). Chunked like
         :meth:`sync_membership`, and a sync cut short is completed by the next one; the
-        ``named_cohorts`` row (``key``, ``counts``: generations per stage) is written last.
+        ``named_cohorts`` row is written first with an empty key (so a sync cut short, by a crash or
+        a stop, is never taken for done: the next check syncs again) and last with ``key`` and
+        ``counts`` (generations per stage).
         """
         live = await self.named_gen_ids(name)
         diff = await anyio.to_thread.run_sync(membership_diff, generations, live)
         total, done = len(diff.add) + len(diff.retire), 0
         added = revived = retired = joined = kept = 0
+        async with self.transaction() as db:  # "in progress" until the last chunk: a sync cut short is redone
+            await _mark_unsynced(db, name, utc_now())
         chunk = self.sync_chunk
         for start in range(0, len(diff.add), chunk):
             part = diff.add[start : start + chunk]
@@ -399,6 +403,8 @@ class Store:
         the last chunk, so a drop cut short is still listed and can be dropped again.
         """
         retired = 0
+        async with self.transaction() as db:  # a drop cut short is not "synced" if its spec comes back
+            await db.execute("UPDATE named_cohorts SET key = '' WHERE name = ?", (name,))
         while True:
             async with self.transaction() as db:
                 rows = list(
@@ -843,24 +849,6 @@ class Store:
         ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
-    async def spent_usd(self, *, scope: str | None = None) -> float:
-        """Dollars recorded for a cohort's generations (``scope`` as for :meth:`approve`): a generation
-        two cohorts share counts in both, as each would have had to pay for it."""
-        if scope is None:
-            sql = (
-                "SELECT coalesce(sum(a.cost), 0) FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
-                "WHERE g.in_default = 1"
-            )
-            params: tuple[Any, ...] = ()
-        else:
-            sql = (
-                "SELECT coalesce(sum(a.cost), 0) FROM cohort_members m JOIN attempts a ON a.gen_id = m.gen_id "
-                "WHERE m.cohort = ?"
-            )
-            params = (scope,)
-        rows = await self.db.execute_fetchall(sql, params)
-        return float(next(iter(rows))[0])
-
 
 _COUNT_KEY = "stage, state, llm_model_id, mode"
 _ADD_COUNTS = (
@@ -942,6 +930,8 @@ async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str
         "AND gen_id IN (SELECT value FROM json_each(?))",
         (now, members),
     )
+    if kept:  # what the default cohort approved and did not start is not the named cohorts' to run
+        await _unqueue(db, ids, now, _DEFAULT_APPROVAL, ())
     return len(retired), kept
 
 
@@ -982,6 +972,10 @@ async def _add_named(
     for stage, state, model, mode in revived:
         delta[(stage, state, 1, model, mode)] -= 1
         delta[(stage, state, 0, model, mode)] += 1
+    if revived:  # queued under another cohort's approval before it was retired: this one did not approve it
+        await _unqueue(
+            db, [gen_id for gen_id, retired in existing.items() if retired], now, _ANY_APPROVAL, ()
+        )
     joined = sum(1 for gen_id, retired in existing.items() if not retired and gen_id in new)
     rows = _new_rows(part, existing, modes, now)
     before = db.total_changes
@@ -1025,7 +1019,40 @@ async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], 
         delta[(stage, state, 0, model, mode)] -= 1
         delta[(stage, state, 1, model, mode)] += 1
     await _apply_counts(db, delta)
+    if len(left) > len(
+        retired
+    ):  # kept by other cohorts: what this one approved and did not start is not theirs
+        await _unqueue(db, left, now, "cohort_id = ?", (name,))
     return len(retired), len(left) - len(retired)
+
+
+_ANY_APPROVAL = "1"
+_DEFAULT_APPROVAL = "cohort_id IS NULL OR cohort_id NOT IN (SELECT name FROM named_cohorts)"
+"""An approval of the default cohort: it records the default cohort's id of the day, never a name."""
+
+
+async def _unqueue(
+    db: aiosqlite.Connection, ids: Sequence[str], now: str, approval: str, params: Sequence[Any]
+) -> int:
+    """Send back to pending the rows of ``ids`` still live and queued under an approval matching
+    ``approval`` (SQL over ``approvals``): approved for a cohort that no longer holds them, they are
+    not another cohort's to pay for until that cohort approves them. Counts follow (the state trigger)."""
+    return await _changes(
+        db,
+        "UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE state = 'queued' "
+        "AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) "
+        f"AND approval_id IN (SELECT id FROM approvals WHERE {approval})",
+        (now, json.dumps(list(ids)), *params),
+    )
+
+
+async def _mark_unsynced(db: aiosqlite.Connection, name: str, now: str) -> None:
+    """Record ``name`` with an empty key: listed (so a removed spec drops it), not synced."""
+    await db.execute(
+        "INSERT INTO named_cohorts (name, key, first_seen, last_applied, counts) VALUES (?, '', ?, ?, '{}') "
+        "ON CONFLICT (name) DO UPDATE SET key = ''",
+        (name, now, now),
+    )
 
 
 async def _any_outside_default(db: aiosqlite.Connection) -> bool:

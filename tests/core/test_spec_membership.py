@@ -238,7 +238,7 @@ def test_errors_name_the_spec_the_key_and_the_value(data: Any, words: list[str])
 def test_a_curated_id_of_the_wrong_stage_is_an_error() -> None:
     _, base = default()
     draft = by_stage(base, Stage.DRAFT)[0]
-    assert "is a draft, not a essay" in fails({"axes": {"essay_gen_id": [draft.gen_id]}})
+    assert "is a draft, not an essay" in fails({"axes": {"essay_gen_id": [draft.gen_id]}})
 
 
 def test_a_spec_past_the_size_limit_is_refused_unbuilt(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,6 +147,9 @@ async def test_spec_edits_rebuild_and_a_broken_spec_keeps_its_last_good_membersh
     tmp_path: Path, fake: FakeLlm, daemons: list[Daemon]
 ) -> None:
     daemon = make(daemons, tmp_path, fast_config(fake.base_url))
+    deep = daemon.data / "cohorts" / "a-deep" / "spec"  # sorted first: it must not stop the others
+    deep.mkdir(parents=True)
+    (deep / "config.yaml").write_text("axes:\n  evaluation_template: " + "[" * 600 + "]" * 600 + "\n")
     await daemon.start()
     spec = daemon.data / "cohorts" / "one-judge" / "spec"
     spec.mkdir(parents=True)
@@ -170,6 +173,7 @@ async def test_spec_edits_rebuild_and_a_broken_spec_keeps_its_last_good_membersh
     )
     error = next(e for e in status["errors"] if e.get("file") == "cohorts/one-judge/spec/config.yaml")
     assert error["line"] == 3 and "ghost" in error["message"]
+    assert any("a-deep" in str(e.get("file")) and "nests more than" in e["message"] for e in status["errors"])
     kept = await scoped(daemon, "one-judge")
     assert kept is not None and kept["stages"]["evaluation"]["pending"] == 18
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,8 +146,9 @@ def test_spec_folders_are_found_by_name_and_output_folders_are_not(tmp_path: Pat
     write_spec(tmp_path, "a-cohort", "axes: [oops\n")
     (tmp_path / "cohorts" / "deadbeef0123").mkdir()  # the default cohort's output folder: no spec/
     (tmp_path / "cohorts" / "deadbeef0123" / "membership.csv").write_text("stage,gen_id\n")
-    specs, problems = read_cohort_specs(tmp_path)
-    assert [s.name for s in specs] == ["a-cohort", "b-cohort"] and not problems
+    found = read_cohort_specs(tmp_path)
+    specs = found.specs
+    assert [s.name for s in specs] == ["a-cohort", "b-cohort"] and not found.problems and found.listed
     broken = specs[0].document
     assert broken.path == "cohorts/a-cohort/spec/config.yaml"
     assert broken.problems and broken.problems[0].line == 2 and "invalid YAML" in broken.problems[0].message
@@ -156,9 +158,9 @@ def test_spec_folders_are_found_by_name_and_output_folders_are_not(tmp_path: Pat
 def test_a_spec_fingerprint_follows_its_includes(tmp_path: Path) -> None:
     folder = write_spec(tmp_path, "c", "axes:\n  draft_template: '@file:items.csv'\n")
     (folder / "items.csv").write_text("draft_template\nd1\n")
-    before = read_cohort_specs(tmp_path)[0][0].document.fingerprint
+    before = read_cohort_specs(tmp_path).specs[0].document.fingerprint
     (folder / "items.csv").write_text("draft_template\nd2\n")
-    assert read_cohort_specs(tmp_path)[0][0].document.fingerprint != before
+    assert read_cohort_specs(tmp_path).specs[0].document.fingerprint != before
 
 
 def test_linked_folders_and_bad_names_are_refused(tmp_path: Path) -> None:
@@ -171,8 +173,31 @@ def test_linked_folders_and_bad_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "data" / "cohorts" / "inner").mkdir()
     (cohorts / "inner" / "spec").symlink_to(outside / "cohorts" / "elsewhere" / "spec")
     write_spec(tmp_path / "data", "bad name")
-    specs, problems = read_cohort_specs(tmp_path / "data")
-    assert [s.name for s in specs] == ["ok"]
-    shown = "\n".join(str(p) for p in problems)
+    found = read_cohort_specs(tmp_path / "data")
+    assert [s.name for s in found.specs] == ["ok"]
+    assert found.held == {"linked", "inner"}  # kept as they were, not taken as removed
+    shown = "\n".join(str(p) for p in found.problems)
     assert "cohorts/linked/spec" in shown and "cohorts/inner/spec" in shown and "link" in shown
     assert "cohorts/bad name/spec" in shown
+
+
+def test_an_unlistable_cohorts_folder_keeps_every_cohort(tmp_path: Path) -> None:
+    (tmp_path / "cohorts").write_text("not a folder but")  # a file: nothing to list, nothing removed
+    assert read_cohort_specs(tmp_path).specs == () and read_cohort_specs(tmp_path).listed
+    other = tmp_path / "other"
+    write_spec(other, "x")
+    (other / "cohorts").chmod(0o000)
+    try:
+        found = read_cohort_specs(other)
+        if os.geteuid() == 0:  # root reads it anyway
+            assert found.listed
+        else:
+            assert not found.listed and "cannot list" in str(found.problems[0])
+    finally:
+        (other / "cohorts").chmod(0o755)
+
+
+def test_deep_nesting_is_refused_before_anything_walks_it(tmp_path: Path) -> None:
+    folder = write_spec(tmp_path, "deep", "axes:\n  evaluation_template: " + "[" * 600 + "]" * 600 + "\n")
+    document = read_spec(folder)
+    assert document.data is None and "nests more than 32 levels" in str(document.problems[0])

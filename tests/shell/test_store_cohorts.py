@@ -590,3 +590,52 @@ def test_counts_and_marks_stay_exact_after_any_sequence_of_writes(
                     await assert_exact(store)
 
     anyio.run(scenario)
+
+
+async def test_queued_work_does_not_follow_a_row_into_a_cohort_that_did_not_approve_it(
+    tmp_path: Path,
+) -> None:
+    scope = {"stage": "draft", "template_id": None, "llm_model_id": None, "limit": None, "requested_by": "t"}
+    async with Store.open(tmp_path / "run.sqlite") as store:
+        # revived: queued by the default cohort, retired by an edit, then named by a spec
+        await store.sync_membership(default(range(4)), MODES, "fp1")
+        await store.approve(**scope, cohort_id="cohort_aaaa")
+        await store.sync_membership(default(range(2)), MODES, "fp2")  # d_00002, d_00003 retired, queued
+        await named(store, "n", {2, 3})
+        assert await ids(store, "state = 'queued' AND stage = 'draft'") == {"d_00000", "d_00001"}
+        assert (await store.counts(scope="n"))["draft"]["pending"] == 2
+        await assert_exact(store)
+
+        # kept: approved by the default cohort, which then drops them while the named cohort holds them
+        await named(store, "n", {0, 2, 3})
+        await store.sync_membership(default(range(1)), MODES, "fp3")  # d_00001 retired; d_00000 stays
+        assert await ids(store, "state = 'queued' AND retired = 0") == {"d_00000"}  # still the default's
+        await store.sync_membership(default(()), MODES, "fp4")  # d_00000 kept by n only
+        assert await ids(store, "state = 'queued' AND retired = 0") == set()
+        await assert_exact(store)
+
+        # a named cohort's approval does not follow rows it leaves into the default cohort
+        await store.sync_membership(default({0, 2}), MODES, "fp5")
+        await store.approve(**scope, cohort_id="n", scope="n")
+        assert await ids(store, "state = 'queued'") >= {"d_00000", "d_00002", "d_00003"}
+        await named(store, "n", {3})
+        assert "d_00000" not in await ids(store, "state = 'queued' AND retired = 0")
+        assert "d_00003" in await ids(store, "state = 'queued' AND retired = 0")  # still n's
+        await assert_exact(store)
+
+
+async def test_a_sync_cut_short_is_never_taken_for_done(tmp_path: Path) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash(done: int, total: int) -> None:
+        raise Crash
+
+    async with Store.open(tmp_path / "run.sqlite") as store:
+        store.sync_chunk = 2
+        with pytest.raises(Crash):  # the first sync of a new cohort, cut short
+            await store.sync_named("n", gens(range(5)), MODES, key="k1", counts={}, progress=crash)
+        record = (await store.named_cohorts())["n"]
+        assert record.key == ""  # listed (a removed spec drops it), not synced
+        await named(store, "n", range(5))
+        assert (await store.named_cohorts())["n"].key != ""

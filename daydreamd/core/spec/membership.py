@@ -378,12 +378,12 @@ class _Builder:
             what = f"the draft {gen_id!r} of {child!r}" if child else f"{column} {gen_id!r}"
             self._fail(
                 origin,
-                f"{what} is not a generation of this experiment or its run state; give its coordinates "
-                "too (as daydreamctl cohort new writes them), or check the id",
+                f"{what} is not a generation of this experiment, nor a finished one of its run state; "
+                "give its coordinates too (as daydreamctl cohort new writes them), or check the id",
             )
             return None
         if found.stage is not stage:
-            self._fail(origin, f"{column} {gen_id!r} is a {found.stage}, not a {stage}")
+            self._fail(origin, f"{column} {gen_id!r} is {_a(found.stage)}, not {_a(stage)}")
             return None
         return found
 
@@ -493,6 +493,10 @@ def _origin_of(compiled: Compiled, coordinate: str, value: str) -> Origin:
         if text == value and CANONICAL.get(column) == coordinate:
             return origin
     return Origin(compiled.spec.path, None, coordinate)
+
+
+def _a(stage: Stage) -> str:
+    return f"an {stage}" if str(stage)[0] in "aeiou" else f"a {stage}"
 
 
 def _ids(templates: Sequence[Template]) -> tuple[str, ...]:
