@@ -16,7 +16,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from daydreamd.core import ids
 from daydreamd.core.canonical import sha256_hex
@@ -47,9 +47,12 @@ class Combo:
     description_level: str
 
 
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """One unit of work in the cohort: a row of ``membership.csv`` without the cohort id."""
+class Generation(NamedTuple):
+    """One unit of work in the cohort: a row of ``membership.csv`` without the cohort id.
+
+    A named tuple rather than a frozen dataclass, for speed alone: a cohort makes one per
+    generation, a million or more per rebuild, and a tuple is made in less than half the time.
+    """
 
     stage: Stage
     gen_id: str

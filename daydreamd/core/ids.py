@@ -93,8 +93,26 @@ def draft_parent_key(combo: str, concepts: Iterable[tuple[str, str, str, str]]) 
 
 def gen_id(stage: Stage, spec: str, parent_key: str, replicate: int) -> str:
     """The gen_id for a spec (from ``gen_spec``), a parent key and a replicate index."""
-    payload = f"gen|v1\n{spec}\n{parent_key}\n{replicate}"
-    return GEN_ID_PREFIX[stage] + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    return GenIds(stage, spec)(parent_key, replicate)
+
+
+class GenIds:
+    """The gen_ids of one (stage, spec), for many parents: the hash of the spec's part of the payload
+    is taken once and copied, which halves the cost of a million ids (a spec is a few hundred bytes).
+
+    ``GenIds(stage, spec)(parent_key, replicate) == gen_id(stage, spec, parent_key, replicate)``.
+    """
+
+    __slots__ = ("_head", "_prefix")
+
+    def __init__(self, stage: Stage, spec: str) -> None:
+        self._prefix = GEN_ID_PREFIX[stage]
+        self._head = hashlib.sha256(f"gen|v1\n{spec}\n".encode())
+
+    def __call__(self, parent_key: str, replicate: int) -> str:
+        digest = self._head.copy()
+        digest.update(f"{parent_key}\n{replicate}".encode())
+        return self._prefix + digest.hexdigest()[:16]
 
 
 def cohort_id(manifest_without_id: dict[str, Any]) -> str:

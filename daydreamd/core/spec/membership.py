@@ -29,11 +29,13 @@ two cohorts share has one id, one set of files and one payment.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from daydreamd.core import ids
@@ -42,7 +44,6 @@ from daydreamd.core.cohort import (
     Cohort,
     Combo,
     Generation,
-    check_links,
     draft_parent_key,
     generation_spec,
     model_entry,
@@ -53,6 +54,7 @@ from daydreamd.core.experiment import Experiment, Generator, LlmModel, Template
 from daydreamd.core.problems import Problem, error
 from daydreamd.core.spec.compile import Compiled
 from daydreamd.core.spec.document import Origin
+from daydreamd.core.spec.parsing import Value
 from daydreamd.core.stages import STAGES, Stage
 
 COMBO = "combo_id"
@@ -60,6 +62,12 @@ DRAFT_COLUMNS = ("combo_id", "draft_template", "draft_llm", "draft_replicate")
 ESSAY_COLUMNS = ("essay_template", "essay_llm", "essay_replicate")
 EVALUATION_COLUMNS = ("evaluation_template", "evaluation_llm", "evaluation_replicate")
 CURATED_COLUMNS = ("draft_gen_id", "essay_gen_id")
+
+COORDINATES = (*DRAFT_COLUMNS, *ESSAY_COLUMNS, *EVALUATION_COLUMNS, *CURATED_COLUMNS)
+"""A path's coordinates, in the order of its values (see :data:`Route`)."""
+_AT = {name: index for index, name in enumerate(COORDINATES)}
+Route = tuple["Value", ...]
+"""One path's values, in :data:`COORDINATES` order ('' for a coordinate it does not use)."""
 
 CANONICAL: dict[str, str] = {
     "combo_id": "combo_id",
@@ -138,16 +146,16 @@ def build_spec_cohort(
             "built: narrow an axis, or set the axes it leaves to the default cohort"
         )
         return None, (error(compiled.spec.path, message),)
-    builder.run(compiled)
+    with _collector_paused():
+        builder.run(compiled)
     builder.problems.extend(_template_problems(compiled, inputs, builder.used_templates))
     if builder.problems:
         return None, tuple(builder.problems)
     generations = (*builder.drafts.values(), *builder.essays.values(), *builder.evaluations.values())
-    links = tuple(check_links(generations))
-    if links:
-        return None, links
+    # No check_links here: every parent was added (drafts, then essays) before a child that names
+    # it, and ids are dict keys, so the check the default cohort makes cannot fail (and costs a second).
     combos = tuple(builder.used_combos.values())
-    manifest = _manifest(name, compiled, inputs, combos, generations, fingerprint)
+    manifest = _manifest(name, compiled, inputs, builder, fingerprint)
     return Cohort(cohort_id=name, manifest=manifest, combos=combos, generations=generations), ()
 
 
@@ -184,8 +192,11 @@ class _Builder:
         self.used_combos: dict[str, Combo] = {}
         self.used_templates: dict[tuple[Stage, str], tuple[Template, str]] = {}
         """(stage, template id) -> the template and the coordinate that first named it."""
-        self._draft_cache: dict[tuple[str, ...], Generation | None] = {}
-        self._essay_cache: dict[tuple[str, ...], Generation | None] = {}
+        self._draft_cache: dict[tuple[Value, ...], Generation | None] = {}
+        self._essay_cache: dict[tuple[Value, ...], Generation | None] = {}
+        self._evaluation_cache: dict[tuple[Value, ...], tuple[ids.GenIds, str, str, int] | None] = {}
+        self._templates = {(t.stage, t.template_id): t for t in self.experiment.templates}
+        self._models = {m.model_id: m for m in self.experiment.models}
         self._specs: dict[tuple[Stage, str, str], str] = {}
         self._by_id: dict[str, Generation] | None = None
 
@@ -243,26 +254,66 @@ class _Builder:
     # -- the rows ----------------------------------------------------------------------------
 
     def run(self, compiled: Compiled) -> None:
-        positions = [
-            (CANONICAL[column], index) for index, column in enumerate(compiled.columns) if column in CANONICAL
-        ]
+        """Every row, with every combination of the default levels it leaves out, as a path."""
         defaults = self.defaults()
-        names = [name for name, _ in defaults]
-        for row in compiled.rows():
-            given = {coordinate: row[index] for coordinate, index in positions}
-            for extra in itertools.product(*(values for _, values in defaults)):
-                values = {**given, **dict(zip(names, extra, strict=True))}
+        names, rows = compiled.plan.unordered()
+        width = len(names)
+        position = {column: index for index, column in enumerate(names)}
+        default_at = {name: width + j for j, (name, _) in enumerate(defaults)}
+        blank = width + len(defaults)  # a trailing "": a coordinate the path does not use
+        indices = [
+            position[self.columns[c]] if c in self.columns else default_at.get(c, blank) for c in COORDINATES
+        ]
+        values_of = itemgetter(*indices)  # in C: a row (and its defaults) to the coordinates' tuple
+        extras = [(*extra, "") for extra in itertools.product(*(levels for _, levels in defaults))]
+        paths = (values_of(row + extra) for row in rows for extra in extras)
+        if self.curated:
+            for values in paths:
                 self._path(values)
                 if len(self.problems) >= MAX_ERRORS:
-                    self.problems.append(
-                        error(
-                            self.spec.path,
-                            f"stopped after {MAX_ERRORS} problems; fix these and compile again",
-                        )
-                    )
-                    return
+                    break
+        else:
+            self._fast_paths(paths)
+        if len(self.problems) >= MAX_ERRORS:
+            self.problems.append(
+                error(self.spec.path, f"stopped after {MAX_ERRORS} problems; fix these first")
+            )
 
-    def _path(self, values: Mapping[str, Any]) -> None:
+    def _fast_paths(self, paths: Iterator[Route]) -> None:
+        """:meth:`_path` for every path of a spec without curated ids, its cache look-ups inline: a
+        million rows make a million evaluations, and every call or attribute look-up saved per row
+        is a tenth of a second."""
+        drafts, essays, judges = self._draft_cache, self._essay_cache, self._evaluation_cache
+        evaluations = self.evaluations
+        for values in paths:
+            try:
+                draft = drafts[values[:4]]
+            except KeyError:
+                draft = self._draft(values)
+            if draft is None:
+                continue
+            try:
+                essay = essays[(draft.gen_id, *values[4:7])]
+            except KeyError:
+                essay = self._essay(draft, values)
+            if essay is None:
+                continue
+            try:
+                judged = judges[values[7:10]]
+            except KeyError:
+                judged = judges[values[7:10]] = self._judged(*(str(v) for v in values[7:10]))
+            if judged is None:
+                continue
+            make_id, template_id, model_id, number = judged
+            gen_id = make_id(essay.gen_id, number)
+            if gen_id not in evaluations:
+                evaluations[gen_id] = Generation(
+                    Stage.EVALUATION, gen_id, essay.gen_id, essay.combo_id, template_id, model_id, number
+                )
+            if len(self.problems) >= MAX_ERRORS:
+                return
+
+    def _path(self, values: Route) -> None:
         if self.curated == "essay_gen_id":
             essay = self._curated_essay(values)
         else:
@@ -271,11 +322,13 @@ class _Builder:
         if essay is not None:
             self._evaluation(essay, values)
 
-    def _draft(self, values: Mapping[str, Any]) -> Generation | None:
-        key = tuple(str(values[c]) for c in DRAFT_COLUMNS)
-        if key in self._draft_cache:
+    def _draft(self, values: Route) -> Generation | None:
+        key = values[:4]
+        try:
             return self._draft_cache[key]
-        combo_id, template_id, model_id, replicate = key
+        except KeyError:
+            pass
+        combo_id, template_id, model_id, replicate = (str(v) for v in key)
         found = None
         combo = self.combos.get(combo_id)
         template = self._template(Stage.DRAFT, template_id, "draft_template")
@@ -296,11 +349,13 @@ class _Builder:
         self._draft_cache[key] = found
         return found
 
-    def _essay(self, draft: Generation, values: Mapping[str, Any]) -> Generation | None:
-        key = (draft.gen_id, *(str(values[c]) for c in ESSAY_COLUMNS))
-        if key in self._essay_cache:
+    def _essay(self, draft: Generation, values: Route) -> Generation | None:
+        key = (draft.gen_id, *values[4:7])
+        try:
             return self._essay_cache[key]
-        _, template_id, model_id, replicate = key
+        except KeyError:
+            pass
+        template_id, model_id, replicate = (str(v) for v in key[1:])
         found = None
         template = self._template(Stage.ESSAY, template_id, "essay_template")
         number = self._replicate(replicate, "essay_replicate")
@@ -318,24 +373,41 @@ class _Builder:
         self._essay_cache[key] = found
         return found
 
-    def _evaluation(self, essay: Generation, values: Mapping[str, Any]) -> None:
-        template_id, model_id, replicate = (str(values[c]) for c in EVALUATION_COLUMNS)
+    def _evaluation(self, essay: Generation, values: Route) -> None:
+        key = values[7:10]
+        try:
+            judged = self._evaluation_cache[key]
+        except KeyError:
+            judged = self._evaluation_cache[key] = self._judged(*(str(v) for v in key))
+        if judged is None:
+            return
+        make_id, template_id, model_id, number = judged
+        gen_id = make_id(essay.gen_id, number)
+        if gen_id not in self.evaluations:
+            self.evaluations[gen_id] = Generation(
+                Stage.EVALUATION, gen_id, essay.gen_id, essay.combo_id, template_id, model_id, number
+            )
+
+    def judged_used(self) -> list[tuple[ids.GenIds, str, str, int]]:
+        """The (spec, template, judge, replicate) of the evaluations built (a few, whatever the rows)."""
+        return [judged for judged in self._evaluation_cache.values() if judged is not None]
+
+    def _judged(
+        self, template_id: str, model_id: str, replicate: str
+    ) -> tuple[ids.GenIds, str, str, int] | None:
+        """An evaluation's ids, template, judge and replicate, checked once per combination."""
         template = self._template(Stage.EVALUATION, template_id, "evaluation_template")
         model = self._model(model_id, "evaluation_llm")
         number = self._replicate(replicate, "evaluation_replicate")
         if template is None or model is None or number is None:
-            return
-        spec = self._spec(Stage.EVALUATION, template, model)
-        gen_id = ids.gen_id(Stage.EVALUATION, spec, essay.gen_id, number)
-        self.evaluations.setdefault(
-            gen_id,
-            Generation(Stage.EVALUATION, gen_id, essay.gen_id, essay.combo_id, template_id, model_id, number),
-        )
+            return None
+        make_id = ids.GenIds(Stage.EVALUATION, self._spec(Stage.EVALUATION, template, model))
+        return make_id, template_id, model_id, number
 
     # -- curated inputs ----------------------------------------------------------------------
 
-    def _curated_essay(self, values: Mapping[str, Any]) -> Generation | None:
-        wanted = str(values["essay_gen_id"])
+    def _curated_essay(self, values: Route) -> Generation | None:
+        wanted = str(values[_AT["essay_gen_id"]])
         if "essay_template" in self.columns:  # coordinates given: compute, and check against the id
             draft = self._draft(values)
             essay = None if draft is None else self._essay(draft, values)
@@ -354,8 +426,8 @@ class _Builder:
         self._use_combo(draft.combo_id)
         return essay
 
-    def _curated_draft(self, values: Mapping[str, Any]) -> Generation | None:
-        wanted = str(values["draft_gen_id"])
+    def _curated_draft(self, values: Route) -> Generation | None:
+        wanted = str(values[_AT["draft_gen_id"]])
         if "draft_template" in self.columns:
             draft = self._draft(values)
             if draft is not None and draft.gen_id != wanted:
@@ -403,7 +475,7 @@ class _Builder:
     # -- lookups -----------------------------------------------------------------------------
 
     def _template(self, stage: Stage, template_id: str, coordinate: str) -> Template | None:
-        template = self.experiment.template(stage, template_id)
+        template = self._templates.get((stage, template_id))
         if template is not None:
             self.used_templates.setdefault((stage, template_id), (template, coordinate))
         else:
@@ -415,7 +487,7 @@ class _Builder:
         return template
 
     def _model(self, model_id: str, coordinate: str) -> LlmModel | None:
-        model = self.experiment.model(model_id)
+        model = self._models.get(model_id)
         if model is None:
             self._fail(
                 self._value_origin(coordinate, model_id),
@@ -456,6 +528,24 @@ class _Builder:
             return
         self._seen_messages.add(text)
         self.problems.append(error(origin.path, text, line=origin.line))
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a build makes a million tuples.
+
+    Tuples are tracked by the collector, so making a million of them runs it again and again over
+    everything already made, a third of a million-row build's time; none of them can be part of a
+    cycle (reference counting frees them). It is switched back on only if it was on: the process's
+    other threads allocate meanwhile as usual, and are collected after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _template_problems(
@@ -508,28 +598,29 @@ def _replicates(experiment: Experiment, stage: Stage) -> tuple[str, ...]:
 
 
 def _manifest(
-    name: str,
-    compiled: Compiled,
-    inputs: SpecInputs,
-    combos: Sequence[Combo],
-    generations: Sequence[Generation],
-    fingerprint: str,
+    name: str, compiled: Compiled, inputs: SpecInputs, builder: _Builder, fingerprint: str
 ) -> dict[str, Any]:
-    """What defines the named cohort: its spec, and the combos, templates and models its generations use."""
+    """What defines the named cohort: its spec, and the combos, templates and models its generations
+    use (read from the drafts, the essays and the evaluations' few (template, judge) pairs)."""
     experiment = inputs.experiment
-    counts = Counter(g.stage for g in generations)
     used: dict[Stage, set[str]] = {s: set() for s in STAGES}
     models: dict[str, set[str]] = {"generation": set(), "evaluation": set()}
-    for g in generations:
+    for g in (*builder.drafts.values(), *builder.essays.values()):
         used[g.stage].add(g.template_id)
-        models["evaluation" if g.stage is Stage.EVALUATION else "generation"].add(g.llm_model_id)
+        models["generation"].add(g.llm_model_id)
+    for judged in builder.judged_used():
+        used[Stage.EVALUATION].add(judged[1])
+        models["evaluation"].add(judged[2])
+    counts = {Stage.DRAFT: builder.drafts, Stage.ESSAY: builder.essays, Stage.EVALUATION: builder.evaluations}
     return {
         "cohort_id": name,
         "kind": "spec",
         "schema": MANIFEST_SCHEMA,
         "spec": {"path": compiled.spec.path, "fingerprint": fingerprint, "rows": compiled.count},
         "description_level": inputs.settings.experiment.description_level,
-        "combos": [{"combo_id": c.combo_id, "concept_ids": list(c.concept_ids)} for c in combos],
+        "combos": [
+            {"combo_id": c.combo_id, "concept_ids": list(c.concept_ids)} for c in builder.used_combos.values()
+        ],
         "templates": {
             str(s): [
                 template_entry(t) for t in experiment.templates if t.stage is s and t.template_id in used[s]
@@ -537,9 +628,9 @@ def _manifest(
             for s in STAGES
         },
         "models": {
-            kind: [model_entry(m) for m in experiment.models if m.model_id in ids]
-            for kind, ids in models.items()
+            kind: [model_entry(m) for m in experiment.models if m.model_id in chosen]
+            for kind, chosen in models.items()
         },
         "stage_parameters": {str(s): inputs.settings.stage(s).call_parameters() for s in STAGES},
-        "counts": {str(s): counts.get(s, 0) for s in STAGES},
+        "counts": {str(s): len(counts[s]) for s in STAGES},
     }

@@ -57,6 +57,16 @@ class Rows:
                 values = tuple(flat(combo))
                 yield tuple([values[p] for p in positions])
 
+    def unordered(self) -> tuple[tuple[str, ...], Iterator[tuple[Value, ...]]]:
+        """The rows in order but their values not in ``field_order``: each axis's columns in axis
+        order, with those columns' names. For a consumer that picks values by name anyway, it saves
+        reordering every row."""
+        names = [""] * len(self.positions)
+        for column, position in zip(self.columns, self.positions, strict=True):
+            names[position] = column
+        flat = chain.from_iterable
+        return tuple(names), (tuple(flat(combo)) for combo in product(*self.tables))
+
     def _shuffled(self, seed: int) -> Iterator[tuple[tuple[Value, ...], ...]]:
         order = list(range(self.count))
         random.Random(seed).shuffle(order)
