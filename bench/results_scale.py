@@ -274,11 +274,12 @@ def _peak_rss_mb() -> float:
 def measure_once(source: str, data: Path, db: Path, out: Path, scope: str) -> dict[str, Any]:
     """Read, index, build and write once in this process; timings, counts and memory."""
     t_import = time.perf_counter()
+    from daydreamd.core.collector import paused_gc
     from daydreamd.core.results import build_tables
     from daydreamd.core.scores import Scores
     from daydreamd.storage.score_db import read_rows_from_db
     from daydreamd.storage.score_files import read_rows_from_files
-    from daydreamd.storage.scores import paused_gc, write_tables
+    from daydreamd.storage.scores import write_tables
 
     import_s = time.perf_counter() - t_import
     cohort = None if scope == "all" else COHORT

@@ -112,10 +112,11 @@ def results(
       daydreamctl results --cohort cohort_3f2a9c1d0b7e --json
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
     """
+    from daydreamd.core.collector import paused_gc
     from daydreamd.core.results import build_tables, completeness, top_essays
     from daydreamd.storage.layout import DataLayout
     from daydreamd.storage.score_inputs import ResultsError
-    from daydreamd.storage.scores import load_scores, paused_gc, write_tables
+    from daydreamd.storage.scores import load_scores, write_tables
 
     if cohort_id and all_cohorts:
         raise click.UsageError("give either --cohort ID or --all, not both")
@@ -358,6 +359,7 @@ def report(
       daydreamctl report --cohort cohort_3f2a9c1d0b7e --out /tmp/report.html
       daydreamctl report --from-files --json
     """
+    from daydreamd.core.collector import paused_gc
     from daydreamd.core.results import top_essays
     from daydreamd.core.timestamps import utc_now
     from daydreamd.report.html import TOP_N, ReportData, render_report
@@ -365,7 +367,7 @@ def report(
     from daydreamd.storage.cohort_files import read_manifest
     from daydreamd.storage.layout import DataLayout
     from daydreamd.storage.score_inputs import ResultsError
-    from daydreamd.storage.scores import load_scores, paused_gc
+    from daydreamd.storage.scores import load_scores
 
     obj.data = data
     settings = obj.settings()

@@ -22,35 +22,18 @@ Tables (:class:`daydreamd.core.table.Table`) are written here as CSV, atomically
 from __future__ import annotations
 
 import csv
-import gc
 import io
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from daydreamd.core.collector import paused_gc
 from daydreamd.core.scores import Scores
 from daydreamd.core.table import Table, format_number
 from daydreamd.storage.atomic import write_atomic_with
 from daydreamd.storage.score_db import read_rows_from_db
 from daydreamd.storage.score_files import read_rows_from_files
 from daydreamd.storage.score_inputs import Loaded
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic garbage collector off for a bulk build (restored after; re-entrant).
-
-    A million rows are a few million tuples, lists and dicts, none of them in a cycle; with
-    the collector on, its repeated full passes over them take half the time of ``results``.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def load_scores(
