@@ -96,9 +96,12 @@ def results(
       parsing/aggregated_scores.csv     every finished evaluation, with paths
       summary/generation_scores.csv     one row per essay, one column per template__judge
       summary/final_results.csv         count, mean, std, top/high shares per group
+      summary/breakdowns.csv            per evaluation template: n, mean, 95% t interval, sd by group
       summary/perfect_score_paths.csv   evaluations at their template's maximum
       analysis/judge_agreement.csv      spread across judges, per essay and template
       analysis/variance_analysis.csv    spread across judges, templates and replicates
+      summary/costs.csv                 calls, tokens, dollars, latency per stage, template, model
+                                        (from the run state's calls; not with --from-files)
       evaluation_scores_by_template_model.csv   (--all only) the cross-experiment pivot
 
     std is the population standard deviation; a template's scale is the one `daydreamctl
@@ -133,6 +136,9 @@ def results(
         with paused_gc():
             tables = build_tables(scores, cross_experiment=scope is None)
             directory = out or DataLayout(data_dir).reports_dir(scope)
+            tables += _cost_tables(
+                settings, scope, directory, from_files=from_files, warnings=loaded.warnings
+            )
             paths = write_tables(directory, tables)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -168,6 +174,31 @@ def results(
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     _print_results(summary, tables, show=sys.stdout.isatty() if show is None else show)
+
+
+def _cost_tables(
+    settings: Settings, scope: str | None, directory: Path, *, from_files: bool, warnings: list[str]
+) -> tuple[Table, ...]:
+    """``summary/costs.csv`` from the run state's ``attempts`` (every call sent), or nothing from files.
+
+    The gens store keeps, per generation, the usage of the reply it saved, not the calls that
+    failed or were retried before it, nor their times: a table from it would undercount what was
+    sent and paid for, so none is written and ``warnings`` says why (and that a table already in
+    ``directory`` is from an earlier run, not this one).
+    """
+    from daydreamd.core.costs import COSTS, costs_table
+    from daydreamd.storage.costs import read_call_groups
+
+    if from_files:
+        stale = directory / COSTS
+        warnings.append(
+            f"{COSTS} not written: the gens store (--from-files) holds each generation's saved reply, "
+            "not every call sent (failed and retried ones); run without --from-files to read them from "
+            "the run state" + (f"; {stale} is from an earlier run" if stale.exists() else "")
+        )
+        return ()
+    paths = settings.paths
+    return (costs_table(read_call_groups(paths.state_db, paths.data_dir, scope)),)
 
 
 def _progress(settings: Settings, cohort_id: str, *, from_files: bool) -> dict[str, dict[str, int]]:

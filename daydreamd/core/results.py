@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from daydreamd.core.agreement import agreement_tables
+from daydreamd.core.breakdowns import breakdowns_table
 from daydreamd.core.scores import (
     GroupStats,
     ScoreRow,
@@ -300,6 +301,7 @@ def build_tables(scores: Scores, *, cross_experiment: bool = False) -> tuple[Tab
         perfect_score_paths(scores),
         judges,
         variance,
+        breakdowns_table(scores),
     ]
     if cross_experiment:
         tables.append(evaluation_scores_by_template_model(scores))

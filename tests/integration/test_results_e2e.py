@@ -20,6 +20,7 @@ TABLES = (
     "summary/perfect_score_paths.csv",
     "analysis/judge_agreement.csv",
     "analysis/variance_analysis.csv",
+    "summary/breakdowns.csv",
 )
 
 
