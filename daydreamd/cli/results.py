@@ -69,6 +69,11 @@ def _from_files_option(func: Any) -> Any:
 @_data_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Top essays to show.")
 @click.option(
+    "--by",
+    metavar="EVAL_TEMPLATE[:JUDGE]",
+    help="Rank the top essays by this rubric's mean (of one judge with :JUDGE), not by the sum of all.",
+)
+@click.option(
     "--show/--no-show",
     default=None,
     help="Print the top essays and the means as tables (default: only on a terminal).",
@@ -83,6 +88,7 @@ def results(
     from_files: bool,
     data: Path | None,
     top: int,
+    by: str | None,
     show: bool | None,
     as_json: bool,
 ) -> None:
@@ -114,6 +120,7 @@ def results(
       daydreamctl results
       daydreamctl results --cohort cohort_3f2a9c1d0b7e --json
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
+      daydreamctl results --top 20 --by novelty-judge:sonnet_4 --show
     """
     from daydreamd.core.collector import paused_gc
     from daydreamd.core.results import build_tables, completeness, top_essays
@@ -162,7 +169,8 @@ def results(
         "completeness_note": whole.sentence() if whole is not None else None,
         "failures_by_kind": scores.failures_by_kind(),
         "tables": {t.path: {"path": str(p), "rows": len(t.rows)} for t, p in zip(tables, paths, strict=True)},
-        "top_essays": [_top_dict(t) for t in top_essays(scores, top)],
+        "top_by": by,
+        "top_essays": [_top_dict(t) for t in top_essays(scores, top, by=_rubric(by, scores))],
         "by_draft_template": _means(final, "by_draft_template"),
         "by_generation_model": _means(final, "by_generation_model"),
         "by_evaluation_model": _means(final, "by_evaluation_model"),
@@ -250,6 +258,20 @@ def _data_without_files(settings: Settings) -> str:
     )
 
 
+def _rubric(by: str | None, scores: Scores) -> tuple[str, str | None] | None:
+    """``--by T[:J]`` as (template, judge); a rubric (or judge) that scored nothing here is an error."""
+    if by is None:
+        return None
+    template, _, judge = by.partition(":")
+    columns = scores.columns()
+    if not any(t == template and (not judge or j == judge) for t, j in columns):
+        used = ", ".join(sorted({f"{t}:{j}" for t, j in columns})) or "none"
+        raise click.BadParameter(
+            f"{by!r} scored no essay here; the rubrics and judges used are: {used}", param_hint="--by"
+        )
+    return template, judge or None
+
+
 def _top_dict(top: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -281,7 +303,8 @@ def _print_results(summary: dict[str, Any], tables: Sequence[Table], *, show: bo
         return
     top = summary["top_essays"]
     if top:
-        click.echo("\ntop essays (sum of template__judge means):")
+        ranked_by = f"mean of {summary['top_by']}" if summary["top_by"] else "sum of template__judge means"
+        click.echo(f"\ntop essays ({ranked_by}):")
         _print_table(
             ("#", "sum", "mean", "cols", "draft template", "model", "essay template", "essay"),
             [

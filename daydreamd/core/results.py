@@ -327,23 +327,34 @@ class TopEssay:
     essay_path: str
 
 
-def top_essays(scores: Scores, n: int = 10) -> list[TopEssay]:
-    """The ``n`` essays with the highest ``sum_scores`` (ties: higher mean, then essay id)."""
+def top_essays(scores: Scores, n: int = 10, *, by: tuple[str, str | None] | None = None) -> list[TopEssay]:
+    """The ``n`` essays with the highest ``sum_scores`` (ties: higher mean, then essay id).
+
+    With ``by`` = (evaluation template, judge or None), only that rubric's columns (per judge, each
+    the mean of its replicates) count, of that judge or of every judge on it, and the essays are
+    ranked by their mean (ties: more columns, then essay id): a ranking on one rubric and one
+    scale, which a sum over every rubric is not. An essay that rubric did not score is not ranked.
+    """
     ranked = []
     for essay_id, essay in scores.essays.items():
         means = essay.means()
+        if by is not None:
+            template, judge = by
+            means = {k: v for k, v in means.items() if k[0] == template and judge in (None, k[1])}
         if means:
             total = math.fsum(means.values())
-            ranked.append((-total, -total / len(means), essay_id))
+            mean = total / len(means)
+            key = (-mean, -len(means)) if by is not None else (-total, -mean)
+            ranked.append((key, essay_id, total, mean, len(means)))
     out = []
-    for neg_total, neg_mean, essay_id in sorted(ranked)[:n]:
+    for _, essay_id, total, mean, columns in sorted(ranked)[:n]:
         r = scores.essays[essay_id].first
         out.append(
             TopEssay(
                 essay_gen_id=essay_id,
-                sum_scores=-neg_total,
-                scored_columns=len(scores.essays[essay_id].means()),
-                mean=-neg_mean,
+                sum_scores=total,
+                scored_columns=columns,
+                mean=mean,
                 draft_template=r.draft_template,
                 essay_template=r.essay_template,
                 generation_model=r.generation_model,

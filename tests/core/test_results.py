@@ -402,6 +402,22 @@ def test_top_essays_by_sum_of_column_means(scores: Scores) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        # nov: E1 (9 from two replicates, 6) 7.5; E2 (5, 9) 7 on two judges before E3's 7 on one
+        (("nov", None), [("E1", 7.5, 2), ("E2", 7.0, 2), ("E3", 7.0, 1)]),
+        (("nov", "j2"), [("E2", 9.0, 1), ("E1", 6.0, 1)]),  # E3 has no j2 score on nov
+        (("rig", None), [("E1", 9.0, 1), ("E3", 6.0, 2)]),  # E2's rig evaluation failed: unranked
+    ],
+)
+def test_top_essays_by_one_rubric_rank_by_its_mean(
+    scores: Scores, by: tuple[str, str | None], expected: list[tuple[str, float, int]]
+) -> None:
+    top = top_essays(scores, 10, by=by)
+    assert [(t.essay_gen_id, t.mean, t.scored_columns) for t in top] == expected
+
+
 def test_tables_do_not_depend_on_input_order() -> None:
     """Any order of the same rows gives the same tables."""
     first = [text(t) for t in build_tables(Scores(ROWS), cross_experiment=True)]

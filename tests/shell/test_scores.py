@@ -500,6 +500,20 @@ def test_results_verb_defaults_to_the_applied_cohort_and_prints_tables(run: Run)
     assert "bridge-sketch" in stdout and "gemini_25_flash" in stdout
 
 
+def test_results_verb_ranks_top_essays_by_one_rubric(run: Run) -> None:
+    """--by T ranks by that rubric's mean alone: each listed essay's mean is its novelty-judge mean,
+    in descending order; a rubric that scored nothing is a usage error naming the ones used."""
+    code, stdout, _ = invoke(run, "results", "--top", "5", "--by", "novelty-judge", "--json")
+    assert code == 0, stdout
+    summary = json.loads(stdout)
+    top = summary["top_essays"]
+    assert summary["top_by"] == "novelty-judge" and len(top) == 5
+    means = [t["mean"] for t in top]
+    assert means == sorted(means, reverse=True)
+    code, _, stderr = invoke(run, "results", "--by", "clarity-judge")
+    assert code == 2 and "clarity-judge" in stderr and "novelty-judge:" in stderr
+
+
 def test_results_verb_rejects_cohort_and_all_together(run: Run) -> None:
     """--cohort and --all are exclusive: a usage error (exit 2)."""
     code, _, _ = invoke(run, "results", "--all", "--cohort", "x")
