@@ -890,21 +890,32 @@ async def _add_members(
             )
         )
         back.update(row[0] for row in joined)
-    rows = _new_rows(part, back, modes, now)
+    added = await _insert_pending(db, _new_rows(part, back, modes, now), delta, in_default=True)
+    return len(revived), added, len(joined)
+
+
+async def _insert_pending(
+    db: aiosqlite.Connection, rows: list[tuple[Any, ...]], delta: Counter[CountKey], *, in_default: bool
+) -> int:
+    """Insert these rows (from :func:`_new_rows`) pending, in the default cohort or not, and apply
+    ``delta`` plus their counts to ``generation_counts``; returns how many were inserted.
+
+    A row already there (a diff against a stale membership) is left as it is, and the counts are
+    then taken again from the table, the slow and always-right way."""
     before = db.total_changes
     await db.executemany(
         "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
         "template_id, llm_model_id, replicate, mode, state, created_at, updated_at, in_default) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
-        rows,
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        [(*row, int(in_default)) for row in rows],
     )
     added = db.total_changes - before
     for row in rows:
         delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
     await _apply_counts(db, delta)
-    if added != len(rows):  # some were there already (a diff against a stale membership)
+    if added != len(rows):
         await _recount(db)
-    return len(revived), added, len(joined)
+    return added
 
 
 async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> tuple[int, int]:
@@ -977,20 +988,7 @@ async def _add_named(
             db, [gen_id for gen_id, retired in existing.items() if retired], now, _ANY_APPROVAL, ()
         )
     joined = sum(1 for gen_id, retired in existing.items() if not retired and gen_id in new)
-    rows = _new_rows(part, existing, modes, now)
-    before = db.total_changes
-    await db.executemany(
-        "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
-        "template_id, llm_model_id, replicate, mode, state, created_at, updated_at, in_default) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0)",
-        rows,
-    )
-    added = db.total_changes - before
-    for row in rows:
-        delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
-    await _apply_counts(db, delta)
-    if added != len(rows):  # cannot happen (they were looked up in this transaction); stay exact anyway
-        await _recount(db)
+    added = await _insert_pending(db, _new_rows(part, existing, modes, now), delta, in_default=False)
     return len(revived), added, joined
 
 
