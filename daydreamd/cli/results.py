@@ -106,6 +106,7 @@ def results(
       summary/perfect_score_paths.csv   evaluations at their template's maximum
       analysis/judge_agreement.csv      spread across judges, per essay and template
       analysis/variance_analysis.csv    spread across judges, templates and replicates
+      analysis/agreement_pairs.csv      judge pairs per rubric, rubric pairs per judge: n, rho, MAD
       summary/costs.csv                 calls, tokens, dollars, latency per stage, template, model
                                         (from the run state's calls; not with --from-files)
       evaluation_scores_by_template_model.csv   (--all only) the cross-experiment pivot

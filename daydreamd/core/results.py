@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from daydreamd.core.agreement import agreement_tables
 from daydreamd.core.breakdowns import breakdowns_table
+from daydreamd.core.pairs import agreement_pairs
 from daydreamd.core.scores import (
     GroupStats,
     ScoreRow,
@@ -302,6 +303,7 @@ def build_tables(scores: Scores, *, cross_experiment: bool = False) -> tuple[Tab
         judges,
         variance,
         breakdowns_table(scores),
+        agreement_pairs(scores),
     ]
     if cross_experiment:
         tables.append(evaluation_scores_by_template_model(scores))

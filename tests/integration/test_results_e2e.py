@@ -21,6 +21,7 @@ TABLES = (
     "analysis/judge_agreement.csv",
     "analysis/variance_analysis.csv",
     "summary/breakdowns.csv",
+    "analysis/agreement_pairs.csv",
 )
 
 
