@@ -38,6 +38,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, fields, replace
+from itertools import islice
 from typing import Any, cast
 
 import structlog
@@ -72,6 +73,12 @@ ACCEPT_BATCH = 128
 IN_TRANSIT = 3 * ACCEPT_BATCH
 """Descriptors of connections accepted but not yet admitted, or closed but not yet released (each a
 loop iteration away): under a flood about three accept batches, measured by ``bench/socket_abuse.py``."""
+SETTLING_S = 0.5
+"""A connection accepted this recently, with nothing sent yet, is closed for room only when no
+older one may be: a client's request may still be on its way (a client whose thread or process
+the machine has not scheduled since its connect), while the quiet slot-holders of a flood are
+older. Only a preference: when every closable connection is that young, one of them is closed,
+so a flood of new connections cannot turn the newcomer away by being young."""
 VICTIM_SCAN = 32
 """Connections looked at, quiet longest first, for one to close for room."""
 PEEK_BYTES = 16384
@@ -367,6 +374,10 @@ class ConnectionGate:
         """
         if queue is None:
             return None
+        now = time.monotonic()
+        for candidate in islice(queue, VICTIM_SCAN):  # first, one that had time to send its request
+            if now - candidate.admitted_at >= SETTLING_S and _closable(candidate):
+                return candidate
         for _ in range(min(VICTIM_SCAN, len(queue))):
             candidate = next(iter(queue))
             if _closable(candidate):
@@ -433,6 +444,7 @@ class _GatedProtocol(asyncio.Protocol):
     """One connection: aiohttp's protocol for it, with every event reported to the gate first."""
 
     __slots__ = (
+        "admitted_at",
         "awaiting_request",
         "busy",
         "gate",
@@ -459,6 +471,8 @@ class _GatedProtocol(asyncio.Protocol):
         """The body of the request being handled (or just answered) while it has not fully arrived."""
         self.awaiting_request = False
         """A response was sent and no byte of the next request has arrived."""
+        self.admitted_at = time.monotonic()
+        """When it was accepted (see :data:`SETTLING_S`)."""
         self.tail = b""
         """The last bytes received (a request head's blank line may come split)."""
 
