@@ -37,7 +37,10 @@ reports the mean and median over its samples (time-uniform, so the mean is a tim
 and ``server_in_progress`` (requests the server has received and not yet answered: the truth).
 ``responses_429`` is the server's own count (target 0); ``rate_limit_errors_seen_by_service``
 is the daemon's ``recent_errors.rate_limit``; ``max_requests_in_60s`` the most requests the
-server received in any sliding 60 s window (per model in ``multimodel``).
+server received in any sliding 60 s window (per model in ``multimodel``). ``cpu``: CPU time
+(user + system) over the same span, per generation and in cores, of the service process (all its
+threads, not its prompt-rendering children) and of the fake server: on a 2-core machine the two
+share the cores, so these say whether the run was bound by CPU rather than by the scheduler.
 
 Run it from the project root with the project's virtualenv::
 
@@ -268,6 +271,8 @@ async def run_scenario(scenario: Scenario, url: str) -> dict[str, Any]:
             if before["requests"]:
                 raise RuntimeError(f"the fake server had {before['requests']} requests before the run")
             sampler = Sampler(ServiceClient(daemon.socket, timeout=30.0), stats_url, scenario.total)
+            assert daemon.process is not None
+            cpu_before = process_cpu_s(daemon.process.pid), before["cpu_s"]
             t0 = time.monotonic()
             for plan in scenario.models:
                 matched = (await daemon.approve("draft", llm_model_id=plan.model_id, limit=plan.drafts))[
@@ -284,19 +289,32 @@ async def run_scenario(scenario: Scenario, url: str) -> dict[str, Any]:
             sampler.stop.set()
             if not finished or sampler.settled_at is None:
                 raise RuntimeError(f"{scenario.name}: the drafts did not settle\n{daemon.log_tail()}")
+            daemon_cpu = process_cpu_s(daemon.process.pid) - cpu_before[0]
             asked = time.monotonic()
             server = await anyio.to_thread.run_sync(server_stats, stats_url)
+            cpu = {"service": daemon_cpu, "server": server["cpu_s"] - cpu_before[1]}
             server_offset = server["now"] - (asked + time.monotonic()) / 2  # server clock - ours
             await daemon.stop()
         finally:
             daemon.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return report(scenario, sampler, server, server_offset, t0)
+    return report(scenario, sampler, server, server_offset, t0, cpu)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(
-    scenario: Scenario, sampler: Sampler, server: dict[str, Any], server_offset: float, t0: float
+    scenario: Scenario,
+    sampler: Sampler,
+    server: dict[str, Any],
+    server_offset: float,
+    t0: float,
+    cpu: dict[str, float],
 ) -> dict[str, Any]:
     assert sampler.settled_at is not None
     wall = sampler.settled_at - t0
@@ -361,6 +379,13 @@ def report(
                 ),
             }
         result["models"] = models
+    done = max(1, draft["done"] + draft["failed"])
+    result["cpu"] = {
+        "service_ms_per_generation": round(1000 * cpu["service"] / done, 3),
+        "service_cores": round(cpu["service"] / wall, 2),
+        "server_ms_per_generation": round(1000 * cpu["server"] / done, 3),
+        "server_cores": round(cpu["server"] / wall, 2),
+    }
     if sampler.errors:
         result["status_poll_errors"] = len(sampler.errors)
     return result

@@ -2,15 +2,15 @@
 
 What is measured
     ``--count`` draft generations (default 5,000) go through ``Runner.run`` — render, one HTTP
-    call to the fake LLM server, checks, parse, five atomic file writes (``prompt.txt``,
-    ``raw.txt``, ``metadata.json`` as ``replied``, ``parsed.txt``, ``metadata.json`` as ``done``)
-    with five fsyncs (see ``daydreamd.daemon.runner``) — with ``--concurrency`` (default 64) in
+    call to the fake LLM server, checks, parse, four atomic file writes (``prompt.txt``,
+    ``raw.txt``, ``parsed.txt``, ``metadata.json`` as ``done``) with three fsyncs (``raw.txt``,
+    ``metadata.json``, the folder; see ``daydreamd.daemon.runner``) — with ``--concurrency`` (default 64) in
     flight, against ``tests/fakellm.py`` running as a separate process at 0 ms latency. Reported
     per run: wall seconds, generations per second, this process's CPU time per generation (user
     + system, all threads; also split), and fsyncs per generation. The server's CPU is not
     included. On a filesystem where creating a file is slow (ext4 without a journal skips
     recently deleted inodes, so a machine that just deleted many files pays up to ~0.4 ms of
-    kernel time per new file), the five new files of each generation dominate the kernel time.
+    kernel time per new file), the four new files of each generation dominate the kernel time.
 
 Target
     Under 1 ms of runner CPU per generation.

@@ -345,10 +345,12 @@ class FakeLlm:
         "model" is working on them), ``max_in_progress`` the most at once; ``max_in_window`` the
         most requests received in any 60 s window (rejected ones included, as the RPM limits count
         them). ``models`` has the same per ``model`` field, with ``first_at`` (first request),
-        ``last_ok_at`` (the last 200 answer) and ``rpm`` (its own limit, or None).
+        ``last_ok_at`` (the last 200 answer) and ``rpm`` (its own limit, or None). ``cpu_s`` is
+        this process's CPU time so far (a benchmark checks that the server is not what limits it).
         """
         return {
             "now": self._clock(),
+            "cpu_s": time.process_time(),
             "requests": len(self.requests),
             "status_counts": {str(status): n for status, n in sorted(self.status_counts.items())},
             "rate_limited": self.rate_limited_count,

@@ -49,12 +49,13 @@ class PoolLimits:
         self.models: dict[str, ModelState] = {}
         self.providers: dict[str, SlidingWindow] = {}
         self.slots: set[str] = set()
-        """Generations holding a concurrency slot: from their start until their reply is
-        durable on disk (or their run ended without one).
+        """Generations holding a concurrency slot: from their start until their call is over
+        (a reply in memory, or a failure for good; a copy until its run ends).
 
-        So at most ``pool.concurrency`` replies are ever between the provider and the disk: when
-        the data folder stops taking writes, the replies that cannot be saved keep their slots
-        and nothing new starts. Parsing, the derived files and the commit happen outside the slot.
+        So a slot is a request at the provider (or waiting for a retry's rate window), never our
+        own file work: saving the reply, parsing and committing happen outside it. What may pile
+        up behind a slow or full disk is bounded separately (``Pool._free``: at most
+        ``2 x pool.concurrency`` generations between start and commit).
         """
         self.paused = False
         self.paused_models: set[str] = set()

@@ -9,13 +9,20 @@ Keys are never logged: what the LLM client hands on is scrubbed already, and as 
 handler scrubs each event (:func:`scrub_event`, with the :class:`~daydreamd.llm.apikey.Scrubber`
 given to :func:`configure_logging`) right before rendering it, whether it came from structlog or
 from a standard-library logger (aiohttp's, for one).
+
+Rendering and writing happen in one background thread (:class:`BackgroundHandler`): a busy
+service logs a line per generation, and the event loop must not wait for JSON encoding, a
+``stat`` of the log file or a write to the journal's pipe. Lines are written in order; a
+process killed with SIGKILL may lose the last few milliseconds of them (never run state).
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import queue
 import sys
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,8 +63,7 @@ def configure_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
-    for handler in handlers:
-        root.addHandler(handler)
+    root.addHandler(BackgroundHandler(handlers))
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     structlog.configure(
@@ -66,6 +72,50 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Hands each record, as it is, to a thread that formats it and writes it with ``handlers``.
+
+    The record is not pre-formatted here (``QueueHandler.prepare`` would turn structlog's event
+    dict into a string): the real handlers' structlog formatters render it in the thread.
+    :meth:`flush` returns once every record handed over so far is written; :meth:`close` (also
+    run by ``logging.shutdown`` at exit) writes what is left, then closes the handlers.
+    """
+
+    def __init__(self, handlers: list[logging.Handler]) -> None:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        super().__init__(records)
+        self._handlers = handlers
+        self._control = threading.Lock()
+        """Held while the thread is stopped and started again (flush) or for good (close)."""
+        self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
+            records, *handlers, respect_handler_level=True
+        )
+        self._listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The record unchanged: it is formatted by the handlers, in the thread."""
+        return record
+
+    def flush(self) -> None:
+        """Wait until everything handed over so far is written (stopping the thread drains it)."""
+        with self._control:
+            if self._listener is not None:
+                self._listener.stop()
+                self._listener.start()
+        for handler in self._handlers:
+            handler.flush()
+
+    def close(self) -> None:
+        """Write what is left, stop the thread, close the handlers (once)."""
+        with self._control:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+            for handler in self._handlers:
+                handler.close()
+        super().close()
 
 
 def scrub_event(scrubber: Scrubber) -> Any:

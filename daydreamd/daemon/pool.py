@@ -381,8 +381,9 @@ class Pool:
 
     def _free(self) -> int:
         """Slots free now, and never more than would put ``2 x pool.concurrency`` generations
-        between start and commit: parsing and committing happen outside the slot, and this
-        bounds how many may wait for them (a run state that takes no writes, say)."""
+        between start and commit: saving the reply, parsing and committing happen outside the
+        slot, and this bounds how many replies may wait for them in memory (a slow disk, a run
+        state that takes no writes)."""
         concurrency = self.settings.current.pool.concurrency
         return min(self.limits.free(), 2 * concurrency - len(self.in_flight))
 
@@ -545,7 +546,7 @@ class Pool:
             return await self.runner.run(
                 job,
                 on_attempt=on_attempt,
-                on_reply_saved=lambda: self._release_slot(claim),
+                on_call_over=lambda: self._release_slot(claim),
                 provider=provider,
                 fresh=claim.fresh,
                 policy=self.settings.current.retry,

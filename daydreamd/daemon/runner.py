@@ -16,16 +16,17 @@ folder takes no writes (a full or read-only disk), a step is tried again with ba
 works, with the reply kept in memory; :attr:`Runner.disk` says so meanwhile (the pool then claims
 nothing new), and nothing is paid twice.
 
-Durability (power failure, kernel crash; a killed process loses nothing written). Five fsyncs
-per new reply, in this order (see :mod:`daydreamd.storage.gens`):
-
-1. ``prompt.txt`` (renamed into place, not fsynced), ``raw.txt`` and ``metadata.json`` with
-   status ``replied`` (each fsynced before its rename), then the folder: from here the reply and
-   the input hash it answers are on disk, before anything is checked, parsed or reported
-   (checkpoint ``reply_saved``). A crash before this point loses only the reply in memory.
-2. ``parsed.txt`` (not fsynced, its hash recorded as ``parsed_sha256``), ``metadata.json`` with
-   status ``done`` or ``failed`` (fsynced before its rename, so it never replaces the durable
-   ``replied`` record with a torn one), then the folder: durable before the outcome is returned.
+Durability (power failure, kernel crash; a killed process loses nothing written). Three fsyncs
+per new reply (see :mod:`daydreamd.storage.gens`). The reply is checked and parsed in memory the
+moment it arrives (microseconds, no I/O), then everything is written in one step, nothing reported
+before it is durable: ``prompt.txt`` (renamed into place, not fsynced), ``raw.txt`` (fsynced before
+its rename), ``parsed.txt`` (not fsynced, its hash recorded as ``parsed_sha256``), ``metadata.json``
+with status ``done`` or ``failed`` and the input hash the reply answers (fsynced before its
+rename), then the folder (checkpoint ``reply_saved``). A crash before that folder fsync loses only
+the reply in memory (as if it had come later); after it, the reply and its record are on disk
+whole, and a second run reuses them without a call. Should checking or parsing raise anything but
+a parse error (a bug), the reply is first saved with status ``replied`` (and re-parsed, not paid
+for, on the next run).
 
 A failure without a reply writes ``metadata.json`` (and ``prompt.txt``, not fsynced): two fsyncs.
 ``prompt.txt`` and ``parsed.txt`` are derived files: after a power failure they may be missing,
@@ -46,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from daydreamd import __version__
@@ -119,6 +119,8 @@ class _Run:
     prompt: str | None = None
     input_sha256: str | None = None
     reply: dict[str, Any] | None = None
+    new_raw: str | None = None
+    """A reply received and not yet written (it goes to disk with the run's result)."""
     attempts: int = 0
     reused: bool = False
     files: dict[str, str | None] = field(
@@ -128,7 +130,8 @@ class _Run:
 
 
 Checkpoint = Callable[[str, str], None]
-"""Called as ``checkpoint(step, gen_id)`` after a step's files are durable (``reply_saved``)."""
+"""Called as ``checkpoint(step, gen_id)``: ``reply_received`` as a new reply is about to be checked
+and parsed (nothing written yet), ``reply_saved`` once it is durable with its result."""
 
 
 class Runner:
@@ -159,8 +162,8 @@ class Runner:
         self.scrubber = scrubber or Scrubber(None)
         # Separate thread budgets: rendering a prompt must never queue behind replies being
         # fsynced to a busy disk, or the provider's concurrency would sit idle.
-        self._prepare_threads = anyio.CapacityLimiter(8)
-        self._save_threads = anyio.CapacityLimiter(32)
+        self._prepare_threads = anyio.CapacityLimiter(4)
+        self._save_threads = anyio.CapacityLimiter(8)
         self.disk = Health("data_dir_unwritable")
         """Whether the data folder takes writes (see :mod:`daydreamd.daemon.health`)."""
 
@@ -169,7 +172,7 @@ class Runner:
         job: Job,
         *,
         on_attempt: AttemptHook | None = None,
-        on_reply_saved: Callable[[], None] | None = None,
+        on_call_over: Callable[[], None] | None = None,
         provider: Provider | None = None,
         fresh: bool = False,
         policy: RetryPolicy | None = None,
@@ -179,8 +182,9 @@ class Runner:
         Args:
             job: the generation to run.
             on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
-            on_reply_saved: called once a new reply is durable, before it is parsed (the pool
-                frees the call's slot then: a reply waiting for a slow or full disk keeps it).
+            on_call_over: called in the event loop as soon as the call is over (a reply in
+                memory, or a failure for good), before anything is written: the pool frees the
+                call's slot then, so a slot is a request at the provider, not our own file work.
             provider: answers this run instead of the runner's provider (the pool passes one
                 that waits for the model's rate limits before each attempt).
             fresh: call the model even if a reply for this input is saved (the old one is
@@ -214,11 +218,11 @@ class Runner:
             except CallFailure as failure:
                 run.llm_ms = _ms(t)
                 run.attempts = failure.attempts
+                _call(on_call_over)
                 return await self._durably(self._fail_call, run, failure, limiter=self._save_threads)
             run.llm_ms = _ms(t)
-            return await self._durably(
-                self._finish_new, run, reply, on_reply_saved, limiter=self._save_threads
-            )
+            _call(on_call_over)
+            return await self._durably(self._finish_new, run, reply, limiter=self._save_threads)
         return await self._durably(self._finish, run, None, limiter=self._save_threads)
 
     async def _durably(self, step: Callable[..., _T], *args: Any, limiter: anyio.CapacityLimiter) -> _T:
@@ -336,19 +340,27 @@ class Runner:
     def _fail_call(self, run: _Run, failure: CallFailure) -> Outcome:
         """A call that failed for good; a reply that came with the failure is still saved."""
         if failure.reply is not None:
-            self._save_reply(run, failure.reply)
+            self._receive(run, failure.reply)
             return self._fail(run, failure.kind, failure.message)
         return self._fail(run, failure.kind, failure.message, with_prompt=True)
 
-    def _finish_new(self, run: _Run, reply: Reply, on_saved: Callable[[], None] | None) -> Outcome:
-        """Save a new reply durably (after which a crash costs no second call), say so to the event
-        loop (``on_saved`` runs there), then check and parse it: one trip to a worker thread."""
-        self._save_reply(run, reply)
+    def _finish_new(self, run: _Run, reply: Reply) -> Outcome:
+        """Check and parse a new reply in memory, then save it with its result in one durable
+        step (one trip to a worker thread). Whatever goes wrong before that step, the reply is
+        saved first (status ``replied``): it was paid for."""
+        job = run.job
+        self._receive(run, reply)
+        try:
+            if self.checkpoint is not None:
+                self.checkpoint("reply_received", job.gen_id)
+            outcome = self._finish(run, reply.text)
+        except BaseException:
+            if run.new_raw is not None:
+                self._save_reply(run, reply)
+            raise
         if self.checkpoint is not None:
-            self.checkpoint("reply_saved", run.job.gen_id)
-        if on_saved is not None:
-            anyio.from_thread.run_sync(on_saved)
-        return self._finish(run, reply.text)
+            self.checkpoint("reply_saved", job.gen_id)
+        return outcome
 
     def _finish(self, run: _Run, text: str | None) -> Outcome:
         """Check and parse the saved reply (``text``, or ``raw.txt`` when reused), save the result."""
@@ -373,25 +385,35 @@ class Runner:
         run.parse = parsed.provenance
         return self._succeed(run, parsed.text)
 
-    def _save_reply(self, run: _Run, reply: Reply) -> None:
-        """prompt.txt, then metadata (status ``replied``), then raw.txt.
-
-        In this order a saved ``raw.txt`` always has metadata recording its input beside it, so
-        a crash right after it costs no second call; a crash before it loses only the reply
-        that was still in memory.
-        """
+    def _receive(self, run: _Run, reply: Reply) -> None:
+        """Take a new reply into the run record; it is written with the run's result."""
         job, store = run.job, self.store
-        assert run.prompt is not None
         run.reply = reply.to_dict()
+        run.new_raw = reply.text
         run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
         run.files["raw"] = store.relative_file(job.stage, job.gen_id, RAW)
+
+    def _save_reply(self, run: _Run, reply: Reply) -> None:
+        """The reply alone, durably, with metadata of status ``replied`` recording its input (so
+        the next run re-parses it instead of paying again): for a run that cannot finish."""
+        job, store = run.job, self.store
+        assert run.prompt is not None
         metadata = self._metadata(run, "replied", None)
         store.save_reply(job.stage, job.gen_id, prompt=run.prompt, metadata=metadata, raw=reply.text)
+        run.new_raw = None
 
     def _succeed(self, run: _Run, parsed: str) -> Outcome:
         job, store = run.job, self.store
         run.files["parsed"] = store.relative_file(job.stage, job.gen_id, PARSED)
-        store.save_result(job.stage, job.gen_id, self._metadata(run, "done", None), parsed=parsed)
+        raw = self._take_new_raw(run)
+        store.save_result(
+            job.stage,
+            job.gen_id,
+            self._metadata(run, "done", None),
+            parsed=parsed,
+            prompt=run.prompt if raw is not None else None,
+            raw=raw,
+        )
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,
@@ -406,13 +428,14 @@ class Runner:
     def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:
         """Record a failure; ``with_prompt`` also saves the prompt that was sent (no reply came)."""
         job, store = run.job, self.store
-        prompt = run.prompt if with_prompt else None
+        raw = self._take_new_raw(run)
+        prompt = run.prompt if with_prompt or raw is not None else None
         if prompt is not None:
             run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
         error = {"kind": str(kind), "message": message}
         # Gone already, unless a child re-created it meanwhile from the reply this run replaces.
         store.remove_parsed(job.stage, job.gen_id)
-        store.save_result(job.stage, job.gen_id, self._metadata(run, "failed", error), prompt=prompt)
+        store.save_result(job.stage, job.gen_id, self._metadata(run, "failed", error), prompt=prompt, raw=raw)
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,
@@ -424,6 +447,12 @@ class Runner:
             usage=_usage(run.reply),
             parse=run.parse,
         )
+
+    @staticmethod
+    def _take_new_raw(run: _Run) -> str | None:
+        """The text of a reply not yet on disk, handed over once (it is written with the result)."""
+        raw, run.new_raw = run.new_raw, None
+        return raw
 
     def _metadata(self, run: _Run, status: str, error: dict[str, str] | None) -> dict[str, Any]:
         job, g = run.job, run.job.generation
@@ -487,6 +516,11 @@ def _parse_key(metadata: dict[str, Any]) -> str | None:
     parse = metadata.get("parse")
     key = parse.get("key") if isinstance(parse, dict) else None
     return key if isinstance(key, str) else None
+
+
+def _call(hook: Callable[[], None] | None) -> None:
+    if hook is not None:
+        hook()
 
 
 def _ms(t0: float) -> float:

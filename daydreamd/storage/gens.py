@@ -160,15 +160,19 @@ class GensStore:
         *,
         parsed: str | None = None,
         prompt: str | None = None,
+        raw: str | None = None,
     ) -> None:
-        """How a run ended: derived files first (not fsynced), then ``metadata.json`` (fsynced
-        before its rename), then the folder. Durable when this returns, except the derived files'
+        """How a run ended: ``prompt.txt`` (not fsynced), a new reply's ``raw.txt`` (fsynced
+        before its rename), ``parsed.txt`` (not fsynced), then ``metadata.json`` (fsynced before
+        its rename), then the folder. Durable when this returns, except the derived files'
         contents, which ``metadata.json`` lets a reader check (``parsed_sha256``) and re-create.
         """
         directory = self.directory(stage, gen_id)
         directory.mkdir(parents=True, exist_ok=True)
         if prompt is not None:
             replace_file(directory, PROMPT, prompt, sync=False)
+        if raw is not None:
+            replace_file(directory, RAW, raw, sync=True)
         if parsed is not None:
             metadata[PARSED_SHA256] = _sha256(parsed)
             replace_file(directory, PARSED, parsed, sync=False)

@@ -612,14 +612,14 @@ async def test_a_prompt_holding_the_key_is_neither_written_nor_sent(rig: Rig) ->
 # ---- 3. never pay twice ---------------------------------------------------------------------------
 
 
-async def test_crash_between_call_and_parse_costs_nothing_on_restart(rig: Rig) -> None:
-    """A crash right after the reply is saved leaves raw.txt and 'replied' metadata; the next run
-    re-parses the saved reply without a new request and ends done with reused_reply."""
+async def test_an_error_between_call_and_parse_saves_the_reply_and_costs_nothing_on_restart(rig: Rig) -> None:
+    """Anything but a parse error raised after the reply came (a bug) first saves the reply with
+    'replied' metadata; the next run re-parses the saved reply without a new request."""
     assert rig.fake is not None
     draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
 
     def crash(step: str, gen_id: str) -> None:
-        if step == "reply_saved":
+        if step == "reply_received":
             raise Crash(gen_id)
 
     with pytest.raises(Crash):
@@ -641,6 +641,32 @@ async def test_crash_between_call_and_parse_costs_nothing_on_restart(rig: Rig) -
     assert rig.read(draft, "raw.txt") == raw
     assert rig.read(draft, "parsed.txt").startswith("Final idea ")
     assert "raw.1.txt" not in rig.files(draft)
+
+
+async def test_a_crash_once_the_reply_is_saved_costs_nothing_on_restart(rig: Rig) -> None:
+    """The reply is written once, with its result: a crash before the outcome reaches the run
+    state leaves a done generation on disk, which the next run takes as it is (no request)."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
+
+    def crash(step: str, gen_id: str) -> None:
+        if step == "reply_saved":
+            raise Crash(gen_id)
+
+    with pytest.raises(Crash):
+        await rig.run(draft, runner=rig.make_runner(checkpoint=crash))
+
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "parsed.txt", "metadata.json"}
+    md = rig.metadata(draft)
+    assert md["status"] == "done" and md["input_sha256"]
+    assert md["files"]["raw"].endswith("/raw.txt") and md["files"]["prompt"].endswith("/prompt.txt")
+    parsed = rig.read(draft, "parsed.txt")
+
+    outcome = await rig.run(draft)
+
+    assert (outcome.ok, outcome.reused_reply) == (True, True)
+    assert rig.fake.request_count == 1
+    assert rig.read(draft, "parsed.txt") == parsed
 
 
 async def test_running_done_generations_again_makes_no_request(rig: Rig) -> None:
@@ -706,29 +732,45 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[Sync
     return synced
 
 
-async def test_reply_and_its_record_are_durable_before_parsed_with_five_fsyncs(
+async def test_a_new_reply_and_its_record_are_durable_in_three_fsyncs(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new generation costs five fsyncs: raw.txt, the 'replied' metadata, the folder (the reply is
-    durable; parsed.txt does not exist yet), then the 'done' metadata and the folder. prompt.txt
-    and parsed.txt get none (they are derived), and metadata.json records parsed.txt's hash."""
+    """A new generation costs three fsyncs: raw.txt (prompt.txt already renamed into place), then
+    the 'done' metadata (parsed.txt already in place), then the folder. prompt.txt and parsed.txt
+    get none (they are derived), and metadata.json records both their hashes."""
     draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
     synced = record_fsyncs(monkeypatch, rig.dir(draft))
 
     outcome = await rig.run(draft)
 
     assert outcome.ok
-    assert [s.folder for s in synced] == [False, False, True, False, True]
-    raw_tmp, metadata_tmp, reply_durable, done_tmp, done_durable = (s.files for s in synced)
+    assert [s.folder for s in synced] == [False, False, True]
+    raw_tmp, metadata_tmp, durable = (s.files for s in synced)
     assert {n for n in raw_tmp if not n.startswith(".")} == {"prompt.txt"}
-    assert {n for n in metadata_tmp if not n.startswith(".")} == {"prompt.txt", "raw.txt"}
-    assert reply_durable == {"prompt.txt", "raw.txt", "metadata.json"}  # no parsed.txt yet
-    assert "parsed.txt" in done_tmp
-    assert done_durable == {"prompt.txt", "raw.txt", "metadata.json", "parsed.txt"}
+    assert {n for n in metadata_tmp if not n.startswith(".")} == {"prompt.txt", "raw.txt", "parsed.txt"}
+    assert durable == {"prompt.txt", "raw.txt", "metadata.json", "parsed.txt"}
     md = rig.metadata(draft)
     parsed = rig.read(draft, "parsed.txt")
+    assert md["status"] == "done"
     assert md["parsed_sha256"] == hashlib.sha256(parsed.encode()).hexdigest()
     assert md["prompt_sha256"] == hashlib.sha256(rig.read(draft, "prompt.txt").encode()).hexdigest()
+
+
+async def test_a_new_reply_that_fails_its_checks_is_saved_with_its_failure(rig: Rig) -> None:
+    """A reply that is too short is kept (raw.txt, the prompt, 'failed' metadata recording its
+    input), written once; relaxing the check later re-uses it without a request."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "bridge-sketch")[0]
+    strict = with_stage(rig.settings, Stage.DRAFT, min_lines=50)
+
+    outcome = await rig.run(draft, settings=strict)
+
+    assert (outcome.ok, outcome.kind) == (False, FailureKind.TOO_SHORT)
+    assert rig.files(draft) == {"prompt.txt", "raw.txt", "metadata.json"}
+    md = rig.metadata(draft)
+    assert (md["status"], md["error"]["kind"]) == ("failed", "too_short")
+    assert md["files"]["raw"].endswith("/raw.txt") and md["input_sha256"]
+    assert (await rig.run(draft)).reused_reply and rig.fake.request_count == 1
 
 
 async def test_a_failure_record_costs_two_fsyncs(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
