@@ -152,13 +152,21 @@ class PoolLimits:
         return self._settings.current.pool.concurrency - len(self.slots)
 
     def model_free(self, model_id: str, free: int, now: float) -> int:
-        """Of ``free`` slots, how many ``model_id`` may take now (0 while it is paused or parked)."""
+        """Of ``free`` slots, how many ``model_id`` may take now (0 while it is held back)."""
+        if self.holds_back(model_id, now):
+            return 0
+        return min(free, self.model_room(model_id))
+
+    def holds_back(self, model_id: str, now: float) -> bool:
+        """Whether ``model_id`` may not call now at all: paused, parked, or backing off after 429s."""
         if self.parked_until is not None and now < self.parked_until:
-            return 0
+            return True
+        return model_id in self.paused_models or self.model(model_id).limit.resume_at > now
+
+    def model_room(self, model_id: str) -> int:
+        """How many more calls ``model_id``'s concurrency allows now (0 or less when none)."""
         state = self.model(model_id)
-        if model_id in self.paused_models or state.limit.resume_at > now:
-            return 0
-        return min(free, state.limit.limit - state.in_flight)
+        return state.limit.limit - state.in_flight
 
     def take(self, gen_id: str, model_id: str | None) -> None:
         """``gen_id`` takes a slot (and one of ``model_id``'s, for a call)."""

@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ from daydreamd.core.pricing import Price, configured_prices, price_for
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import Stage, State
 from daydreamd.core.status import ModelStatus, ParkedStatus, PoolStatus, Trouble
+from daydreamd.daemon.armed import ArmedWork, CalledOff
 from daydreamd.daemon.breaker import Breaker, BreakerState
 from daydreamd.daemon.budgets import Budgets
 from daydreamd.daemon.commits import CommitBatcher
@@ -175,6 +177,11 @@ class Pool:
         self._children_at = 0.0
         self._started: dict[str, Ready] = {}
         """The ready row each claim in flight came from (to put a requeued one back)."""
+        self.armed = ArmedWork(on_waiting=lambda: self.wake(new_work=False))
+        """Generations started and prepared ahead of a free slot (:mod:`~daydreamd.daemon.armed`)."""
+        self._arm_lock = anyio.Lock()
+        self._holds = 0
+        """How many :meth:`held` blocks are open (nothing is armed meanwhile)."""
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._stopping = False
@@ -191,9 +198,26 @@ class Pool:
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop claiming; ``run`` then drains in-flight work within the grace period."""
+        """Stop claiming; ``run`` then drains in-flight work within the grace period (armed work
+        that has not made its call goes back to the queue at once)."""
         self._stopping = True
+        self.armed.call_off()
         self.wake()
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Arm nothing while the body runs, and call off what is armed before it starts: every
+        generation that has not made its call is then back in the queue (for a revoke, which
+        must catch all of them)."""
+        async with self._arm_lock:
+            self._holds += 1
+            self.armed.call_off()
+        try:
+            await self.armed.until_given_back()
+            yield
+        finally:
+            self._holds -= 1
+            self.wake()
 
     def _settings_changed(self, settings: Settings) -> None:
         """Apply reloaded limits without touching in-flight calls (SIGHUP, or a live change)."""
@@ -222,11 +246,18 @@ class Pool:
         await self.budgets.refresh(self.store, self._price)
 
     def exhausted_approvals(self) -> list[int]:
-        """Budgeted approvals where one more call would pass the budget (spent + calls in flight)."""
+        """Budgeted approvals where one more call would pass the budget (spent + calls in flight;
+        armed work is not counted: it makes no call unless it passes this check when launched)."""
         return self.budgets.exhausted(self._calls_by_approval())
 
-    def _calls_by_approval(self) -> Counter[int]:
-        return Counter(c.approval_id for c in self.in_flight.values() if c.approval_id is not None)
+    def _calls_by_approval(self, *, armed: bool = False) -> Counter[int]:
+        """Generations in flight per approval: those that made (or are making) their call, and
+        with ``armed`` those armed ahead of it too."""
+        return Counter(
+            claim.approval_id
+            for gen_id, claim in self.in_flight.items()
+            if claim.approval_id is not None and (armed or gen_id not in self.armed)
+        )
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -249,6 +280,7 @@ class Pool:
 
     async def _drain(self, workers: anyio.abc.TaskGroup) -> None:
         grace = self.settings.current.pool.grace_s
+        self.armed.call_off()
         if self.in_flight:
             log.info("pool_draining", in_flight=len(self.in_flight), grace_s=grace)
             with anyio.move_on_after(grace):
@@ -262,26 +294,29 @@ class Pool:
         log.info("pool_stopped", released=released, outcomes=dict(self.counters.outcomes))
 
     async def _schedule(self, workers: anyio.abc.TaskGroup) -> float:
-        """Read ready work that the lanes lack, then start what the limits allow now.
+        """Read ready work that the lanes lack, send armed work that may call now, and arm more.
 
         Returns the seconds after which a rate window that holds work back opens (at most
         ``IDLE_POLL_S``): the loop looks again then even if nothing wakes it.
         """
         jobs = self.current.jobs
         if jobs is None or self.limits.paused or self.runner.disk.failing or self.state_db.failing:
+            self.armed.call_off()
             return IDLE_POLL_S
         if self._budgets_stale:
             self._budgets_stale = False
             await self.refresh_budgets()
         exhausted = self.exhausted_approvals()
         if self._forget or set(exhausted) != self._exhausted:
+            self.armed.call_off()
             self.lanes.forget()
             self._parents.clear()
             self._forget = False
             self._exhausted = set(exhausted)
         keys = [(mode, model.model_id) for model in jobs.models() for mode in ("copy", "llm")]
         await self._read(keys, exhausted)
-        pause = await self._start_ready(workers, keys)
+        pause = IDLE_POLL_S if self._forget else self._launch(keys)
+        await self._arm(workers, keys)
         await self._read_children()
         return pause
 
@@ -324,75 +359,134 @@ class Pool:
             and self.limits.parked_for(time.monotonic()) is None
         )
 
-    async def _start_ready(self, workers: anyio.abc.TaskGroup, keys: list[Key]) -> float:
-        """Choose work round-robin over the lanes whose limits allow it now, take its slots and
-        rate-window places, and start it (one transaction); what was revoked or retired since it
-        was read gives its slot back."""
+    def _launch(self, keys: list[Key]) -> float:
+        """Send armed, prepared generations round-robin over their models, as far as everything that
+        limits a call allows now: a slot, the model's concurrency, a place in each rate window
+        (taken here), the provider up, the approval's budget (this call counted, armed ones not).
+        Returns the seconds until a rate window that holds one back opens (at most ``IDLE_POLL_S``).
+        """
         blocked: list[float] = []
-        budgeted = self._calls_by_approval()
+        now = time.monotonic()
+        calling = self._calls_by_approval()
 
-        def may_start(key: Key) -> bool:
-            mode, model_id = key
-            if mode == "copy":
-                return True
-            if not self.breaker.closed or self.limits.model_free(model_id, 1, time.monotonic()) <= 0:
+        def may_call(key: Key) -> bool:
+            model_id = key[1]
+            if not self.breaker.closed or self.limits.model_free(model_id, 1, now) <= 0:
                 return False  # the provider is down, or the model paused, parked or at its concurrency
             wait = max(window.wait_time() for window in self.limits.windows(model_id))
             if wait > 0:
                 blocked.append(wait)
             return wait == 0
 
-        def allowed(ready: Ready) -> bool:
-            approval = ready.approval_id
-            if approval is not None and self.budgets.unknown(approval):
-                self._budgets_stale = True  # read its budget (if any) first, then look again
-                self._wake.set()
-                return False
-            return approval is None or approval not in self.budgets.exhausted(budgeted)
+        def within_budget(ready: Ready) -> bool:
+            return ready.approval_id is None or ready.approval_id not in self.budgets.exhausted(calling)
 
-        def take(ready: Ready) -> None:
-            model_id = ready.generation.llm_model_id if ready.mode == "llm" else None
+        def launch(ready: Ready) -> None:
+            model_id = ready.generation.llm_model_id
             self.limits.take(ready.gen_id, model_id)
-            if model_id is not None:
-                for window in self.limits.windows(model_id):
-                    window.try_acquire()  # may_start saw room in each, with no await since
+            for window in self.limits.windows(model_id):
+                window.try_acquire()  # may_call saw room in each, with no await since
             if ready.approval_id is not None:
-                budgeted[ready.approval_id] += 1
+                calling[ready.approval_id] += 1
+            self.armed.launch(ready)
 
-        chosen = self.lanes.choose(self._free(), keys, may_start=may_start, allowed=allowed, take=take)
-        if chosen:
+        waiting = self.armed.waiting
+        waiting.choose(self.limits.free(), keys, may_start=may_call, allowed=within_budget, take=launch)
+        return min([IDLE_POLL_S, *blocked])
+
+    async def _arm(self, workers: anyio.abc.TaskGroup, keys: list[Key]) -> None:
+        """Start (one transaction) and prepare generations ahead of free slots, round-robin over the
+        lanes of models that could call soon: as many as there are free slots, plus ``ahead``.
+        What was revoked or retired since it was read is not started."""
+        async with self._arm_lock:
+            if self._holds or self._stopping:
+                return
+            room = self._arming_room()
+            if room <= 0:
+                return
+            chosen = self.lanes.choose(
+                room, keys, may_start=self._may_arm(), allowed=self._within_budget(), take=self.armed.arm
+            )
+            if not chosen:
+                return
             try:
                 claims = await self.ready.start(
                     chosen, lease_s=self.settings.current.pool.lease_s, now=time.time()
                 )
-            except BaseException:  # nothing started: give the slots back, read the lanes again
+            except BaseException:  # nothing started: read the lanes again
                 for ready in chosen:
-                    self.limits.release(ready.gen_id, _ready_model(ready))
+                    self.armed.finished(ready.gen_id)
                 self._forget = True
                 raise
             started = {claim.generation.gen_id: claim for claim in claims}
             for ready in chosen:
                 claim = started.get(ready.gen_id)
                 if claim is None:
-                    self.limits.release(ready.gen_id, _ready_model(ready))
+                    self.armed.finished(ready.gen_id)
                 else:
                     self._start(workers, claim, ready)
-        return min([IDLE_POLL_S, *blocked])
 
-    def _free(self) -> int:
-        """Slots free now, and never more than would put ``2 x pool.concurrency`` generations
-        between start and commit: saving the reply, parsing and committing happen outside the
-        slot, and this bounds how many replies may wait for them in memory (a slow disk, a run
-        state that takes no writes)."""
+    def _ahead(self) -> int:
+        """How many generations are armed beyond the free slots: enough that a slot freed by a
+        call that ended finds a prepared one while the next is prepared (a few milliseconds)."""
+        return max(2, self.settings.current.pool.concurrency // 8)
+
+    def _arming_room(self) -> int:
+        """How many more generations may be armed now: free slots plus :meth:`_ahead`, less those
+        armed, and never more than would put ``2 x pool.concurrency`` generations between start
+        and commit (saving the reply, parsing and committing happen outside the slot; this bounds
+        how many replies may wait for them in memory: a slow disk, a run state that takes no writes)."""
         concurrency = self.settings.current.pool.concurrency
-        return min(self.limits.free(), 2 * concurrency - len(self.in_flight))
+        ahead = self.limits.free() + self._ahead() - len(self.armed)
+        return min(ahead, 2 * concurrency - len(self.in_flight))
+
+    def _may_arm(self) -> Callable[[Key], bool]:
+        """Whether a key's next generation may be armed: copies always (they need no slot); calls
+        while their model is not held back, has room for it within its concurrency (plus
+        :meth:`_ahead`) and each of its rate windows has a place for it."""
+        now, ahead = time.monotonic(), self._ahead()
+
+        def may_arm(key: Key) -> bool:
+            mode, model_id = key
+            if mode == "copy":
+                return True
+            if not self.breaker.closed or self.limits.holds_back(model_id, now):
+                return False
+            armed = self.armed.of(key)
+            if armed >= max(0, self.limits.model_room(model_id)) + ahead:
+                return False
+            rooms = (window.room() for window in self.limits.windows(model_id))
+            return all(room is None or room > armed for room in rooms)
+
+        return may_arm
+
+    def _within_budget(self) -> Callable[[Ready], bool]:
+        """Whether a generation may be armed under its approval's budget: counted with every
+        generation of that approval started and not committed (armed ones too), so prefetched
+        work can never start what the budget would not pay for."""
+        budgeted = self._calls_by_approval(armed=True)
+
+        def allowed(ready: Ready) -> bool:
+            approval = ready.approval_id
+            if approval is None:
+                return True
+            if self.budgets.unknown(approval):
+                self._budgets_stale = True  # read its budget (if any) first, then look again
+                self._wake.set()
+                return False
+            if approval in self.budgets.exhausted(budgeted):
+                return False
+            budgeted[approval] += 1
+            return True
+
+        return allowed
 
     def _start(self, workers: anyio.abc.TaskGroup, claim: Claim, ready: Ready) -> None:
         g = claim.generation
         self.in_flight[g.gen_id] = claim
         self._started[g.gen_id] = ready
         self.bus.publish("generation_started", gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
-        workers.start_soon(self._work, claim, name=g.gen_id)
+        workers.start_soon(self._work, claim, ready, name=g.gen_id)
 
     def _release_slot(self, claim: Claim) -> None:
         """Free the claim's concurrency slot (once): its call is over."""
@@ -412,14 +506,18 @@ class Pool:
 
     # -- one generation ------------------------------------------------------------------------
 
-    async def _work(self, claim: Claim) -> None:
+    async def _work(self, claim: Claim, ready: Ready) -> None:
         g = claim.generation
         bound = log.bind(gen_id=g.gen_id, stage=str(g.stage), model=g.llm_model_id)
         attempts: list[AttemptRow] = []
         outages = self.breaker.opened_count
         done = False
         try:
-            outcome = await self._run(claim, attempts, bound)
+            try:
+                outcome = await self._run(claim, attempts, bound)
+            except CalledOff:
+                await self._give_back(claim, ready, bound)
+                return
             if self.breaker.caused(outcome.kind, outages) and self._requeues[g.gen_id] < self._max_requeues:
                 await self._requeue(claim, attempts, outcome, bound)
                 return
@@ -460,6 +558,7 @@ class Pool:
             )
         finally:
             self._release_slot(claim)
+            self.armed.finished(g.gen_id)
             self.in_flight.pop(g.gen_id, None)
             self._started.pop(g.gen_id, None)
             if done and g.stage is not Stage.EVALUATION:
@@ -467,6 +566,19 @@ class Pool:
             if not self.in_flight:
                 self._idle.set()
             self.wake(new_work=False)
+
+    async def _give_back(self, claim: Claim, ready: Ready, bound: Any) -> None:
+        """An armed generation called off before its call: its row goes back to the queue (under
+        its fencing token), and to its lane; if the run state takes no write now, the reconciler
+        sends it back later."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.release([claim])
+            except Exception:
+                bound.exception("give_back_failed")
+                return
+        if not self._stopping:
+            self.lanes.add([ready])
 
     async def _commit(self, completion: Completion, bound: Any) -> bool | None:
         """Commit a completion, retrying while the run state takes no writes (a full disk, a lock
@@ -546,11 +658,14 @@ class Pool:
             return await self.runner.run(
                 job,
                 on_attempt=on_attempt,
+                before_call=lambda: self.armed.until_launched(g.gen_id),
                 on_call_over=lambda: self._release_slot(claim),
                 provider=provider,
                 fresh=claim.fresh,
                 policy=self.settings.current.retry,
             )
+        except CalledOff:
+            raise
         except Exception as exc:  # the per-task boundary: a bug here fails one generation, not the service
             bound.exception("generation_crashed")
             return Outcome(

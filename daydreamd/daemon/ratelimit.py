@@ -125,6 +125,12 @@ class SlidingWindow:
         self._prune(self._clock.now())
         return len(self._stamps)
 
+    def room(self) -> int | None:
+        """How many more requests fit now; None when unlimited."""
+        if self._limit is None:
+            return None
+        return max(0, self._limit - self.in_window())
+
     def wait_time(self) -> float:
         """Seconds until one more request fits: 0.0 if it fits now. Records nothing."""
         now = self._clock.now()

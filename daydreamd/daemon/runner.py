@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -172,6 +172,7 @@ class Runner:
         job: Job,
         *,
         on_attempt: AttemptHook | None = None,
+        before_call: Callable[[], Awaitable[None]] | None = None,
         on_call_over: Callable[[], None] | None = None,
         provider: Provider | None = None,
         fresh: bool = False,
@@ -182,6 +183,8 @@ class Runner:
         Args:
             job: the generation to run.
             on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
+            before_call: awaited once the prompt is ready and a call is needed, just before it (the
+                pool waits there for a slot; what it raises ends the run, nothing more written).
             on_call_over: called in the event loop as soon as the call is over (a reply in
                 memory, or a failure for good), before anything is written: the pool frees the
                 call's slot then, so a slot is a request at the provider, not our own file work.
@@ -198,6 +201,8 @@ class Runner:
             return early
         if run.reply is None:
             assert run.prompt is not None and job.model is not None
+            if before_call is not None:
+                await before_call()
             request = LlmRequest(
                 model=job.model.model,
                 prompt=run.prompt,

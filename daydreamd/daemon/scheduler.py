@@ -97,6 +97,24 @@ class Lanes:
             added += 1
         return added
 
+    def push(self, row: Ready) -> None:
+        """Add one row to its key's lane, making the lane if it has none (for work that is known
+        to be complete here: what is not read from the database, such as armed work)."""
+        if row.gen_id in self._items:
+            return
+        lane = self._lanes.setdefault(row.key, _Lane(complete=True))
+        self._items[row.gen_id] = row
+        heapq.heappush(lane.heap, (row.order, row.gen_id))
+
+    def discard(self, gen_id: str) -> None:
+        """Take one row out, wherever it is (a no-op when it is not here)."""
+        row = self._items.pop(gen_id, None)
+        if row is None:
+            return
+        lane = self._lanes[row.key]
+        lane.heap = [entry for entry in lane.heap if entry[1] != gen_id]
+        heapq.heapify(lane.heap)
+
     def choose(
         self,
         free: int,

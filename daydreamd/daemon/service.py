@@ -472,16 +472,16 @@ class Service:
         """Send queued, not yet started generations back to pending."""
         self._check_known(request)
         scope = await self._scope_of(request.cohort)
-        revoked = await self.store.revoke(
-            stage=request.stage,
-            template_id=request.template_id,
-            llm_model_id=request.llm_model_id,
-            requested_by=request.requested_by,
-            cohort_id=scope or self.current.cohort_id,
-            scope=scope,
-        )
+        async with self.pool.held():  # work armed ahead of its call is back in the queue first
+            revoked = await self.store.revoke(
+                stage=request.stage,
+                template_id=request.template_id,
+                llm_model_id=request.llm_model_id,
+                requested_by=request.requested_by,
+                cohort_id=scope or self.current.cohort_id,
+                scope=scope,
+            )
         log.info("revoked", revoked=revoked, **_scope(request))
-        self.pool.wake()  # the lanes forget what was read ahead (none of it could start anyway)
         await self.refresh_summary()
         return {"revoked": revoked, "cohort_id": scope or self.current.cohort_id}
 

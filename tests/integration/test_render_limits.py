@@ -125,8 +125,11 @@ async def test_a_template_past_a_limit_on_sample_inputs_is_refused_by_validate_a
 async def test_sigterm_while_templates_spin_ends_within_the_render_time_limit(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    """Shutdown waits for renders in progress, and a render lasts at most ``render.timeout_s``."""
-    daemon = make(daemons, tmp_path, fast_config(None, provider="mock", extra="[render]\ntimeout_s = 4.0\n"))
+    """Shutdown waits for renders in progress, and a render lasts at most ``render.timeout_s``. Three
+    rendering processes: the two spinning drafts hold two, the other drafts render in the third
+    whatever order their renders are asked in."""
+    extra = "[render]\ntimeout_s = 4.0\nworkers = 3\n"
+    daemon = make(daemons, tmp_path, fast_config(None, provider="mock", extra=extra))
     add_spinning_template(daemon)
     await daemon.start()
     await ctl(daemon, "approve", "draft")

@@ -94,14 +94,17 @@ async def test_a_rate_limited_model_never_starves_the_others(tmp_path: Path, dae
 
 
 async def test_work_read_ahead_is_revoked_exactly(tmp_path: Path, daemons: list[Daemon]) -> None:
-    """With every slot held by a call, the rest of the approved drafts wait in memory; revoke sends
-    every one of them back to pending (none starts later) and lets the four calls finish."""
+    """With every slot held by a call, the rest of the approved drafts wait: a few armed (started
+    and prepared ahead of a slot), the others in memory; revoke sends every one of them back to
+    pending, armed ones included (none starts later), and lets the four calls finish."""
     fake = GatedFake(hold=lambda _: True, latency_ms=10)
     async with fake:
         daemon = make(daemons, tmp_path, fast_config(fake.base_url))
         await daemon.start()
         assert (await daemon.approve("draft"))["matched"] == 27
-        await daemon.wait_for(lambda s: fake.held == 4 and drafts(s)["running"] == 4, what="4 calls held")
+        await daemon.wait_for(
+            lambda s: fake.held == 4 and drafts(s)["running"] > 4, what="4 calls held and more armed"
+        )
         revoked = await daemon.post("/v1/revocations", {"stage": "draft", "requested_by": "test"})
         assert revoked["revoked"] == 23
         fake.gate.set()
@@ -178,4 +181,31 @@ async def test_kill_9_with_work_read_ahead_loses_nothing_and_pays_nothing_twice(
         await daemon.wait_stage("draft", done=9)
         assert fake.request_count == 9
         assert len({r.prompt for r in fake.requests}) == 9
+        assert await daemon.stop() == 0
+
+
+async def test_kill_9_with_armed_work_sends_nothing_twice(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """Four calls held at the server and more drafts armed (started and prepared, waiting for a
+    slot, so `running` in the run state): the armed ones have sent nothing. kill -9, restart with
+    the server answering: every draft ends done; the four calls cut by the kill are sent again
+    (their first never reached the service), every other draft is sent exactly once."""
+    fake = GatedFake(hold=lambda _: True, latency_ms=10)
+    async with fake:
+        daemon = make(daemons, tmp_path, fast_config(fake.base_url))
+        await daemon.start()
+        assert (await daemon.approve("draft"))["matched"] == 27
+        await daemon.wait_for(
+            lambda s: fake.held == 4 and drafts(s)["running"] > 4, what="4 calls held and more armed"
+        )
+        daemon.kill()
+        cut = Counter((r.model, r.prompt) for r in fake.requests)
+        assert len(cut) == 4 and set(cut.values()) == {1}  # the armed drafts sent nothing
+        fake.gate.set()
+        await daemon.start()
+        status = await daemon.wait_stage("draft", done=27)
+        assert drafts(status)["running"] == 0 and drafts(status)["failed"] == 0
+        sent = Counter((r.model, r.prompt) for r in fake.requests)
+        assert len(sent) == 27
+        assert {key for key, n in sent.items() if n > 1} == set(cut)
+        assert set(sent.values()) == {1, 2}
         assert await daemon.stop() == 0

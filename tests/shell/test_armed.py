@@ -1,0 +1,91 @@
+"""Armed work: generations started ahead of a slot wait until launched, or are called off.
+
+In memory with anyio events and tasks; no mocks.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+
+from daydreamd.daemon.armed import ArmedWork, CalledOff
+from tests.shell.test_scheduler import ready
+
+
+async def test_a_prepared_generation_waits_until_launched_and_the_pool_is_told() -> None:
+    told: list[str] = []
+    armed = ArmedWork(on_waiting=lambda: told.append("waiting"))
+    first, second = ready(1, "a"), ready(2, "a")
+    armed.arm(first)
+    armed.arm(second)
+    assert (len(armed), armed.of(("llm", "a"))) == (2, 2)
+    launched: list[str] = []
+
+    async def run(gen_id: str) -> None:
+        await armed.until_launched(gen_id)
+        launched.append(gen_id)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, first.gen_id)
+        with anyio.fail_after(5):
+            while armed.waiting.held(("llm", "a")) < 1:
+                await anyio.lowlevel.checkpoint()
+        assert told == ["waiting"] and launched == []
+        (chosen,) = armed.waiting.choose(1, [("llm", "a")], may_start=lambda _: True)
+        armed.launch(chosen)
+    assert launched == [first.gen_id]
+    assert (len(armed), armed.of(("llm", "a")), first.gen_id in armed) == (1, 1, False)
+
+
+async def test_called_off_work_raises_and_is_waited_for_until_its_task_ends() -> None:
+    """One armed generation waits, one is still preparing: both are called off; until_given_back
+    returns only after both tasks have ended."""
+    armed = ArmedWork(on_waiting=lambda: None)
+    waiting, preparing = ready(1, "a"), ready(2, "b")
+    armed.arm(waiting)
+    armed.arm(preparing)
+    outcomes: dict[str, str] = {}
+    prepared = anyio.Event()
+
+    async def run(gen_id: str, before: anyio.Event | None) -> None:
+        if before is not None:
+            await before.wait()
+        try:
+            await armed.until_launched(gen_id)
+            outcomes[gen_id] = "launched"
+        except CalledOff:
+            outcomes[gen_id] = "called off"
+        finally:
+            armed.finished(gen_id)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, waiting.gen_id, None)
+        with anyio.fail_after(5):
+            while armed.waiting.held(("llm", "a")) < 1:
+                await anyio.lowlevel.checkpoint()
+        tasks.start_soon(run, preparing.gen_id, prepared)
+        assert armed.call_off() == 2
+        assert len(armed) == 0 and armed.waiting.held(("llm", "a")) == 0
+        given_back = False
+
+        async def wait_given_back() -> None:
+            nonlocal given_back
+            await armed.until_given_back()
+            given_back = True
+
+        tasks.start_soon(wait_given_back)
+        with anyio.fail_after(5):
+            while waiting.gen_id not in outcomes:
+                await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        assert not given_back  # the one still preparing has not ended
+        prepared.set()
+    assert outcomes == {waiting.gen_id: "called off", preparing.gen_id: "called off"}
+    assert given_back
+
+
+async def test_nothing_called_off_means_nothing_to_wait_for() -> None:
+    armed = ArmedWork(on_waiting=lambda: None)
+    assert armed.call_off() == 0
+    with anyio.fail_after(1):
+        await armed.until_given_back()
