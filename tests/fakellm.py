@@ -192,6 +192,9 @@ class FakeLlm:
         host, port: where to listen; port 0 picks a free one (see :attr:`base_url`).
         latency_ms: fixed milliseconds, or ``(low, high)`` for uniform random latency.
         rpm: requests per minute before answering 429 (sliding window), ``None`` for no limit.
+        tpm: tokens per minute before answering 429 (sliding window, as a provider limits one API
+            key): a request counts its prompt (four characters a token) plus ``max_tokens`` when
+            it arrives, corrected to its usage (prompt plus completion) when it is answered.
         model_rpm: per-model requests per minute (by the body's ``model``), checked after ``rpm``;
             a model not listed has no limit of its own.
         fault_rates: probability of each fault per request (drawn with the seeded RNG).
@@ -214,6 +217,7 @@ class FakeLlm:
         port: int = 0,
         latency_ms: float | tuple[float, float] = 0.0,
         rpm: int | None = None,
+        tpm: int | None = None,
         model_rpm: Mapping[str, int] | None = None,
         fault_rates: Mapping[FaultSpec, float] | None = None,
         fault_fn: FaultFn | None = None,
@@ -230,6 +234,11 @@ class FakeLlm:
         self.port = port
         self.latency_ms = latency_ms
         self.rpm = rpm
+        self.tpm = tpm
+        self._token_window: deque[list[float]] = deque()
+        self._token_entries: dict[int, list[float]] = {}
+        self.max_tokens_in_window = 0
+        """The most tokens counted in any 60 s window (with ``tpm``)."""
         self.model_rpm = dict(model_rpm or {})
         self.fault_rates = [(as_fault(spec), rate) for spec, rate in (fault_rates or {}).items()]
         self.fault_fn = fault_fn
@@ -358,6 +367,8 @@ class FakeLlm:
             "max_in_progress": self.max_in_progress,
             "max_in_window": self._seen.busiest,
             "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_tokens_in_window": self.max_tokens_in_window,
             "models": {
                 model: {
                     "requests": counts.requests,
@@ -383,6 +394,8 @@ class FakeLlm:
         limited = self._rpm_retry_after(record.at)
         if limited is None:
             limited = self._model_rpm_retry_after(record.model, record.at)
+        if limited is None:
+            limited = self._tpm_retry_after(record)
         if limited is not None:
             return self._http_fault(record, Fault(kind=FaultKind.RATE_LIMIT, retry_after=str(limited)))
         if self.api_key is not None and record.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -445,6 +458,23 @@ class FakeLlm:
         if self.rpm is None:
             return None
         return _window_retry_after(self._window, self.rpm, now)
+
+    def _tpm_retry_after(self, record: RecordedRequest) -> int | None:
+        """Count the request's tokens in the window; the Retry-After seconds if they do not fit."""
+        if self.tpm is None:
+            return None
+        window, now = self._token_window, record.at
+        while window and window[0][0] <= now - _WINDOW_S:
+            window.popleft()
+        counted = sum(entry[1] for entry in window)
+        tokens = max(1, len(record.prompt) // _CHARS_PER_TOKEN) + (record.max_tokens or 0)
+        if window and counted + tokens > self.tpm:
+            return max(1, math.ceil(window[0][0] + _WINDOW_S - now))
+        entry = [now, float(tokens)]
+        window.append(entry)
+        self._token_entries[record.number] = entry
+        self.max_tokens_in_window = max(self.max_tokens_in_window, round(counted + tokens))
+        return None
 
     def _model_rpm_retry_after(self, model: str | None, now: float) -> int | None:
         """The same for the request's model, when it has a limit of its own."""
@@ -570,6 +600,9 @@ class FakeLlm:
             if limit is not None and 0 < limit <= tokens:
                 text, tokens, finish = text[: limit * _CHARS_PER_TOKEN], limit, ("length", "max_tokens")
         prompt_tokens = max(1, len(record.prompt) // _CHARS_PER_TOKEN)
+        entry = self._token_entries.pop(record.number, None)
+        if entry is not None:  # tokens per minute: the estimate becomes the usage
+            entry[1] = float(prompt_tokens + tokens)
         body: dict[str, Any] = {
             "id": f"gen-fake-{record.number}",
             "object": "chat.completion",
@@ -706,6 +739,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latency-ms", type=_parse_latency, default=0.0, help="fixed ms, or LOW-HIGH for uniform random"
     )
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute before 429")
+    parser.add_argument("--tpm", type=int, default=None, help="tokens per minute before 429")
     parser.add_argument(
         "--model-rpm",
         type=_parse_model_rpm,
@@ -741,6 +775,7 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         latency_ms=args.latency_ms,
         rpm=args.rpm,
+        tpm=args.tpm,
         model_rpm=dict(args.model_rpm),
         fault_rates=dict(args.fault_rate),
         seed=args.seed,

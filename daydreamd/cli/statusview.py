@@ -93,6 +93,29 @@ def model_table(status: Status) -> Table | None:
     return table
 
 
+def endpoint_table(status: Status) -> Table | None:
+    """Calls, requests and tokens per endpoint against its own limits (when there are several)."""
+    endpoints = ServiceStatus.coerce(status).endpoints
+    if len(endpoints) < 2:
+        return None
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("endpoint", "in flight", "req/min", "tokens/min", "models"):
+        table.add_column(column, justify="left" if column in ("endpoint", "models") else "right")
+    for name, info in sorted(endpoints.items()):
+        table.add_row(
+            name,
+            f"{info.in_flight}/{info.concurrency}" if info.concurrency else str(info.in_flight),
+            _of(info.requests_last_minute, info.requests_per_minute),
+            _of(info.tokens_last_minute, info.tokens_per_minute),
+            ", ".join(info.models),
+        )
+    return table
+
+
+def _of(used: int, limit: int) -> str:
+    return f"{used}/{limit}" if limit else str(used)
+
+
 def _known(value: object) -> str:
     return "?" if value is None else str(value)
 
@@ -108,9 +131,9 @@ def render_status(status: Status) -> RenderableType:
         f"   spent ${status.spent_usd:,.2f}",
     )
     parts: list[RenderableType] = [header, stage_table(status)]
-    models = model_table(status)
-    if models is not None:
-        parts.append(models)
+    for table in (model_table(status), endpoint_table(status)):
+        if table is not None:
+            parts.append(table)
     notes = []
     if status.cohort_progress is not None:
         notes.append(Text(status.cohort_progress.describe(), style="bold cyan"))

@@ -91,6 +91,44 @@ class LlmSettings:
     """Per-request timeout in seconds."""
 
 
+DEFAULT_ENDPOINT = "llm"
+"""The name of the endpoint ``[llm]`` describes: every model without ``[models.<id>] endpoints``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointSettings:
+    """One server (or API key) that answers calls: ``[endpoints.<name>]``, or ``[llm]`` as ``llm``.
+
+    The limits are the endpoint's own, on top of each model's and provider's: a provider limits
+    requests and tokens per API key, and one inference server takes only so many calls at once.
+    """
+
+    kind: str = "openai"
+    """openrouter (OpenRouter's headers and usage accounting) | openai (any OpenAI-compatible
+    server: OpenAI, vLLM, Ollama, llama.cpp) | mock | echo (offline)."""
+    base_url: str = ""
+    api_key_env: str = ""
+    """The API key's name (a systemd credential, an environment variable or a ``.env`` line, as
+    for ``[llm]``); empty: send no key (a local server)."""
+    timeout_s: float = 600.0
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra HTTP headers sent with every request (``headers = { "X-Team" = "lab" }``)."""
+    requests_per_minute: int = 0
+    """Requests in any sliding 60 s window over every model it serves (0: unlimited)."""
+    tokens_per_minute: int = 0
+    """Tokens in any sliding 60 s window (0: unlimited): a call counts its prompt (about four
+    characters a token) plus ``max_tokens`` when sent, corrected by the usage its reply reports."""
+    concurrency: int = 0
+    """Calls in flight at once (0: unlimited; the pool's and the models' limits still apply)."""
+
+    @classmethod
+    def of_llm(cls, llm: LlmSettings) -> EndpointSettings:
+        """The endpoint ``[llm]`` describes (no limits of its own, as before endpoints existed)."""
+        return cls(
+            kind=llm.provider, base_url=llm.base_url, api_key_env=llm.api_key_env, timeout_s=llm.timeout_s
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WatchSettings:
     """How the service follows edits to ``1_raw`` (``[watch]``)."""
@@ -205,6 +243,12 @@ class Settings:
     prices: tuple[tuple[str, PriceSettings], ...] = ()
     render: RenderLimits = field(default_factory=RenderLimits)
     """``[render]``: time, size and memory a template's render may use (see ``templates.RenderLimits``)."""
+    endpoints: tuple[tuple[str, EndpointSettings], ...] = ()
+    """``[endpoints.<name>]``, sorted by name (``[llm]`` is the endpoint named ``llm``)."""
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``[models.<llm_model_id>] endpoints = [...]``: the endpoints that serve a model."""
+    llm_in_use: bool = True
+    """Whether ``[llm]`` is an endpoint: the config has an ``[llm]`` section or no ``[endpoints]``."""
 
     def stage(self, stage: Stage) -> StageSettings:
         """The settings of one stage."""
@@ -215,13 +259,37 @@ class Settings:
         """The experiment directory, ``<data_dir>/1_raw``."""
         return self.paths.data_dir / "1_raw"
 
+    def all_endpoints(self) -> dict[str, EndpointSettings]:
+        """Every endpoint by name: ``llm`` (from ``[llm]``, when in use) and ``[endpoints.<name>]``."""
+        found = {DEFAULT_ENDPOINT: EndpointSettings.of_llm(self.llm)} if self.llm_in_use else {}
+        return {**found, **dict(self.endpoints)}
+
+    def endpoints_of(self, llm_model_id: str) -> tuple[str, ...]:
+        """The endpoints that serve a model: its route, else ``llm`` (none without ``[llm]``)."""
+        routed = dict(self.routes).get(llm_model_id)
+        if routed is not None:
+            return routed
+        return (DEFAULT_ENDPOINT,) if self.llm_in_use else ()
+
 
 def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path | None = None) -> Settings:
     """Read ``config`` (None: defaults relative to the cwd), apply ``DD_COHORT`` and ``data_dir``."""
     base = config.parent if config else Path.cwd()
     table = _read_toml(config) if config else {}
     source = str(config) if config else "defaults"
-    known = {"paths", "experiment", "llm", "stages", "watch", "retry", "pool", "prices", "render"}
+    known = {
+        "paths",
+        "experiment",
+        "llm",
+        "stages",
+        "watch",
+        "retry",
+        "pool",
+        "prices",
+        "render",
+        "endpoints",
+        "models",
+    }
     _reject_unknown(table, known, source, "")
     settings = Settings(
         config_path=config,
@@ -234,8 +302,12 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         pool=_pool(table.get("pool", {}), source),
         prices=_per_id(table.get("prices", {}), PriceSettings, source, "prices"),
         render=_section(RenderLimits, table, "render", source),
+        endpoints=_endpoints(table.get("endpoints", {}), source),
+        routes=_routes(table.get("models", {}), source),
+        llm_in_use="llm" in table or "endpoints" not in table,
     )
     _check_values(settings, source)
+    _check_routes(settings, source)
     if data_dir is not None:
         settings = replace(settings, paths=replace(settings.paths, data_dir=data_dir.resolve()))
     override = env.get("DD_COHORT")
@@ -339,6 +411,77 @@ def _pool(table: Any, source: str) -> PoolSettings:
     }
     with_overrides: PoolSettings = replace(pool, **overrides)  # _build returns Any
     return with_overrides
+
+
+def _endpoints(table: Any, source: str) -> tuple[tuple[str, EndpointSettings], ...]:
+    """``[endpoints.<name>]`` tables; ``headers`` is a table of strings."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError("must hold [endpoints.<name>] tables", path=source, key="endpoints")
+    found = []
+    for name, values in sorted(table.items()):
+        key = f"endpoints.{name}"
+        if name == DEFAULT_ENDPOINT:
+            raise ConfigError(
+                f"the name {DEFAULT_ENDPOINT!r} is the [llm] section's; pick another name",
+                path=source,
+                key=key,
+            )
+        headers = values.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(
+                'must be a table of strings: headers = { "X-Name" = "value" }',
+                path=source,
+                key=f"{key}.headers",
+            )
+        rest = {k: v for k, v in values.items() if k != "headers"}
+        endpoint = _build(EndpointSettings, rest, source, f"{key}.")
+        if not endpoint.base_url and endpoint.kind in ("openai", "openrouter"):
+            raise ConfigError(
+                "must be set: the server's URL, e.g. http://localhost:8000/v1",
+                path=source,
+                key=f"{key}.base_url",
+            )
+        if endpoint.timeout_s <= 0:
+            raise ConfigError("must be more than 0 seconds", path=source, key=f"{key}.timeout_s")
+        for limit in ("requests_per_minute", "tokens_per_minute", "concurrency"):
+            if getattr(endpoint, limit) < 0:
+                raise ConfigError("must be 0 (unlimited) or more", path=source, key=f"{key}.{limit}")
+        found.append((name, replace(endpoint, headers=tuple(sorted(headers.items())))))
+    return tuple(found)
+
+
+def _routes(table: Any, source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[models.<llm_model_id>] endpoints = ["name", ...]``."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError("must hold [models.<llm_model_id>] tables", path=source, key="models")
+    found = []
+    for model_id, values in sorted(table.items()):
+        _reject_unknown(values, {"endpoints"}, source, f"models.{model_id}.")
+        names = values.get("endpoints")
+        key = f"models.{model_id}.endpoints"
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                'must be a list of endpoint names, e.g. endpoints = ["vllm-a", "vllm-b"]',
+                path=source,
+                key=key,
+            )
+        if len(set(names)) != len(names):
+            raise ConfigError("names an endpoint twice", path=source, key=key)
+        found.append((model_id, tuple(names)))
+    return tuple(found)
+
+
+def _check_routes(settings: Settings, source: str) -> None:
+    known = settings.all_endpoints()
+    for model_id, names in settings.routes:
+        for name in names:
+            if name not in known:
+                hint = ", ".join(sorted(known)) or "none"
+                raise ConfigError(
+                    f"no endpoint named {name!r} (known: {hint})",
+                    path=source,
+                    key=f"models.{model_id}.endpoints",
+                )
 
 
 def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[str, Any], ...]:

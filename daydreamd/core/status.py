@@ -150,6 +150,40 @@ class ModelStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointStatus:
+    """One endpoint's limits and what it holds now (``[endpoints.<name>]``, or ``llm``)."""
+
+    in_flight: int = 0
+    concurrency: int = 0
+    """Its calls-at-once limit (0: none of its own)."""
+    requests_per_minute: int = 0
+    requests_last_minute: int = 0
+    tokens_per_minute: int = 0
+    tokens_last_minute: int = 0
+    models: tuple[str, ...] = ()
+    """The experiment's models it serves."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of one endpoint."""
+        return {**asdict(self), "models": list(self.models)}
+
+    @classmethod
+    def from_json(cls, value: object) -> EndpointStatus:
+        """An endpoint from JSON."""
+        info = _mapping(value)
+        models = info.get("models")
+        return cls(
+            in_flight=_int(info.get("in_flight")),
+            concurrency=_int(info.get("concurrency")),
+            requests_per_minute=_int(info.get("requests_per_minute")),
+            requests_last_minute=_int(info.get("requests_last_minute")),
+            tokens_per_minute=_int(info.get("tokens_per_minute")),
+            tokens_last_minute=_int(info.get("tokens_last_minute")),
+            models=tuple(str(m) for m in models) if isinstance(models, list) else (),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ParkedStatus:
     """Work held back after a quota failure."""
 
@@ -428,6 +462,7 @@ class ServiceStatus:
     in_flight: int | None = None
     """Generations holding a concurrency slot; None when the document did not say."""
     models: Mapping[str, ModelStatus] = field(default_factory=dict)
+    endpoints: Mapping[str, EndpointStatus] = field(default_factory=dict)
     pool: PoolStatus = field(default_factory=PoolStatus)
     spent_usd: float = 0.0
     """Dollars spent since the service started, over all models."""
@@ -462,6 +497,7 @@ class ServiceStatus:
             "stages": {stage: counts.to_json() for stage, counts in self.stages.items()},
             "in_flight": self.in_flight,
             "models": {model: info.to_json() for model, info in self.models.items()},
+            "endpoints": {name: info.to_json() for name, info in self.endpoints.items()},
             "pool": self.pool.to_json(),
             "spent_usd": self.spent_usd,
             "rates_per_minute": dict(self.rates_per_minute),
@@ -488,6 +524,9 @@ class ServiceStatus:
             stages={str(k): StageCounts.from_json(v) for k, v in _mapping(doc.get("stages")).items()},
             in_flight=_optional_int(doc.get("in_flight")),
             models={str(k): ModelStatus.from_json(v) for k, v in _mapping(doc.get("models")).items()},
+            endpoints={
+                str(k): EndpointStatus.from_json(v) for k, v in _mapping(doc.get("endpoints")).items()
+            },
             pool=PoolStatus.from_json(doc.get("pool")),
             spent_usd=_number(doc.get("spent_usd")),
             rates_per_minute={

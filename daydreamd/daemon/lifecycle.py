@@ -26,7 +26,7 @@ import anyio
 import structlog
 
 from daydreamd import __version__
-from daydreamd.core.config import Settings, load_settings
+from daydreamd.core.config import DEFAULT_ENDPOINT, Settings, load_settings
 from daydreamd.core.errors import DaydreamError
 from daydreamd.daemon.limits import RPM_WINDOW_S
 from daydreamd.daemon.lock import instance_lock
@@ -37,8 +37,9 @@ from daydreamd.daemon.server import make_app, start_unix_site, stop
 from daydreamd.daemon.service import Service
 from daydreamd.daemon.settings import key_scrubber, reloadable
 from daydreamd.daemon.watcher import rebuild_loop, spec_relevant, watch_tree
-from daydreamd.llm.apikey import Scrubber
-from daydreamd.llm.registry import check_settings, make_provider, needs_session
+from daydreamd.llm.apikey import KeyScrubber
+from daydreamd.llm.offline import MockProvider
+from daydreamd.llm.registry import check_settings, endpoint_llm, make_endpoint_provider, needs_session
 from daydreamd.sandbox.render_process import RenderProcess
 from daydreamd.storage.atomic import remove_stale_temps
 from daydreamd.storage.gens import GensStore
@@ -56,7 +57,7 @@ answers; a big one is still being built and synced, and status shows its progres
 
 @asynccontextmanager
 async def _http_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession | None]:
-    if not needs_session(settings.llm):
+    if not any(needs_session(endpoint_llm(e)) for e in settings.all_endpoints().values()):
         yield None
         return
     connector = aiohttp.TCPConnector(limit=max(settings.pool.concurrency, 1), enable_cleanup_closed=True)
@@ -74,7 +75,7 @@ def _sweep_temps(data_dir: Path, running: list[tuple[str, str]]) -> int:
 
 
 async def serve(
-    settings: Settings, env: Mapping[str, str], *, scrubber: Scrubber, new_state: bool = False
+    settings: Settings, env: Mapping[str, str], *, scrubber: KeyScrubber, new_state: bool = False
 ) -> int:
     """Run the service until SIGTERM/SIGINT; return the exit code.
 
@@ -99,16 +100,19 @@ async def serve(
                 RPM_WINDOW_S
             )  # before recover(): dead claims count too
             recovered = await store.recover()
-            provider = make_provider(settings.llm, env=env, config_dir=config_dir, session=session)
+            providers = {
+                name: make_endpoint_provider(name, endpoint, env=env, config_dir=config_dir, session=session)
+                for name, endpoint in settings.all_endpoints().items()
+            }
             runner = Runner(
                 store=GensStore(settings.paths.data_dir),
-                provider=provider,
+                provider=providers.get(DEFAULT_ENDPOINT) or MockProvider(),  # calls go through the endpoints
                 policy=settings.retry,
                 rng=random.Random(),
                 renderer=renderer,
                 scrubber=scrubber,
             )
-            service = Service(settings, store, runner)
+            service = Service(settings, store, runner, providers=providers)
             await service.pool.restore_limits()
             service.pool.limits.seed(recent)
             await service.restore_pauses()
@@ -119,7 +123,8 @@ async def serve(
                 temp_files_removed=swept,
                 pid=os.getpid(),
                 data_dir=str(settings.paths.data_dir),
-                provider=settings.llm.provider,
+                provider=settings.llm.provider if settings.llm_in_use else None,
+                endpoints=sorted(providers),
             )
             site = None
             failed: list[BaseException] = []

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from daydreamd.llm.apikey import Scrubber
+from daydreamd.llm.apikey import KeyScrubber
 
 SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -45,7 +45,7 @@ def configure_logging(
     log_file: Path | None,
     level: str = "info",
     stream: TextIO | None = None,
-    scrubber: Scrubber | None = None,
+    scrubber: KeyScrubber | None = None,
 ) -> None:
     """Route structlog through stdlib handlers: stdout (console or JSON) and an optional file.
 
@@ -118,7 +118,7 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         super().close()
 
 
-def scrub_event(scrubber: Scrubber) -> Any:
+def scrub_event(scrubber: KeyScrubber) -> Any:
     """A structlog processor that scrubs every string in the event dict with ``scrubber``.
 
     Keys and values, inside nested dicts, lists, tuples and sets too; any other object that a
@@ -132,7 +132,7 @@ def scrub_event(scrubber: Scrubber) -> Any:
     return scrub
 
 
-def _scrubbed(scrubber: Scrubber, value: Any) -> Any:
+def _scrubbed(scrubber: KeyScrubber, value: Any) -> Any:
     if isinstance(value, str):
         return scrubber.text(value)
     if value is None or isinstance(value, bool | int | float):
@@ -147,7 +147,7 @@ def _scrubbed(scrubber: Scrubber, value: Any) -> Any:
     return value if clean is shown else clean
 
 
-def _handler(handler: logging.Handler, *, json: bool, scrub: Scrubber | None) -> logging.Handler:
+def _handler(handler: logging.Handler, *, json: bool, scrub: KeyScrubber | None) -> logging.Handler:
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
     )

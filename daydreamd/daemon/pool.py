@@ -1,26 +1,30 @@
 """The worker pool: start approved work within its limits, run it through the runner.
 
 Ready work is read from SQLite ahead of need into per-model lanes (:mod:`~daydreamd.daemon.scheduler`,
-:mod:`~daydreamd.storage.ready`); a generation starts (takes a slot, its places in the rate
-windows, and becomes ``running``) only when everything that limits it allows one more call now,
-so no slot ever waits for a rate window and one model's queue never blocks another's.
+:mod:`~daydreamd.storage.ready`). A few generations are *armed* ahead of free slots: started (the
+row becomes ``running``, one transaction) and prepared without a slot (:mod:`~daydreamd.daemon.armed`);
+one is *launched* (takes a slot, its places in the rate windows, and an endpoint) the moment
+everything that limits it allows one more call, so no slot ever waits for a rate window or for
+our own preparation, and one model's queue never blocks another's.
 
-Limits, all enforced here and nowhere else (kept by :mod:`~daydreamd.daemon.limits`): a global
-concurrency; per-model concurrency that adapts (halved once per episode of 429s, honouring
-Retry-After; grown back slowly on success; never below 1); and requests per minute per model
-and per provider, never exceeded in any sliding 60-second window: a first attempt's place is
-taken as it starts, a retry waits for its own. A quota failure parks all LLM work for
-``pool.quota_park_s`` instead of hammering the provider; an outage opens the provider's circuit
-breaker (:mod:`~daydreamd.daemon.breaker`), which holds every call and start until a probe gets
-an answer, and sends the generations whose calls failed meanwhile back to the queue. An approval
-with a spent budget (:mod:`~daydreamd.daemon.budgets`) starts no more calls: its budget is
-checked as each of its calls starts, never for work merely read ahead.
+Limits, all enforced here and nowhere else (kept by :mod:`~daydreamd.daemon.limits` and
+:mod:`~daydreamd.daemon.endpoints`): a global concurrency (calls at the provider); per-model
+concurrency that adapts (halved once per episode of 429s, honouring Retry-After; grown back
+slowly on success; never below 1); requests per minute per model and per provider, never
+exceeded in any sliding 60-second window: a first attempt's place is taken as it is launched, a
+retry waits for its own; and per endpoint (a server or API key) calls at once, requests and
+tokens per minute. A quota failure parks all LLM work for ``pool.quota_park_s`` instead of
+hammering the provider; an outage opens the provider's circuit breaker
+(:mod:`~daydreamd.daemon.breaker`), which holds every call and start until a probe gets an
+answer, and sends the generations whose calls failed meanwhile back to the queue. An approval
+with a spent budget (:mod:`~daydreamd.daemon.budgets`) starts no more calls: its budget counts
+armed work when more is armed, and is checked again as each call is launched.
 
 Only work whose parent is done is ready, parents' stages first. Every start carries a fencing
 token (see ``store``); completions are committed in batches (:mod:`~daydreamd.daemon.commits`).
-On shutdown the pool starts nothing more, lets in-flight calls finish within the grace period,
-and gives back whatever is left. What it has done is counted by
-:mod:`~daydreamd.daemon.counters` and read through :meth:`Pool.snapshot`.
+On shutdown the pool starts nothing more, gives armed work back to the queue, lets in-flight
+calls finish within the grace period, and gives back whatever is left. What it has done is
+counted by :mod:`~daydreamd.daemon.counters` and read through :meth:`Pool.snapshot`.
 """
 
 from __future__ import annotations
@@ -36,17 +40,18 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from daydreamd.core.config import Settings
+from daydreamd.core.config import DEFAULT_ENDPOINT, Settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.pricing import Price, configured_prices, price_for
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import Stage, State
-from daydreamd.core.status import ModelStatus, ParkedStatus, PoolStatus, Trouble
+from daydreamd.core.status import EndpointStatus, ModelStatus, ParkedStatus, PoolStatus, Trouble
 from daydreamd.daemon.armed import ArmedWork, CalledOff
-from daydreamd.daemon.breaker import Breaker, BreakerState
+from daydreamd.daemon.breaker import Breaker, BreakerState, is_outage
 from daydreamd.daemon.budgets import Budgets
 from daydreamd.daemon.commits import CommitBatcher
 from daydreamd.daemon.counters import Counters
+from daydreamd.daemon.endpoints import Endpoints, Place, estimate_tokens
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
@@ -92,6 +97,7 @@ class PoolSnapshot:
     """Generations claimed and not yet committed (in flight, or saving their reply)."""
     pool: PoolStatus
     models: Mapping[str, ModelStatus]
+    endpoints: Mapping[str, EndpointStatus]
     spent_usd: float
     rates_per_minute: Mapping[str, float]
     calls: Mapping[tuple[str, str], int]
@@ -103,36 +109,45 @@ class PoolSnapshot:
 
 
 class _GatedProvider:
-    """Waits for every rate window that applies before each attempt, then asks the provider.
+    """Sends each attempt of one generation to an endpoint of its model, within its limits.
 
-    With ``prepaid`` the first attempt's places in the windows were taken when the generation
-    was chosen to start (the scheduler starts only what may send at once); retries wait for
-    theirs here, holding their slot.
+    The first attempt's places (in the model's, the vendor's and the endpoint's windows) were
+    taken when the generation was launched; a retry waits for its own here, holding its slot,
+    and goes to another endpoint of the model when the first one failed and another has room.
     """
 
     def __init__(
         self,
-        inner: Provider,
+        place: Callable[[], Place],
         windows: list[SlidingWindow],
-        limits: PoolLimits,
-        breaker: Breaker,
-        *,
-        prepaid: bool = False,
+        pool: Pool,
+        model_id: str,
     ) -> None:
-        self._inner = inner
+        self._place = place
         self._windows = windows
-        self._limits = limits
-        self._breaker = breaker
-        self._prepaid = prepaid
+        self._pool = pool
+        self._model_id = model_id
+        self._prepaid = True
 
     async def complete(self, request: LlmRequest) -> Reply:
-        await self._breaker.permit()
-        await self._limits.wait_unparked()
+        pool = self._pool
+        await pool.breaker.permit()
+        await pool.limits.wait_unparked()
+        place = self._place()
         if self._prepaid:
             self._prepaid = False
         else:
-            await acquire_all(self._windows)
-        return await self._inner.complete(request)
+            tokens = estimate_tokens(request)
+            if place.endpoint.failures:
+                other = pool.endpoints.pick(self._model_id, tokens, time.monotonic(), besides=place.endpoint)
+                if other is not None and other is not place.endpoint:
+                    pool.endpoints.move(place, other)
+            endpoint = place.endpoint
+            await acquire_all([*self._windows, endpoint.requests])
+            while (wait := endpoint.tokens.wait_time(tokens)) > 0:  # noqa: ASYNC110 (time must pass)
+                await anyio.sleep(wait)
+            place.tokens = endpoint.tokens.take(tokens)
+        return await place.endpoint.provider.complete(request)
 
 
 class Pool:
@@ -146,13 +161,21 @@ class Pool:
         runner: Runner,
         current: JobSource,
         bus: EventBus | None = None,
+        providers: Mapping[str, Provider] | None = None,
     ) -> None:
+        """``providers``: one per endpoint (``Settings.all_endpoints``); without them, every call
+        goes to the runner's provider as the endpoint ``llm``."""
         self.settings = settings
         self.store = store
         self.runner = runner
         self.current = current
         self.bus = bus or EventBus()
         self.limits = PoolLimits(settings, self._provider_of)
+        self.endpoints = Endpoints(providers or {DEFAULT_ENDPOINT: runner.provider}, settings.current)
+        self._places: dict[str, Place] = {}
+        """The endpoint each launched call went to (and its places there)."""
+        self._estimates: dict[str, int] = {}
+        """Tokens each prepared call may use (its prompt plus max_tokens), for tokens per minute."""
         self.budgets = Budgets()
         self.counters = Counters()
         self.commits = CommitBatcher(store)
@@ -222,6 +245,7 @@ class Pool:
     def _settings_changed(self, settings: Settings) -> None:
         """Apply reloaded limits without touching in-flight calls (SIGHUP, or a live change)."""
         self.limits.apply(settings)
+        self.endpoints.apply(settings)
         self.breaker.configure(settings.pool)
         self.wake()
 
@@ -362,7 +386,8 @@ class Pool:
     def _launch(self, keys: list[Key]) -> float:
         """Send armed, prepared generations round-robin over their models, as far as everything that
         limits a call allows now: a slot, the model's concurrency, a place in each rate window
-        (taken here), the provider up, the approval's budget (this call counted, armed ones not).
+        (taken here), an endpoint with room for its tokens (the one with the most room), the
+        provider up, the approval's budget (this call counted, armed ones not).
         Returns the seconds until a rate window that holds one back opens (at most ``IDLE_POLL_S``).
         """
         blocked: list[float] = []
@@ -374,15 +399,25 @@ class Pool:
             if not self.breaker.closed or self.limits.model_free(model_id, 1, now) <= 0:
                 return False  # the provider is down, or the model paused, parked or at its concurrency
             wait = max(window.wait_time() for window in self.limits.windows(model_id))
+            if wait == 0 and not any(e.has_room(0, now) for e in self.endpoints.of(model_id)):
+                wait = self.endpoints.wait_time(model_id, now)  # 0 when only their calls at once are full
+                if wait == 0:
+                    return False
             if wait > 0:
                 blocked.append(wait)
             return wait == 0
 
-        def within_budget(ready: Ready) -> bool:
-            return ready.approval_id is None or ready.approval_id not in self.budgets.exhausted(calling)
+        def allowed(ready: Ready) -> bool:
+            if ready.approval_id is not None and ready.approval_id in self.budgets.exhausted(calling):
+                return False
+            tokens = self._estimates.get(ready.gen_id, 0)
+            return self.endpoints.pick(ready.generation.llm_model_id, tokens, now) is not None
 
         def launch(ready: Ready) -> None:
-            model_id = ready.generation.llm_model_id
+            model_id, tokens = ready.generation.llm_model_id, self._estimates.get(ready.gen_id, 0)
+            endpoint = self.endpoints.pick(model_id, tokens, now)
+            assert endpoint is not None  # allowed() saw it, with no await since
+            self._places[ready.gen_id] = self.endpoints.take(endpoint, tokens)
             self.limits.take(ready.gen_id, model_id)
             for window in self.limits.windows(model_id):
                 window.try_acquire()  # may_call saw room in each, with no await since
@@ -391,7 +426,7 @@ class Pool:
             self.armed.launch(ready)
 
         waiting = self.armed.waiting
-        waiting.choose(self.limits.free(), keys, may_start=may_call, allowed=within_budget, take=launch)
+        waiting.choose(self.limits.free(), keys, may_start=may_call, allowed=allowed, take=launch)
         return min([IDLE_POLL_S, *blocked])
 
     async def _arm(self, workers: anyio.abc.TaskGroup, keys: list[Key]) -> None:
@@ -489,8 +524,13 @@ class Pool:
         workers.start_soon(self._work, claim, ready, name=g.gen_id)
 
     def _release_slot(self, claim: Claim) -> None:
-        """Free the claim's concurrency slot (once): its call is over."""
-        if self.limits.release(claim.generation.gen_id, _call_model(claim)):
+        """Free the claim's concurrency slot and its place at its endpoint (once): its call is over."""
+        gen_id = claim.generation.gen_id
+        place = self._places.pop(gen_id, None)
+        if place is not None:
+            self.endpoints.give_back(place)
+        self._estimates.pop(gen_id, None)
+        if self.limits.release(gen_id, _call_model(claim)):
             self.wake(new_work=False)
 
     def _provider_of(self, model_id: str) -> str:
@@ -638,8 +678,24 @@ class Pool:
             )
         provider = None
         if job.model is not None:
+            if not self.endpoints.of(g.llm_model_id):
+                message = (
+                    f"no endpoint serves model {g.llm_model_id}: add [models.{g.llm_model_id}] "
+                    "endpoints = [...] to the config, or an [llm] section"
+                )
+                return Outcome(
+                    gen_id=g.gen_id,
+                    stage=g.stage,
+                    ok=False,
+                    kind=FailureKind.INVALID_REQUEST,
+                    message=message,
+                )
             windows = self.limits.windows(g.llm_model_id)
-            provider = _GatedProvider(self.runner.provider, windows, self.limits, self.breaker, prepaid=True)
+            provider = _GatedProvider(lambda: self._places[g.gen_id], windows, self, g.llm_model_id)
+
+        async def before_call(request: LlmRequest) -> None:
+            self._estimates[g.gen_id] = estimate_tokens(request)
+            await self.armed.until_launched(g.gen_id)
 
         def on_attempt(record: AttemptRecord) -> None:
             attempts.append(_attempt_row(record))
@@ -649,6 +705,9 @@ class Pool:
                 self.breaker.announce(change, bound, self.bus)
                 if change.state is BreakerState.CLOSED:
                     self.wake()
+            place = self._places.get(g.gen_id)
+            if place is not None:
+                self._endpoint_attempt(place, record, bound)
             cost = self.counters.attempt(g.llm_model_id, record, self._price(g.llm_model_id))
             if cost is not None:
                 self.budgets.record(claim.approval_id, cost)
@@ -658,7 +717,7 @@ class Pool:
             return await self.runner.run(
                 job,
                 on_attempt=on_attempt,
-                before_call=lambda: self.armed.until_launched(g.gen_id),
+                before_call=before_call,
                 on_call_over=lambda: self._release_slot(claim),
                 provider=provider,
                 fresh=claim.fresh,
@@ -671,6 +730,27 @@ class Pool:
             return Outcome(
                 gen_id=g.gen_id, stage=g.stage, ok=False, kind=None, message=f"internal error: {exc!r}"
             )
+
+    def _endpoint_attempt(self, place: Place, record: AttemptRecord, bound: Any) -> None:
+        """Count the attempt's reported tokens at its endpoint, and its health: an endpoint that
+        stops answering is parked, and its model's calls go to the others."""
+        endpoint = place.endpoint
+        if record.usage is not None and record.usage.total_tokens is not None:
+            endpoint.tokens.correct(place.tokens, record.usage.total_tokens)
+        pool = self.settings.current.pool
+        parked = self.endpoints.record(
+            endpoint,
+            outage=is_outage(record.outcome, record.status),
+            now=time.monotonic(),
+            threshold=pool.outage_failures,
+            park_s=pool.outage_probe_s,
+        )
+        if parked:
+            seconds = round(endpoint.parked_until - time.monotonic(), 1)
+            bound.warning(
+                "endpoint_parked", endpoint=endpoint.name, failures=endpoint.failures, seconds=seconds
+            )
+            self.bus.publish("endpoint_parked", endpoint=endpoint.name, seconds=seconds)
 
     def _adapt(self, model_id: str, record: AttemptRecord, bound: Any) -> None:
         state = self.limits.model(model_id)
@@ -739,12 +819,33 @@ class Pool:
                 troubles=self.troubles(),
             ),
             models=models,
+            endpoints=self._endpoint_statuses(),
             spent_usd=counters.spent_usd(),
             rates_per_minute=counters.rates(now),
             calls=dict(counters.calls),
             tokens=dict(counters.tokens),
             cost_usd=dict(counters.cost),
         )
+
+    def _endpoint_statuses(self) -> dict[str, EndpointStatus]:
+        jobs = self.current.jobs
+        model_ids = [model.model_id for model in jobs.models()] if jobs is not None else []
+        served: dict[str, list[str]] = {}
+        for model_id in model_ids:
+            for endpoint in self.endpoints.of(model_id):
+                served.setdefault(endpoint.name, []).append(model_id)
+        return {
+            endpoint.name: EndpointStatus(
+                in_flight=endpoint.in_flight,
+                concurrency=endpoint.settings.concurrency,
+                requests_per_minute=endpoint.settings.requests_per_minute,
+                requests_last_minute=endpoint.requests.in_window(),
+                tokens_per_minute=endpoint.settings.tokens_per_minute,
+                tokens_last_minute=endpoint.tokens.in_window(),
+                models=tuple(served.get(endpoint.name, ())),
+            )
+            for endpoint in self.endpoints.all()
+        }
 
 
 def _parse_key(parse: dict[str, Any] | None) -> str | None:

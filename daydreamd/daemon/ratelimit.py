@@ -223,6 +223,79 @@ async def acquire_all(windows: Sequence[SlidingWindow], *, sleep: Sleep = anyio.
         waited += wait
 
 
+# ---- tokens per window ---------------------------------------------------------------------------
+
+
+class TokenWindow:
+    """At most ``limit`` tokens in any window of ``window_s`` seconds (a provider's tokens per minute).
+
+    Each call counts an estimate when it is sent (its prompt plus ``max_tokens``, an upper bound of
+    what it can use) and :meth:`correct` replaces it with the usage its reply reports. A call larger
+    than the whole budget may still go, alone in its window: it could never go otherwise.
+    """
+
+    def __init__(self, limit: int | None, window_s: float = 60.0, *, clock: Clock | None = None) -> None:
+        self._limit = _check_limit(limit)
+        self._window_s = float(window_s)
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._entries: deque[list[float]] = deque()
+        self._total = 0.0
+
+    @property
+    def limit(self) -> int | None:
+        """Tokens per window; None when unlimited."""
+        return self._limit
+
+    def set_limit(self, limit: int | None) -> None:
+        """Change the budget (a reload); what was counted stays counted."""
+        self._limit = _check_limit(limit)
+
+    def in_window(self) -> int:
+        """Tokens counted in the window that ends now."""
+        self._prune(self._clock.now())
+        return round(self._total)
+
+    def fits(self, tokens: int) -> bool:
+        """Whether a call of ``tokens`` may go now."""
+        if self._limit is None:
+            return True
+        self._prune(self._clock.now())
+        return self._total + tokens <= self._limit or not self._entries
+
+    def wait_time(self, tokens: int) -> float:
+        """Seconds until a call of ``tokens`` fits: 0.0 if it fits now."""
+        if self.fits(tokens):
+            return 0.0
+        assert self._limit is not None
+        now, left = self._clock.now(), self._total
+        for at, counted, _ in self._entries:
+            left -= counted
+            if left + tokens <= self._limit:
+                return max(_MIN_WAIT_S, self._window_s - (now - at))
+        return max(_MIN_WAIT_S, self._window_s - (now - self._entries[-1][0]))
+
+    def take(self, tokens: int) -> list[float]:
+        """Count a call of ``tokens`` now; the entry returned is what :meth:`correct` takes."""
+        entry = [self._clock.now(), float(tokens), 1.0]  # time, tokens, still in the window
+        self._entries.append(entry)
+        self._total += tokens
+        return entry
+
+    def correct(self, entry: list[float], tokens: int) -> None:
+        """The call counted as ``entry`` used ``tokens`` (its reply's usage)."""
+        if entry[2]:
+            self._total += tokens - entry[1]
+        entry[1] = float(tokens)
+
+    def _prune(self, now: float) -> None:
+        while self._entries and now - self._entries[0][0] >= self._window_s:
+            gone = self._entries.popleft()
+            gone[2] = 0.0
+            self._total -= gone[1]
+        if not self._entries:
+            self._total = 0.0
+
+
 # ---- adaptive concurrency -----------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ from daydreamd.core.retry import FailureKind, RetryPolicy
 from daydreamd.core.stages import PARENT_STAGE, Stage
 from daydreamd.core.templates import PromptRenderer, Renderer
 from daydreamd.daemon.health import Health, is_disk_fault
-from daydreamd.llm.apikey import Scrubber
+from daydreamd.llm.apikey import KeyScrubber, Scrubber
 from daydreamd.llm.calls import AttemptHook, call_with_retries
 from daydreamd.llm.checks import content_problem
 from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
@@ -147,7 +147,7 @@ class Runner:
         sleep: Callable[[float], Any] = anyio.sleep,
         checkpoint: Checkpoint | None = None,
         renderer: PromptRenderer | None = None,
-        scrubber: Scrubber | None = None,
+        scrubber: KeyScrubber | None = None,
     ) -> None:
         """``renderer``: the service passes its rendering processes (``daydreamd.sandbox``), which
         add time and memory limits; the default renders in this process (tests, benchmarks).
@@ -172,7 +172,7 @@ class Runner:
         job: Job,
         *,
         on_attempt: AttemptHook | None = None,
-        before_call: Callable[[], Awaitable[None]] | None = None,
+        before_call: Callable[[LlmRequest], Awaitable[None]] | None = None,
         on_call_over: Callable[[], None] | None = None,
         provider: Provider | None = None,
         fresh: bool = False,
@@ -183,8 +183,9 @@ class Runner:
         Args:
             job: the generation to run.
             on_attempt: sees every LLM attempt (the pool records them and adapts its limits).
-            before_call: awaited once the prompt is ready and a call is needed, just before it (the
-                pool waits there for a slot; what it raises ends the run, nothing more written).
+            before_call: awaited with the request once the prompt is ready and a call is needed,
+                just before it (the pool waits there for a slot; what it raises ends the run,
+                nothing more written).
             on_call_over: called in the event loop as soon as the call is over (a reply in
                 memory, or a failure for good), before anything is written: the pool frees the
                 call's slot then, so a slot is a request at the provider, not our own file work.
@@ -201,8 +202,6 @@ class Runner:
             return early
         if run.reply is None:
             assert run.prompt is not None and job.model is not None
-            if before_call is not None:
-                await before_call()
             request = LlmRequest(
                 model=job.model.model,
                 prompt=run.prompt,
@@ -210,6 +209,8 @@ class Runner:
                 temperature=job.settings.temperature,
                 stage=str(job.stage),
             )
+            if before_call is not None:
+                await before_call(request)
             t = time.monotonic()
             try:
                 reply, run.attempts = await call_with_retries(

@@ -8,6 +8,7 @@ around it (startup, signals, shutdown) is :mod:`daydreamd.daemon.lifecycle`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from daydreamd.daemon.reparse import Reparser, reparsable
 from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.daemon.watcher import Trigger
+from daydreamd.llm.types import Provider
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.readers import spent_by_cohort
 from daydreamd.storage.restart_memory import RestartMemory
@@ -64,7 +66,16 @@ class Service:
     SUMMARY_IDLE_S = 5.0
     """With no write to the run state, the counts are re-read this often (recent errors age out)."""
 
-    def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runner: Runner,
+        *,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        """``providers``: one per endpoint (see :mod:`~daydreamd.daemon.endpoints`); without them the
+        runner's provider serves every model."""
         self.live = LiveSettings(settings)
         """The settings in force: a reload replaces them here, for every part at once."""
         self.store = store
@@ -74,7 +85,14 @@ class Service:
             self.live, store, self.current, renderer=runner.renderer, on_synced=self.refresh_summary
         )
         self.bus = EventBus()
-        self.pool = Pool(settings=self.live, store=store, runner=runner, current=self.current, bus=self.bus)
+        self.pool = Pool(
+            settings=self.live,
+            store=store,
+            runner=runner,
+            current=self.current,
+            bus=self.bus,
+            providers=providers,
+        )
         self.reparser = Reparser(store, runner.store, self.bus)
         self.reparse_due = anyio.Event()
         """Set after a rebuild: the re-parser checks whether a template's parse key moved."""
@@ -178,6 +196,7 @@ class Service:
             stages=summary.counts,
             in_flight=pool.in_flight,
             models=pool.models,
+            endpoints=pool.endpoints,
             pool=pool.pool,
             spent_usd=pool.spent_usd,
             rates_per_minute=pool.rates_per_minute,

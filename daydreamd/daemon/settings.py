@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from daydreamd.core.config import Settings
-from daydreamd.llm.apikey import Scrubber, api_key_for
-from daydreamd.llm.registry import needs_session
+from daydreamd.llm.apikey import KeyScrubber, Scrubber, Scrubbers, api_key_for
+from daydreamd.llm.registry import endpoint_llm, needs_session
 
 Listener = Callable[[Settings], None]
 
@@ -48,8 +48,9 @@ class LiveSettings:
 def reloadable(current: Settings, fresh: Settings) -> Settings:
     """``current`` with what a reload may change taken from ``fresh``.
 
-    Limits, retries, stage settings and the experiment's shape change; paths, the provider and
-    prices stay as the service started with them.
+    Limits (the endpoints' too), routes of models to endpoints, retries, stage settings and the
+    experiment's shape change; paths, the endpoints themselves (URLs, keys; a new one needs a
+    restart) and prices stay as the service started with them.
     """
     return replace(
         current,
@@ -58,22 +59,30 @@ def reloadable(current: Settings, fresh: Settings) -> Settings:
         watch=fresh.watch,
         retry=fresh.retry,
         pool=fresh.pool,
+        endpoints=fresh.endpoints,
+        routes=fresh.routes,
     )
 
 
-def key_scrubber(settings: Settings, env: Mapping[str, str]) -> Scrubber:
-    """The scrubber for the API key the provider will send, for the log (see
-    :mod:`daydreamd.daemon.logconfig`); one that scrubs nothing for an offline provider.
+def key_scrubber(settings: Settings, env: Mapping[str, str]) -> KeyScrubber:
+    """The scrubber for every API key an endpoint will send, for the log (see
+    :mod:`daydreamd.daemon.logconfig`) and the prompts; one that scrubs nothing when no endpoint
+    sends a key.
 
-    The key is read from the same sources, in the same order, as the provider reads it
+    Each key is read from the same sources, in the same order, as its provider reads it
     (:func:`~daydreamd.llm.apikey.read_api_key`), so a ``.env`` open to others is refused here,
     before the log or anything else starts. A missing key is not an error here: the provider
     reports it, naming where it looked.
 
     Raises:
-        ConfigError: the key's credential cannot be read, or its ``.env`` is open to others.
+        ConfigError: a key's credential cannot be read, or its ``.env`` is open to others.
     """
-    if not needs_session(settings.llm):
-        return Scrubber(None)
     config_dir = settings.config_path.parent if settings.config_path else None
-    return Scrubber(api_key_for(settings.llm, env, config_dir))
+    parts = [
+        Scrubber(api_key_for(endpoint_llm(endpoint), env, config_dir))
+        for endpoint in settings.all_endpoints().values()
+        if endpoint.api_key_env and needs_session(endpoint_llm(endpoint))
+    ]
+    if not parts:
+        return Scrubber(None)
+    return parts[0] if len(parts) == 1 else Scrubbers(tuple(parts))

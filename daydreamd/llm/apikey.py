@@ -191,6 +191,28 @@ class Scrubber:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Scrubbers:
+    """Several keys' scrubbers as one: with endpoints, each may send its own key."""
+
+    parts: tuple[Scrubber, ...]
+
+    @property
+    def active(self) -> bool:
+        """Whether there is any key to redact."""
+        return any(part.active for part in self.parts)
+
+    def text(self, value: str) -> str:
+        """``value`` with every key's qualifying pieces redacted (the same object when none is there)."""
+        for part in self.parts:
+            value = part.text(value)
+        return value
+
+
+KeyScrubber = Scrubber | Scrubbers
+"""What redacts the service's keys: one key's scrubber, or several."""
+
+
 def _common_length(a: str, b: str) -> int:
     """How many leading characters ``a`` and ``b`` share (slice comparisons: C speed)."""
     n = min(len(a), len(b))

@@ -35,33 +35,38 @@ APP_HEADERS = {"HTTP-Referer": "https://github.com/daydreamd", "X-Title": "daydr
 
 
 def connect(context: ProviderContext, *, openrouter: bool) -> OpenAiCompatibleClient:
-    """The client for ``llm.provider`` ``openrouter`` or ``openai``, with its API key.
+    """The client for kind ``openrouter`` or ``openai``, with its API key (none when ``api_key_env``
+    is empty: a local server).
 
     Raises:
         ConfigError: no API key (no systemd credential, environment variable or ``.env`` line
-            named ``llm.api_key_env``), a ``.env`` others may read, or no HTTP session to send
+            named ``api_key_env``), a ``.env`` others may read, or no HTTP session to send
             requests with.
     """
     llm = context.llm
-    key = api_key_for(llm, context.env, context.config_dir)
-    if key is None:
+    key = api_key_for(llm, context.env, context.config_dir) if llm.api_key_env else None
+    if key is None and llm.api_key_env:
         where = f" or in {context.config_dir / '.env'}" if context.config_dir else ""
         credential = ""
         if context.env.get(CREDENTIALS_DIRECTORY):
             credential = f"give the credential {llm.api_key_env} (LoadCredential=), or "
+        offline = (
+            'use provider "mock" to run offline'
+            if context.section == "llm"
+            else 'set api_key_env = "" for a server that takes none'
+        )
         raise ConfigError(
-            f"no API key: {credential}set the environment variable {llm.api_key_env}{where}, or use "
-            'provider "mock" to run offline',
-            key="llm.api_key_env",
+            f"no API key: {credential}set the environment variable {llm.api_key_env}{where}, or {offline}",
+            key=f"{context.section}.api_key_env",
         )
     if context.session is None:
-        raise ConfigError("an online provider needs an HTTP session", key="llm.provider")
+        raise ConfigError("an online provider needs an HTTP session", key=f"{context.section}.provider")
     return OpenAiCompatibleClient(
         context.session,
         llm.base_url,
         key,
         llm.timeout_s,
-        APP_HEADERS if openrouter else None,
+        {**(APP_HEADERS if openrouter else {}), **dict(context.headers)},
         include_usage=openrouter,
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daydreamd.core.config import LlmSettings, Settings
+from daydreamd.core.config import DEFAULT_ENDPOINT, EndpointSettings, LlmSettings, Settings
 from daydreamd.core.errors import ConfigError
 from daydreamd.llm.offline import EchoProvider, MockProvider
 from daydreamd.llm.types import Provider, ProviderContext
@@ -60,8 +60,16 @@ def provider_kind(llm: LlmSettings, *, path: str | None = None) -> ProviderKind:
 
 
 def check_settings(settings: Settings) -> None:
-    """Raise a ConfigError for an unknown ``llm.provider`` that names the config file and the key."""
-    provider_kind(settings.llm, path=str(settings.config_path) if settings.config_path else "defaults")
+    """Raise a ConfigError for an unknown ``llm.provider`` or endpoint ``kind`` that names the config
+    file and the key."""
+    path = str(settings.config_path) if settings.config_path else "defaults"
+    if settings.llm_in_use:
+        provider_kind(settings.llm, path=path)
+    for name, endpoint in settings.endpoints:
+        if endpoint.kind not in _KINDS:
+            raise ConfigError(
+                f"must be one of {', '.join(known_providers())}", path=path, key=f"endpoints.{name}.kind"
+            )
 
 
 def make_provider(
@@ -78,6 +86,38 @@ def make_provider(
     """
     kind = provider_kind(llm)
     return kind.factory(ProviderContext(llm=llm, env=env, config_dir=config_dir, session=session))
+
+
+def make_endpoint_provider(
+    name: str,
+    endpoint: EndpointSettings,
+    *,
+    env: Mapping[str, str],
+    config_dir: Path | None,
+    session: aiohttp.ClientSession | None,
+) -> Provider:
+    """The provider of one endpoint (``llm``: the ``[llm]`` section's, exactly as before endpoints).
+
+    Raises:
+        ConfigError: an unknown kind, or an online one whose API key cannot be found.
+    """
+    llm = endpoint_llm(endpoint)
+    section = "llm" if name == DEFAULT_ENDPOINT else f"endpoints.{name}"
+    kind = provider_kind(llm, path=None)
+    context = ProviderContext(
+        llm=llm, env=env, config_dir=config_dir, session=session, headers=endpoint.headers, section=section
+    )
+    return kind.factory(context)
+
+
+def endpoint_llm(endpoint: EndpointSettings) -> LlmSettings:
+    """An endpoint's connection settings in the form provider factories take."""
+    return LlmSettings(
+        provider=endpoint.kind,
+        base_url=endpoint.base_url,
+        api_key_env=endpoint.api_key_env,
+        timeout_s=endpoint.timeout_s,
+    )
 
 
 def needs_session(llm: LlmSettings) -> bool:

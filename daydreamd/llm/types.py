@@ -136,3 +136,7 @@ class ProviderContext:
     """The config file's folder, where a ``.env`` may hold the API key."""
     session: aiohttp.ClientSession | None
     """A shared HTTP session for online providers (the caller owns and closes it)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra headers for every request (an endpoint's ``headers``)."""
+    section: str = "llm"
+    """Where these settings come from in the config (``llm`` or ``endpoints.<name>``), for errors."""

@@ -56,6 +56,15 @@ def test_stage_defaults_and_overrides(tmp_path: Path) -> None:
         ("[render]\nmemory_mb = 16\n", "render.memory_mb"),
         ("[render]\nworkers = 0\n", "render.workers"),
         ("[render]\ntimeout = 2\n", "render.timeout"),
+        ('[endpoints.llm]\nbase_url = "http://x/v1"\n', "endpoints.llm"),
+        ('[endpoints.a]\nkind = "openai"\n', "endpoints.a.base_url"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nconcurrency = -1\n', "endpoints.a.concurrency"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nheaders = { X = 1 }\n', "endpoints.a.headers"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nrpm = 3\n', "endpoints.a.rpm"),
+        ('[models.m]\nendpoints = ["nowhere"]\n', "models.m.endpoints"),
+        ("[models.m]\nendpoints = []\n", "models.m.endpoints"),
+        ('[models.m]\nendpoints = ["llm", "llm"]\n', "models.m.endpoints"),
+        ('[models.m]\nendpoint = ["llm"]\n', "models.m.endpoint"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -98,3 +107,49 @@ def test_shipped_config_loads() -> None:
     """The example config.toml is valid and points at the example experiment."""
     settings = load_settings(ROOT / "config.toml", {})
     assert settings.raw_dir == ROOT / "data" / "1_raw"
+
+
+ENDPOINTS = """
+[llm]
+provider = "openrouter"
+[endpoints.vllm-a]
+kind = "openai"
+base_url = "http://10.0.0.5:8000/v1"
+concurrency = 8
+[endpoints.vllm-b]
+kind = "openai"
+base_url = "http://10.0.0.6:8000/v1"
+tokens_per_minute = 90000
+headers = { "X-Team" = "lab" }
+[endpoints.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+requests_per_minute = 500
+[models.llama]
+endpoints = ["vllm-a", "vllm-b"]
+[models.gpt_4o]
+endpoints = ["openai"]
+"""
+
+
+def test_endpoints_and_routes_with_llm_as_the_default(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ENDPOINTS), {})
+    endpoints = settings.all_endpoints()
+    assert sorted(endpoints) == ["llm", "openai", "vllm-a", "vllm-b"]
+    assert endpoints["llm"].kind == "openrouter" and endpoints["llm"].api_key_env == "OPENROUTER_API_KEY"
+    assert (endpoints["vllm-a"].concurrency, endpoints["vllm-a"].api_key_env) == (8, "")
+    assert endpoints["vllm-b"].headers == (("X-Team", "lab"),)
+    assert endpoints["openai"].requests_per_minute == 500
+    assert settings.endpoints_of("llama") == ("vllm-a", "vllm-b")
+    assert settings.endpoints_of("gpt_4o") == ("openai",)
+    assert settings.endpoints_of("anything_else") == ("llm",)
+
+
+def test_without_an_llm_section_only_routed_models_have_an_endpoint(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ENDPOINTS.replace('[llm]\nprovider = "openrouter"\n', "")), {})
+    assert "llm" not in settings.all_endpoints()
+    assert settings.endpoints_of("llama") == ("vllm-a", "vllm-b")
+    assert settings.endpoints_of("anything_else") == ()
+    # A config with neither keeps [llm]'s defaults as before endpoints existed.
+    assert load_settings(write(tmp_path, ""), {}).endpoints_of("x") == ("llm",)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.daemon.ratelimit import AdaptiveLimit, MonotonicClock, SlidingWindow
+from daydreamd.daemon.ratelimit import AdaptiveLimit, MonotonicClock, SlidingWindow, TokenWindow
 
 START = 1000.0
 
@@ -443,3 +443,57 @@ def test_initial_is_clamped() -> None:
 def test_nonsense_settings_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         AdaptiveLimit(2.0, clock=FakeClock(), **kwargs)  # type: ignore[arg-type]
+
+
+# ---- tokens per window ---------------------------------------------------------------------------
+
+
+def test_token_window_counts_estimates_corrects_them_and_lets_them_leave() -> None:
+    """1,000 tokens a minute: two 400-token estimates fit, a third does not until the first is
+    corrected to its usage (150) or leaves the window; wait_time says when."""
+    clock = FakeClock()
+    window = TokenWindow(1000, 60.0, clock=clock)
+    first = window.take(400)
+    clock.advance(10)
+    window.take(400)
+    assert (window.in_window(), window.fits(400), window.fits(200)) == (800, False, True)
+    assert window.wait_time(400) == pytest.approx(50.0)
+    window.correct(first, 150)
+    assert (window.in_window(), window.fits(400), window.wait_time(400)) == (550, True, 0.0)
+    clock.advance(50)  # the first leaves the window (at 60 s); correcting it now changes nothing
+    window.correct(first, 999)
+    assert window.in_window() == 400
+
+
+def test_a_call_larger_than_the_budget_goes_alone() -> None:
+    clock = FakeClock()
+    window = TokenWindow(1000, 60.0, clock=clock)
+    assert window.fits(5000)
+    window.take(5000)
+    assert not window.fits(1)
+    clock.advance(60)
+    assert window.fits(5000) and window.in_window() == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(st.floats(0, 30), st.integers(1, 900), st.integers(0, 900)), min_size=1, max_size=40
+    ),
+)
+def test_tokens_taken_through_fits_never_pass_the_limit_in_any_window(
+    calls: list[tuple[float, int, int]],
+) -> None:
+    """Calls arrive (gap, estimate, usage <= estimate): each waits until wait_time says 0, then is
+    taken and corrected; the counted tokens in the window never pass 1,000 (checked as each call is
+    taken), unless one call alone is larger."""
+    clock = FakeClock()
+    window = TokenWindow(1000, 60.0, clock=clock)
+    for gap, estimate, usage in calls:
+        clock.advance(gap)
+        while (wait := window.wait_time(estimate)) > 0:  # as the pool waits (float rounding: twice)
+            clock.advance(wait)
+        assert window.fits(estimate)
+        entry = window.take(estimate)
+        assert window.in_window() <= 1000 or window.in_window() == estimate
+        window.correct(entry, min(usage, estimate))

@@ -50,6 +50,17 @@ FULL: dict[str, Any] = {
             "unpriced_calls": 0,
         }
     },
+    "endpoints": {
+        "vllm-a": {
+            "in_flight": 3,
+            "concurrency": 8,
+            "requests_per_minute": 500,
+            "requests_last_minute": 120,
+            "tokens_per_minute": 90000,
+            "tokens_last_minute": 45000,
+            "models": ["llama", "qwen"],
+        }
+    },
     "pool": {
         "concurrency": 8,
         "paused": False,

@@ -215,3 +215,25 @@ def test_large_counts_use_thousands_separators() -> None:
 def test_an_80_column_terminal_keeps_every_header_whole() -> None:
     text = render(STATUS, width=80)
     assert "done/approved" in text.splitlines()[1]
+
+
+def test_endpoint_rows_show_calls_requests_and_tokens_against_their_limits() -> None:
+    """With several endpoints, each gets a row; with one (the [llm] alone), none is shown."""
+    endpoints = {
+        "llm": {"in_flight": 2, "models": ["gemini_25_flash"], "requests_last_minute": 40},
+        "vllm-a": {
+            "in_flight": 3,
+            "concurrency": 8,
+            "requests_per_minute": 500,
+            "requests_last_minute": 120,
+            "tokens_per_minute": 90000,
+            "tokens_last_minute": 45000,
+            "models": ["llama", "qwen"],
+        },
+    }
+    text = render({**STATUS, "endpoints": endpoints})
+    assert row(text, "endpoint") == ["endpoint", "in", "flight", "req/min", "tokens/min", "models"]
+    assert row(text, "llm") == ["llm", "2", "40", "0", "gemini_25_flash"]
+    assert row(text, "vllm-a") == ["vllm-a", "3/8", "120/500", "45000/90000", "llama,", "qwen"]
+    single = render({**STATUS, "endpoints": {"llm": endpoints["llm"]}})
+    assert "endpoint" not in single

@@ -60,10 +60,12 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.client = ServiceClient(self.socket, timeout=10.0)
         self.stdout = root / "daemon.out"
+        self.env: dict[str, str] = {}
+        """More environment variables for the process (more API keys, say)."""
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         """Start the process (without waiting for it to be ready); ``args`` go to ``daydreamd``."""
-        env = {**os.environ, "DD_TEST_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "DD_TEST_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("DD_COHORT", None)
         out = self.stdout.open("ab")
         self.process = subprocess.Popen(

@@ -93,18 +93,25 @@ async def test_a_rate_limited_model_never_starves_the_others(tmp_path: Path, dae
         assert await daemon.stop() == 0
 
 
+async def four_calls_held_and_more_armed(daemons: list[Daemon], root: Path, fake: GatedFake) -> Daemon:
+    """A daemon whose 27 drafts are approved while ``fake`` holds every call: its 4 slots hold 4
+    calls at the server, and more drafts are armed (``running``, waiting for a slot)."""
+    daemon = make(daemons, root, fast_config(fake.base_url))
+    await daemon.start()
+    assert (await daemon.approve("draft"))["matched"] == 27
+    await daemon.wait_for(
+        lambda s: fake.held == 4 and drafts(s)["running"] > 4, what="4 calls held and more armed"
+    )
+    return daemon
+
+
 async def test_work_read_ahead_is_revoked_exactly(tmp_path: Path, daemons: list[Daemon]) -> None:
     """With every slot held by a call, the rest of the approved drafts wait: a few armed (started
     and prepared ahead of a slot), the others in memory; revoke sends every one of them back to
     pending, armed ones included (none starts later), and lets the four calls finish."""
     fake = GatedFake(hold=lambda _: True, latency_ms=10)
     async with fake:
-        daemon = make(daemons, tmp_path, fast_config(fake.base_url))
-        await daemon.start()
-        assert (await daemon.approve("draft"))["matched"] == 27
-        await daemon.wait_for(
-            lambda s: fake.held == 4 and drafts(s)["running"] > 4, what="4 calls held and more armed"
-        )
+        daemon = await four_calls_held_and_more_armed(daemons, tmp_path, fake)
         revoked = await daemon.post("/v1/revocations", {"stage": "draft", "requested_by": "test"})
         assert revoked["revoked"] == 23
         fake.gate.set()
@@ -191,12 +198,7 @@ async def test_kill_9_with_armed_work_sends_nothing_twice(tmp_path: Path, daemon
     (their first never reached the service), every other draft is sent exactly once."""
     fake = GatedFake(hold=lambda _: True, latency_ms=10)
     async with fake:
-        daemon = make(daemons, tmp_path, fast_config(fake.base_url))
-        await daemon.start()
-        assert (await daemon.approve("draft"))["matched"] == 27
-        await daemon.wait_for(
-            lambda s: fake.held == 4 and drafts(s)["running"] > 4, what="4 calls held and more armed"
-        )
+        daemon = await four_calls_held_and_more_armed(daemons, tmp_path, fake)
         daemon.kill()
         cut = Counter((r.model, r.prompt) for r in fake.requests)
         assert len(cut) == 4 and set(cut.values()) == {1}  # the armed drafts sent nothing

@@ -25,7 +25,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daydreamd.core.config import LlmSettings, Settings
+from daydreamd.core.config import LlmSettings, Settings, load_settings
 from daydreamd.core.errors import ConfigError
 from daydreamd.daemon.logconfig import configure_logging, scrub_event
 from daydreamd.daemon.settings import key_scrubber
@@ -481,3 +481,19 @@ def test_the_configured_log_never_writes_the_key(tmp_path: Path) -> None:
         assert "attempt_failed" in text and "call_crashed" in text and "RuntimeError" in text
     for line in log_file.read_text(encoding="utf-8").splitlines():
         json.loads(line)  # still one JSON object per line
+
+
+def test_every_endpoints_key_is_scrubbed(tmp_path: Path) -> None:
+    """With endpoints, each may send its own key: the service's scrubber redacts all of them (a
+    keyless local endpoint adds none)."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[llm]\nprovider = "openai"\napi_key_env = "KEY_ONE"\n'
+        '[endpoints.two]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "KEY_TWO"\n'
+        '[endpoints.local]\nkind = "openai"\nbase_url = "http://127.0.0.1:8/v1"\n'
+    )
+    one, two = KEY, KEY[::-1]
+    scrubber = key_scrubber(load_settings(config, {}), {"KEY_ONE": one, "KEY_TWO": two})
+    text = scrubber.text(f"first {one}, second {two[:16]}****")
+    assert one[10:30] not in text and two[:16] not in text and text.count(REDACTED) == 2
+    assert scrubber.text("nothing secret here") == "nothing secret here"

@@ -1,0 +1,162 @@
+"""Endpoints: the servers (and API keys) calls go to, their own limits, and which one a call takes.
+
+Each model is served by the endpoints its route names (``[models.<id>] endpoints``; ``llm``, the
+``[llm]`` section, for the others). An endpoint has its own provider (URL, key, headers, timeout)
+and its own limits, on top of the model's and the vendor's: requests per minute and tokens per
+minute per API key (sliding 60 s windows, like the models'), and calls in flight at once. A call
+goes out only when its model, its vendor and one of its endpoints all have room; of a model's
+endpoints with room, it takes the one with the most (the fewest calls in flight for its
+concurrency), so a fleet of servers fills evenly and a slower one gets fewer calls. An endpoint
+that stops answering (``pool.outage_failures`` outage failures in a row) is parked for
+``pool.outage_probe_s`` (doubling while it stays down) and its model's calls, retries included,
+go to the others; then one call tries it again.
+
+Everything here runs on the event loop and does no I/O; the pool takes and gives back places.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from daydreamd.core.config import EndpointSettings, Settings
+from daydreamd.daemon.limits import RPM_WINDOW_S
+from daydreamd.daemon.ratelimit import SlidingWindow, TokenWindow
+from daydreamd.llm.types import LlmRequest, Provider
+
+CHARS_PER_TOKEN = 4
+"""How a prompt's tokens are estimated before its reply reports them (on the high side for English)."""
+
+
+def estimate_tokens(request: LlmRequest) -> int:
+    """What a call may use at most, as a provider counts it when it is sent: the prompt (estimated)
+    plus ``max_tokens``."""
+    return math.ceil(len(request.prompt) / CHARS_PER_TOKEN) + request.max_tokens
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """One endpoint's provider, limits and calls in flight."""
+
+    name: str
+    provider: Provider
+    settings: EndpointSettings
+    requests: SlidingWindow = field(init=False)
+    tokens: TokenWindow = field(init=False)
+    in_flight: int = 0
+    failures: int = 0
+    """Outage failures in a row (no answer, or a 5xx): at ``pool.outage_failures`` it is parked."""
+    parked_until: float = 0.0
+    """Monotonic time before which no call is sent to it (it looked down); then one is tried."""
+
+    def __post_init__(self) -> None:
+        self.requests = SlidingWindow(self.settings.requests_per_minute, RPM_WINDOW_S)
+        self.tokens = TokenWindow(self.settings.tokens_per_minute, RPM_WINDOW_S)
+
+    def apply(self, settings: EndpointSettings) -> None:
+        """Follow changed limits (a reload); calls in flight go on."""
+        self.settings = settings
+        self.requests.set_limit(settings.requests_per_minute)
+        self.tokens.set_limit(settings.tokens_per_minute)
+
+    def has_room(self, tokens: int, now: float) -> bool:
+        """Whether one more call of ``tokens`` may go to it now (not while it is parked)."""
+        concurrency = self.settings.concurrency
+        return (
+            now >= self.parked_until
+            and (not concurrency or self.in_flight < concurrency)
+            and self.requests.wait_time() == 0
+            and self.tokens.fits(tokens)
+        )
+
+    def load(self) -> tuple[float, int]:
+        """How full it is (lower: more room): calls in flight for its concurrency, then in flight."""
+        concurrency = self.settings.concurrency
+        return (self.in_flight / concurrency if concurrency else 0.0, self.in_flight)
+
+
+@dataclass(slots=True)
+class Place:
+    """What one call took at an endpoint, to give back and correct."""
+
+    endpoint: Endpoint
+    tokens: list[float]
+    """The token window's entry (see :meth:`TokenWindow.correct`)."""
+
+
+class Endpoints:
+    """Every endpoint by name, and each model's route to them."""
+
+    def __init__(self, providers: Mapping[str, Provider], settings: Settings) -> None:
+        """``providers``: one per endpoint name (``Settings.all_endpoints``)."""
+        configured = settings.all_endpoints()
+        self._all = {
+            name: Endpoint(name, provider, configured.get(name, EndpointSettings()))
+            for name, provider in providers.items()
+        }
+        self._route: Callable[[str], tuple[str, ...]] = settings.endpoints_of
+
+    def apply(self, settings: Settings) -> None:
+        """Follow changed limits and routes (a reload); new endpoints wait for a restart."""
+        configured = settings.all_endpoints()
+        for name, endpoint in self._all.items():
+            if name in configured:
+                endpoint.apply(configured[name])
+        self._route = settings.endpoints_of
+
+    def of(self, model_id: str) -> list[Endpoint]:
+        """The endpoints that serve ``model_id`` (none: its calls cannot go anywhere)."""
+        return [self._all[name] for name in self._route(model_id) if name in self._all]
+
+    def pick(
+        self, model_id: str, tokens: int, now: float, *, besides: Endpoint | None = None
+    ) -> Endpoint | None:
+        """The endpoint with the most room for one call of ``tokens`` now, or None; ``besides``
+        (one that just failed) only when no other has room."""
+        open_ = [endpoint for endpoint in self.of(model_id) if endpoint.has_room(tokens, now)]
+        others = [endpoint for endpoint in open_ if endpoint is not besides]
+        return min(others or open_, key=Endpoint.load, default=None)
+
+    def record(self, endpoint: Endpoint, *, outage: bool, now: float, threshold: int, park_s: float) -> bool:
+        """An attempt at ``endpoint`` ended: an outage failure (no answer, a 5xx) or an answer.
+        ``threshold`` outage failures in a row park it for ``park_s`` (doubling while it stays down,
+        up to ten times), so its model's calls go to the others meanwhile. True when it was parked now."""
+        if not outage:
+            endpoint.failures = 0
+            return False
+        endpoint.failures += 1
+        if endpoint.failures < threshold:
+            return False
+        doublings = min(endpoint.failures - threshold, 10)
+        endpoint.parked_until = now + park_s * 2**doublings
+        return True
+
+    def wait_time(self, model_id: str, now: float) -> float:
+        """Seconds until one of the model's endpoints is neither parked nor out of request places
+        (0: one is now, or only their calls at once are full)."""
+        waits = [
+            max(endpoint.requests.wait_time(), endpoint.parked_until - now) for endpoint in self.of(model_id)
+        ]
+        return max(0.0, min(waits, default=0.0))
+
+    def move(self, place: Place, to: Endpoint) -> None:
+        """A retry goes to ``to`` instead of the endpoint of its first attempt (which failed)."""
+        place.endpoint.in_flight -= 1
+        to.in_flight += 1
+        place.endpoint = to
+
+    def take(self, endpoint: Endpoint, tokens: int) -> Place:
+        """A call of ``tokens`` goes to ``endpoint`` now: its places in the windows and in flight."""
+        endpoint.requests.try_acquire()
+        endpoint.in_flight += 1
+        return Place(endpoint, endpoint.tokens.take(tokens))
+
+    @staticmethod
+    def give_back(place: Place) -> None:
+        """The call is over (its window places stay: the requests were made)."""
+        place.endpoint.in_flight -= 1
+
+    def all(self) -> list[Endpoint]:
+        """Every endpoint, by name."""
+        return [self._all[name] for name in sorted(self._all)]
