@@ -4,7 +4,7 @@ One generation model is served by three endpoints, each a fake LLM server (``tes
 in its own process with its own latency ``L_i`` and its own key, and each limited in the daemon
 to ``C_i`` calls at once (``[endpoints.<name>] concurrency``). An endpoint's ceiling is
 ``C_i / L_i`` calls a second; the fleet's ideal is their sum (the pool's own concurrency and the
-model's are set to ``sum C_i``, so only the endpoints bind). ``--count`` drafts (default 2,400)
+model's are set to ``sum C_i``, so only the endpoints bind). ``--count`` drafts (default 4,800)
 are approved at once; ``wall_s`` runs from just before the approval to the first status that shows
 every draft done (polled every 0.1 s), and ``ratio`` = (drafts / ``wall_s``) / ideal (target >= 0.95).
 
@@ -129,7 +129,7 @@ async def run_once(urls: list[str], count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=2400, help="drafts (default 2,400: 17 s at the ideal)")
+    parser.add_argument("--count", type=int, default=4800, help="drafts (default 4,800: 34 s at the ideal)")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]

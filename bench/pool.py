@@ -44,7 +44,7 @@ share the cores, so these say whether the run was bound by CPU rather than by th
 
 Run it from the project root with the project's virtualenv::
 
-    .venv/bin/python bench/pool.py          # all four: about 6 min at the ideal, 10 today
+    .venv/bin/python bench/pool.py          # all four: about 6 min at the ideal, 7 today
     .venv/bin/python bench/pool.py --scenario concurrency --count 2400
     .venv/bin/python bench/pool.py --scenario rpm --rpm 600 --count 1500
 
