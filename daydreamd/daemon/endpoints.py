@@ -3,10 +3,11 @@
 Each model is served by the endpoints its route names (``[models.<id>] endpoints``; ``llm``, the
 ``[llm]`` section, for the others). An endpoint has its own provider (URL, key, headers, timeout)
 and its own limits, on top of the model's and the vendor's: requests per minute and tokens per
-minute per API key (sliding 60 s windows, like the models'), and calls in flight at once. A call
-goes out only when its model, its vendor and one of its endpoints all have room; of a model's
-endpoints with room, it takes the one with the most (the fewest calls in flight for its
-concurrency), so a fleet of servers fills evenly and a slower one gets fewer calls. An endpoint
+minute per API key (sliding 60 s windows, like the models'), and calls in flight at once (learned
+from its 429s like a model's, never above the configured number). A call goes out only when its
+model, its vendor and one of its endpoints all have room; of a model's endpoints with room, it
+takes the one with the most (the fewest calls in flight for its concurrency), so a fleet of
+servers fills evenly and a slower one gets fewer calls. An endpoint
 that stops answering (``pool.outage_failures`` outage failures in a row) is parked for
 ``pool.outage_probe_s`` (doubling while it stays down) and its model's calls, retries included,
 go to the others; then one call tries it again.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from daydreamd.core.config import EndpointSettings, Settings
 from daydreamd.daemon.limits import RPM_WINDOW_S
-from daydreamd.daemon.ratelimit import SlidingWindow, TokenWindow
+from daydreamd.daemon.ratelimit import AdaptiveLimit, SlidingWindow, TokenWindow
 from daydreamd.llm.types import LlmRequest, Provider
 
 CHARS_PER_TOKEN = 4
@@ -44,6 +45,8 @@ class Endpoint:
     settings: EndpointSettings
     requests: SlidingWindow = field(init=False)
     tokens: TokenWindow = field(init=False)
+    limit: AdaptiveLimit | None = field(init=False)
+    """Its calls at once, learned from its 429s like a model's (None: no ``concurrency`` set)."""
     in_flight: int = 0
     failures: int = 0
     """Outage failures in a row (no answer, or a 5xx): at ``pool.outage_failures`` it is parked."""
@@ -53,27 +56,38 @@ class Endpoint:
     def __post_init__(self) -> None:
         self.requests = SlidingWindow(self.settings.requests_per_minute, RPM_WINDOW_S)
         self.tokens = TokenWindow(self.settings.tokens_per_minute, RPM_WINDOW_S)
+        self.limit = self._adaptive(self.settings.concurrency)
+
+    @staticmethod
+    def _adaptive(concurrency: int) -> AdaptiveLimit | None:
+        return AdaptiveLimit(concurrency, maximum=concurrency) if concurrency else None
 
     def apply(self, settings: EndpointSettings) -> None:
         """Follow changed limits (a reload); calls in flight go on."""
         self.settings = settings
         self.requests.set_limit(settings.requests_per_minute)
         self.tokens.set_limit(settings.tokens_per_minute)
+        if not settings.concurrency:
+            self.limit = None
+        elif self.limit is None:
+            self.limit = self._adaptive(settings.concurrency)
+        else:
+            self.limit.set_maximum(settings.concurrency)
 
     def has_room(self, tokens: int, now: float) -> bool:
-        """Whether one more call of ``tokens`` may go to it now (not while it is parked)."""
-        concurrency = self.settings.concurrency
+        """Whether one more call of ``tokens`` may go to it now (not while it is parked, or paused
+        by a 429's Retry-After)."""
+        limit = self.limit
         return (
             now >= self.parked_until
-            and (not concurrency or self.in_flight < concurrency)
+            and (limit is None or (self.in_flight < limit.limit and limit.resume_at <= now))
             and self.requests.wait_time() == 0
             and self.tokens.fits(tokens)
         )
 
     def load(self) -> tuple[float, int]:
         """How full it is (lower: more room): calls in flight for its concurrency, then in flight."""
-        concurrency = self.settings.concurrency
-        return (self.in_flight / concurrency if concurrency else 0.0, self.in_flight)
+        return (self.in_flight / self.limit.limit if self.limit else 0.0, self.in_flight)
 
 
 @dataclass(slots=True)
@@ -118,10 +132,27 @@ class Endpoints:
         others = [endpoint for endpoint in open_ if endpoint is not besides]
         return min(others or open_, key=Endpoint.load, default=None)
 
-    def record(self, endpoint: Endpoint, *, outage: bool, now: float, threshold: int, park_s: float) -> bool:
-        """An attempt at ``endpoint`` ended: an outage failure (no answer, a 5xx) or an answer.
+    def record(
+        self,
+        endpoint: Endpoint,
+        *,
+        outage: bool,
+        now: float,
+        threshold: int,
+        park_s: float,
+        rate_limited: bool = False,
+        retry_after: float | None = None,
+    ) -> bool:
+        """An attempt at ``endpoint`` ended: an outage failure (no answer, a 5xx), a 429, or an answer.
         ``threshold`` outage failures in a row park it for ``park_s`` (doubling while it stays down,
-        up to ten times), so its model's calls go to the others meanwhile. True when it was parked now."""
+        up to ten times), so its model's calls go to the others meanwhile. A 429 halves its learned
+        concurrency (once per episode, honouring Retry-After) and answers grow it back, as for a
+        model. True when it was parked now."""
+        if endpoint.limit is not None:
+            if rate_limited:
+                endpoint.limit.on_rate_limited(retry_after, in_flight=endpoint.in_flight)
+            elif not outage:
+                endpoint.limit.on_success()
         if not outage:
             endpoint.failures = 0
             return False

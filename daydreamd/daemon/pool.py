@@ -744,6 +744,8 @@ class Pool:
             now=time.monotonic(),
             threshold=pool.outage_failures,
             park_s=pool.outage_probe_s,
+            rate_limited=record.outcome == FailureKind.RATE_LIMIT,
+            retry_after=record.retry_after,
         )
         if parked:
             seconds = round(endpoint.parked_until - time.monotonic(), 1)
@@ -837,7 +839,7 @@ class Pool:
         return {
             endpoint.name: EndpointStatus(
                 in_flight=endpoint.in_flight,
-                concurrency=endpoint.settings.concurrency,
+                concurrency=endpoint.limit.limit if endpoint.limit is not None else 0,
                 requests_per_minute=endpoint.settings.requests_per_minute,
                 requests_last_minute=endpoint.requests.in_window(),
                 tokens_per_minute=endpoint.settings.tokens_per_minute,

@@ -128,8 +128,9 @@ async def test_a_fleet_endpoint_that_goes_down_mid_run_leaves_its_work_to_the_ot
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     """The three drafting models on three servers; the second (the fastest, so it gets the most
-    calls) answers its first two calls, then only 503s. Its calls' retries go to the other two, it is parked after
-    three failures in a row, and every draft ends done: nothing failed, no prompt answered twice."""
+    calls) answers its first two calls, then only 503s. Its calls' retries go to the other two, it
+    is parked after three failures in a row, and every draft ends done: nothing failed, no prompt
+    answered twice."""
     served = {"calls": 0}
 
     def down_after_two(_number: int, _request: RecordedRequest) -> FaultKind | None:

@@ -99,3 +99,21 @@ def test_an_endpoint_that_stops_answering_is_parked_and_the_others_take_its_call
     assert small.parked_until == NOW + 15.0
     assert all_.wait_time("fleet", NOW + 5.0) == 0.0  # big is open
     assert name_of(all_.pick("fleet", 10, NOW + 20.0, besides=small)) == "big"
+
+
+def test_a_429_halves_an_endpoints_concurrency_and_honours_retry_after(tmp_path: Path) -> None:
+    """big (3 at once) gets a 429 with Retry-After 2 s while 3 calls are in flight: it takes 1 at
+    once, and none before the 2 s are over (the learning itself is AdaptiveLimit's, tested with
+    the models'); the other endpoint of the fleet is untouched."""
+    all_ = endpoints(tmp_path)
+    big = next(e for e in all_.of("fleet") if e.name == "big")
+    assert big.limit is not None and big.limit.limit == 3
+    places = [all_.take(big, 10) for _ in range(3)]
+    all_.record(big, outage=False, now=NOW, threshold=3, park_s=5.0, rate_limited=True, retry_after=2.0)
+    assert big.limit.limit == 1
+    for place in places:
+        all_.give_back(place)
+    assert not big.has_room(10, big.limit.resume_at - 0.5)
+    assert big.has_room(10, big.limit.resume_at)
+    small = next(e for e in all_.of("fleet") if e.name == "small")
+    assert small.limit is not None and small.limit.limit == 1  # untouched
