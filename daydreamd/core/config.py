@@ -8,6 +8,7 @@ resolve against the config file's folder, so the service behaves the same from a
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -413,6 +414,11 @@ def _pool(table: Any, source: str) -> PoolSettings:
     return with_overrides
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP header name (RFC 9110 token)."""
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
+
+
 def _endpoints(table: Any, source: str) -> tuple[tuple[str, EndpointSettings], ...]:
     """``[endpoints.<name>]`` tables; ``headers`` is a table of strings."""
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
@@ -427,9 +433,12 @@ def _endpoints(table: Any, source: str) -> tuple[tuple[str, EndpointSettings], .
                 key=key,
             )
         headers = values.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        if not isinstance(headers, dict) or not all(
+            isinstance(v, str) and _HEADER_NAME.fullmatch(k) and not _HEADER_BREAK.search(v)
+            for k, v in headers.items()
+        ):
             raise ConfigError(
-                'must be a table of strings: headers = { "X-Name" = "value" }',
+                'must be a table of header names and one-line strings: headers = { "X-Name" = "value" }',
                 path=source,
                 key=f"{key}.headers",
             )

@@ -227,7 +227,7 @@ class Trouble:
     """Something outside the service that holds work back, until it clears by itself."""
 
     what: str
-    """``provider_down``, ``data_dir_unwritable`` or ``state_db_unwritable``."""
+    """``provider_down``, ``data_dir_unwritable``, ``state_db_unwritable`` or ``no_endpoint``."""
     since: str
     """When it started (ISO-8601 UTC)."""
     message: str = ""

@@ -26,6 +26,8 @@ from daydreamd.daemon.limits import RPM_WINDOW_S
 from daydreamd.daemon.ratelimit import AdaptiveLimit, SlidingWindow, TokenWindow
 from daydreamd.llm.types import LlmRequest, Provider
 
+UNLIMITED = 1 << 30
+"""The room of an endpoint without a concurrency of its own."""
 CHARS_PER_TOKEN = 4
 """How a prompt's tokens are estimated before its reply reports them (on the high side for English)."""
 
@@ -52,6 +54,8 @@ class Endpoint:
     """Outage failures in a row (no answer, or a 5xx): at ``pool.outage_failures`` it is parked."""
     parked_until: float = 0.0
     """Monotonic time before which no call is sent to it (it looked down); then one is tried."""
+    parks: int = 0
+    """Times it was parked since its last answer: while above 0, one call at a time tries it."""
 
     def __post_init__(self) -> None:
         self.requests = SlidingWindow(self.settings.requests_per_minute, RPM_WINDOW_S)
@@ -80,14 +84,42 @@ class Endpoint:
         limit = self.limit
         return (
             now >= self.parked_until
+            and (self.parks == 0 or self.in_flight == 0)
             and (limit is None or (self.in_flight < limit.limit and limit.resume_at <= now))
             and self.requests.wait_time() == 0
             and self.tokens.fits(tokens)
         )
 
+    def room(self, now: float) -> int:
+        """How many more calls it takes now (0 while parked, paused or out of request places;
+        ``UNLIMITED`` without a concurrency of its own)."""
+        if not self.has_room(0, now):
+            return 0
+        return self.limit.limit - self.in_flight if self.limit is not None else UNLIMITED
+
     def load(self) -> tuple[float, int]:
         """How full it is (lower: more room): calls in flight for its concurrency, then in flight."""
         return (self.in_flight / self.limit.limit if self.limit else 0.0, self.in_flight)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """How one attempt at an endpoint ended, as far as the endpoint's health and limits care."""
+
+    ok: bool = False
+    outage: bool = False
+    """No answer at all, or a 5xx."""
+    rate_limited: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutagePolicy:
+    """When an endpoint counts as down, and how long it then waits (``pool.outage_*``)."""
+
+    failures: int = 3
+    probe_s: float = 5.0
+    probe_cap_s: float = 120.0
 
 
 @dataclass(slots=True)
@@ -112,12 +144,19 @@ class Endpoints:
         self._route: Callable[[str], tuple[str, ...]] = settings.endpoints_of
 
     def apply(self, settings: Settings) -> None:
-        """Follow changed limits and routes (a reload); new endpoints wait for a restart."""
+        """Follow changed limits and routes (a reload). An endpoint not started is left out of a
+        route (it needs a restart); a model left with none keeps the endpoints it had."""
         configured = settings.all_endpoints()
         for name, endpoint in self._all.items():
             if name in configured:
                 endpoint.apply(configured[name])
-        self._route = settings.endpoints_of
+        before, started = self._route, set(self._all)
+
+        def route(model_id: str) -> tuple[str, ...]:
+            names = tuple(name for name in settings.endpoints_of(model_id) if name in started)
+            return names or before(model_id)
+
+        self._route = route
 
     def of(self, model_id: str) -> list[Endpoint]:
         """The endpoints that serve ``model_id`` (none: its calls cannot go anywhere)."""
@@ -133,41 +172,49 @@ class Endpoints:
         return min(others or open_, key=Endpoint.load, default=None)
 
     def record(
-        self,
-        endpoint: Endpoint,
-        *,
-        outage: bool,
-        now: float,
-        threshold: int,
-        park_s: float,
-        rate_limited: bool = False,
-        retry_after: float | None = None,
+        self, endpoint: Endpoint, attempt: AttemptResult, *, now: float, outages: OutagePolicy
     ) -> bool:
-        """An attempt at ``endpoint`` ended: an outage failure (no answer, a 5xx), a 429, or an answer.
-        ``threshold`` outage failures in a row park it for ``park_s`` (doubling while it stays down,
-        up to ten times), so its model's calls go to the others meanwhile. A 429 halves its learned
-        concurrency (once per episode, honouring Retry-After) and answers grow it back, as for a
-        model. True when it was parked now."""
+        """An attempt at ``endpoint`` ended. Returns True when this parked the endpoint.
+
+        ``outages.failures`` outage failures in a row (no answer, a 5xx) park it for
+        ``outages.probe_s``: its model's calls go to the others. Then one call at a time tries it;
+        each failed try parks it again for twice as long, up to ``outages.probe_cap_s``. Failures of
+        calls sent before it was parked count, but extend nothing. Any answer (even a 4xx) ends it.
+        A 429 halves its learned concurrency (once per episode, honouring Retry-After) and answers
+        that succeed grow it back, as for a model.
+        """
         if endpoint.limit is not None:
-            if rate_limited:
-                endpoint.limit.on_rate_limited(retry_after, in_flight=endpoint.in_flight)
-            elif not outage:
+            if attempt.rate_limited:
+                endpoint.limit.on_rate_limited(attempt.retry_after, in_flight=endpoint.in_flight)
+            elif attempt.ok:
                 endpoint.limit.on_success()
-        if not outage:
-            endpoint.failures = 0
+        if not attempt.outage:
+            endpoint.failures = endpoint.parks = 0
+            endpoint.parked_until = 0.0
             return False
         endpoint.failures += 1
-        if endpoint.failures < threshold:
+        if now < endpoint.parked_until or endpoint.failures < outages.failures:
             return False
-        doublings = min(endpoint.failures - threshold, 10)
-        endpoint.parked_until = now + park_s * 2**doublings
+        endpoint.parks += 1
+        endpoint.parked_until = now + min(
+            outages.probe_s * 2 ** min(endpoint.parks - 1, 30), outages.probe_cap_s
+        )
         return True
 
+    def room(self, model_id: str, now: float) -> int:
+        """How many more of the model's calls its endpoints take now, together."""
+        return min(UNLIMITED, sum(endpoint.room(now) for endpoint in self.of(model_id)))
+
     def wait_time(self, model_id: str, now: float) -> float:
-        """Seconds until one of the model's endpoints is neither parked nor out of request places
-        (0: one is now, or only their calls at once are full)."""
+        """Seconds until one of the model's endpoints is neither parked, nor paused by a 429's
+        Retry-After, nor out of request places (0: one is now, or only their calls at once are full)."""
         waits = [
-            max(endpoint.requests.wait_time(), endpoint.parked_until - now) for endpoint in self.of(model_id)
+            max(
+                endpoint.requests.wait_time(),
+                endpoint.parked_until - now,
+                endpoint.limit.resume_at - now if endpoint.limit is not None else 0.0,
+            )
+            for endpoint in self.of(model_id)
         ]
         return max(0.0, min(waits, default=0.0))
 

@@ -46,12 +46,13 @@ from daydreamd.core.pricing import Price, configured_prices, price_for
 from daydreamd.core.retry import FailureKind
 from daydreamd.core.stages import Stage, State
 from daydreamd.core.status import EndpointStatus, ModelStatus, ParkedStatus, PoolStatus, Trouble
+from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.armed import ArmedWork, CalledOff
 from daydreamd.daemon.breaker import Breaker, BreakerState, is_outage
 from daydreamd.daemon.budgets import Budgets
 from daydreamd.daemon.commits import CommitBatcher
 from daydreamd.daemon.counters import Counters
-from daydreamd.daemon.endpoints import Endpoints, Place, estimate_tokens
+from daydreamd.daemon.endpoints import AttemptResult, Endpoints, OutagePolicy, Place, estimate_tokens
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
@@ -174,6 +175,8 @@ class Pool:
         self.endpoints = Endpoints(providers or {DEFAULT_ENDPOINT: runner.provider}, settings.current)
         self._places: dict[str, Place] = {}
         """The endpoint each launched call went to (and its places there)."""
+        self._unrouted_since: str | None = None
+        """Since when some model's queued work has had no endpoint (see :meth:`_unrouted`)."""
         self._estimates: dict[str, int] = {}
         """Tokens each prepared call may use (its prompt plus max_tokens), for tokens per minute."""
         self.budgets = Budgets()
@@ -477,8 +480,9 @@ class Pool:
 
     def _may_arm(self) -> Callable[[Key], bool]:
         """Whether a key's next generation may be armed: copies always (they need no slot); calls
-        while their model is not held back, has room for it within its concurrency (plus
-        :meth:`_ahead`) and each of its rate windows has a place for it."""
+        while their model is not held back, has an endpoint, has room for it within its own and its
+        endpoints' concurrency (plus :meth:`_ahead`; one alone when either is full, so a model held
+        back there keeps no room from the others) and each of its rate windows has a place for it."""
         now, ahead = time.monotonic(), self._ahead()
 
         def may_arm(key: Key) -> bool:
@@ -487,8 +491,11 @@ class Pool:
                 return True
             if not self.breaker.closed or self.limits.holds_back(model_id, now):
                 return False
+            if not self.endpoints.of(model_id):
+                return False  # its work waits, queued (a trouble in status) until a route is configured
             armed = self.armed.of(key)
-            if armed >= max(0, self.limits.model_room(model_id)) + ahead:
+            room = min(self.limits.model_room(model_id), self.endpoints.room(model_id, now))
+            if armed >= (room + ahead if room > 0 else 1):
                 return False
             rooms = (window.room() for window in self.limits.windows(model_id))
             return all(room is None or room > armed for room in rooms)
@@ -740,12 +747,18 @@ class Pool:
         pool = self.settings.current.pool
         parked = self.endpoints.record(
             endpoint,
-            outage=is_outage(record.outcome, record.status),
+            AttemptResult(
+                ok=record.outcome == "ok",
+                outage=is_outage(record.outcome, record.status),
+                rate_limited=record.outcome == FailureKind.RATE_LIMIT,
+                retry_after=record.retry_after,
+            ),
             now=time.monotonic(),
-            threshold=pool.outage_failures,
-            park_s=pool.outage_probe_s,
-            rate_limited=record.outcome == FailureKind.RATE_LIMIT,
-            retry_after=record.retry_after,
+            outages=OutagePolicy(
+                failures=pool.outage_failures,
+                probe_s=pool.outage_probe_s,
+                probe_cap_s=pool.outage_probe_cap_s,
+            ),
         )
         if parked:
             seconds = round(endpoint.parked_until - time.monotonic(), 1)
@@ -782,9 +795,32 @@ class Pool:
     # -- reading -------------------------------------------------------------------------------
 
     def troubles(self) -> tuple[Trouble, ...]:
-        """What holds work back now: the provider down, the data folder or the run state unwritable."""
-        found = (self.breaker.trouble(), self.runner.disk.trouble(), self.state_db.trouble())
+        """What holds work back now: the provider down, the data folder or the run state unwritable,
+        models with queued work and no endpoint."""
+        found = (
+            self.breaker.trouble(),
+            self.runner.disk.trouble(),
+            self.state_db.trouble(),
+            self._unrouted(),
+        )
         return tuple(t for t in found if t is not None)
+
+    def _unrouted(self) -> Trouble | None:
+        """Models whose read-ahead work waits because no endpoint serves them (a config without
+        ``[llm]`` and without a route for them, or a reload routing them to an endpoint not started)."""
+        jobs = self.current.jobs
+        models = [model.model_id for model in jobs.models()] if jobs is not None else []
+        stuck = [m for m in models if self.lanes.held(("llm", m)) and not self.endpoints.of(m)]
+        if not stuck:
+            self._unrouted_since = None
+            return None
+        self._unrouted_since = self._unrouted_since or utc_now()
+        message = (
+            f"no endpoint serves {', '.join(stuck)}: its queued work waits; route it with "
+            "[models.<id>] endpoints = [...] (an endpoint the service started with) or add an [llm] "
+            "section, then reload (a new endpoint needs a restart)"
+        )
+        return Trouble(what="no_endpoint", since=self._unrouted_since, message=message)
 
     def snapshot(self) -> PoolSnapshot:
         """Limits and counters now, frozen."""

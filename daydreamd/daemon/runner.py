@@ -411,7 +411,7 @@ class Runner:
     def _succeed(self, run: _Run, parsed: str) -> Outcome:
         job, store = run.job, self.store
         run.files["parsed"] = store.relative_file(job.stage, job.gen_id, PARSED)
-        raw = self._take_new_raw(run)
+        raw = run.new_raw
         store.save_result(
             job.stage,
             job.gen_id,
@@ -420,6 +420,7 @@ class Runner:
             prompt=run.prompt if raw is not None else None,
             raw=raw,
         )
+        run.new_raw = None  # on disk now; until here a failed write leaves it to _finish_new to save
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,
@@ -434,7 +435,7 @@ class Runner:
     def _fail(self, run: _Run, kind: FailureKind, message: str, *, with_prompt: bool = False) -> Outcome:
         """Record a failure; ``with_prompt`` also saves the prompt that was sent (no reply came)."""
         job, store = run.job, self.store
-        raw = self._take_new_raw(run)
+        raw = run.new_raw
         prompt = run.prompt if with_prompt or raw is not None else None
         if prompt is not None:
             run.files["prompt"] = store.relative_file(job.stage, job.gen_id, PROMPT)
@@ -442,6 +443,7 @@ class Runner:
         # Gone already, unless a child re-created it meanwhile from the reply this run replaces.
         store.remove_parsed(job.stage, job.gen_id)
         store.save_result(job.stage, job.gen_id, self._metadata(run, "failed", error), prompt=prompt, raw=raw)
+        run.new_raw = None
         return Outcome(
             gen_id=job.gen_id,
             stage=job.stage,
@@ -453,12 +455,6 @@ class Runner:
             usage=_usage(run.reply),
             parse=run.parse,
         )
-
-    @staticmethod
-    def _take_new_raw(run: _Run) -> str | None:
-        """The text of a reply not yet on disk, handed over once (it is written with the result)."""
-        raw, run.new_raw = run.new_raw, None
-        return raw
 
     def _metadata(self, run: _Run, status: str, error: dict[str, str] | None) -> dict[str, Any]:
         job, g = run.job, run.job.generation

@@ -93,6 +93,7 @@ class Service:
             bus=self.bus,
             providers=providers,
         )
+        store.on_membership_change = self.pool.wake  # armed work a sync retired or unqueued is called off
         self.reparser = Reparser(store, runner.store, self.bus)
         self.reparse_due = anyio.Event()
         """Set after a rebuild: the re-parser checks whether a template's parse key moved."""

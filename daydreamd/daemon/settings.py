@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from daydreamd.core.config import Settings
-from daydreamd.llm.apikey import KeyScrubber, Scrubber, Scrubbers, api_key_for
+from daydreamd.llm.apikey import MIN_FRAGMENT, KeyScrubber, Scrubber, Scrubbers, api_key_for
 from daydreamd.llm.registry import endpoint_llm, needs_session
 
 Listener = Callable[[Settings], None]
@@ -78,11 +78,15 @@ def key_scrubber(settings: Settings, env: Mapping[str, str]) -> KeyScrubber:
         ConfigError: a key's credential cannot be read, or its ``.env`` is open to others.
     """
     config_dir = settings.config_path.parent if settings.config_path else None
+    endpoints = settings.all_endpoints().values()
     parts = [
         Scrubber(api_key_for(endpoint_llm(endpoint), env, config_dir))
-        for endpoint in settings.all_endpoints().values()
+        for endpoint in endpoints
         if endpoint.api_key_env and needs_session(endpoint_llm(endpoint))
     ]
+    # A server may take its key in a header (Azure-style "api-key"): long header values are kept
+    # out of the log and the prompts too.
+    parts += [Scrubber(value) for e in endpoints for _, value in e.headers if len(value) >= MIN_FRAGMENT]
     if not parts:
         return Scrubber(None)
     return parts[0] if len(parts) == 1 else Scrubbers(tuple(parts))

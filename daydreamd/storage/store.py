@@ -165,6 +165,13 @@ class Store:
         self._write_lock = anyio.Lock()
         self.set_aside: SetAside | None = None
         """Where an unreadable state went when ``open`` was asked to set it aside."""
+        self.on_membership_change: Callable[[], None] | None = None
+        """Called after each chunk of a membership sync or a cohort's drop is committed: rows may
+        have been retired or sent back to pending (the pool then calls off what it armed)."""
+
+    def _membership_changed(self) -> None:
+        if self.on_membership_change is not None:
+            self.on_membership_change()
 
     @classmethod
     @asynccontextmanager
@@ -299,6 +306,7 @@ class Store:
             part = diff.add[start : start + chunk]
             async with self.transaction() as db:
                 revived_now, added_now, joined_now = await _add_members(db, part, modes, utc_now())
+            self._membership_changed()
             revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
             done += len(part)
             if progress is not None:
@@ -307,6 +315,7 @@ class Store:
             ids = diff.retire[start : start + chunk]
             async with self.transaction() as db:
                 retired_now, kept_now = await _retire_members(db, ids, utc_now())
+            self._membership_changed()
             retired, kept = retired + retired_now, kept + kept_now
             done += len(ids)
             if progress is not None:
@@ -373,6 +382,7 @@ class Store:
             part = diff.add[start : start + chunk]
             async with self.transaction() as db:
                 revived_now, added_now, joined_now = await _add_named(db, name, part, modes, utc_now())
+            self._membership_changed()
             revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
             done += len(part)
             if progress is not None:
@@ -381,6 +391,7 @@ class Store:
             ids = diff.retire[start : start + chunk]
             async with self.transaction() as db:
                 retired_now, kept_now = await _leave_named(db, name, ids, utc_now())
+            self._membership_changed()
             retired, kept = retired + retired_now, kept + kept_now
             done += len(ids)
             if progress is not None:
@@ -416,7 +427,9 @@ class Store:
                 retired += retired_now
                 if len(rows) < self.sync_chunk:
                     await db.execute("DELETE FROM named_cohorts WHERE name = ?", (name,))
-                    return retired
+            self._membership_changed()
+            if len(rows) < self.sync_chunk:
+                return retired
             await anyio.lowlevel.checkpoint()
 
     async def named_cohorts(self) -> dict[str, NamedCohortRecord]:
@@ -704,7 +717,9 @@ class Store:
         return await self.in_one_trip(lambda db: _complete(db, completions, utc_now()))
 
     async def release(self, claims: Iterable[Claim]) -> int:
-        """Give unfinished claims back (shutdown): running -> queued under the same token check."""
+        """Give unfinished claims back (shutdown, armed work called off): running -> queued under the
+        same token check. A row whose approving cohort no longer holds it (a sync ran while it was
+        running) goes back to pending instead: another cohort has not approved it."""
         params = [(utc_now(), c.generation.gen_id, c.token) for c in claims]
         if not params:
             return 0
@@ -714,7 +729,9 @@ class Store:
                 "WHERE gen_id = ? AND lease_token = ? AND state = 'running'",
                 params,
             )
-            return cursor.rowcount  # total_changes would count the generation_counts triggers' writes too
+            released = cursor.rowcount  # total_changes would count the generation_counts triggers' writes too
+            await _unqueue_strays(db, [gen_id for _, gen_id, _ in params], utc_now())
+            return released
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -1041,6 +1058,23 @@ async def _unqueue(
         "AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) "
         f"AND approval_id IN (SELECT id FROM approvals WHERE {approval})",
         (now, json.dumps(list(ids)), *params),
+    )
+
+
+async def _unqueue_strays(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> int:
+    """Send back to pending the rows of ``ids`` queued under an approval whose cohort no longer holds
+    them: a default-cohort approval for a row outside the default cohort, or a named cohort's for a
+    row that is not its member (what :func:`_unqueue` does for queued rows during a sync, for rows
+    that were running then)."""
+    return await _changes(
+        db,
+        "UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE state = 'queued' "
+        "AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) AND ("
+        f"(in_default = 0 AND approval_id IN (SELECT id FROM approvals WHERE {_DEFAULT_APPROVAL})) "
+        "OR EXISTS (SELECT 1 FROM approvals a WHERE a.id = generations.approval_id "
+        "AND a.cohort_id IN (SELECT name FROM named_cohorts) AND NOT EXISTS "
+        "(SELECT 1 FROM cohort_members m WHERE m.cohort = a.cohort_id AND m.gen_id = generations.gen_id)))",
+        (now, json.dumps(list(ids))),
     )
 
 

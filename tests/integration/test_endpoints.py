@@ -163,3 +163,33 @@ async def test_a_fleet_endpoint_that_goes_down_mid_run_leaves_its_work_to_the_ot
     finally:
         for fake in fakes:
             await fake.close()
+
+
+async def test_without_llm_a_model_with_no_route_waits_and_status_says_why(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Only gemini is routed (to endpoint a) and there is no [llm]: gemini's drafts are done, the
+    other models' wait queued, nothing fails and nothing is sent for them; status shows the
+    trouble no_endpoint naming them."""
+    async with FakeLlm(api_key=API_KEY) as fake:
+        config = fast_config(fake.base_url, extra=endpoint("a", fake.base_url, "DD_TEST_KEY"))
+        llm = config[config.index("[llm]\n") : config.index("[retry]")]
+        daemon = make(daemons, tmp_path, config.replace(llm, "") + route("gemini_25_flash", "a"))
+        await daemon.start()
+        assert (await daemon.approve("draft"))["matched"] == 3 * DRAFTS_PER_MODEL
+
+        def gemini_done_others_waiting(s: dict[str, Any] | None) -> bool:
+            troubles = (s or {}).get("pool", {}).get("troubles", [])
+            return drafts(s)["done"] == DRAFTS_PER_MODEL and [t["what"] for t in troubles] == ["no_endpoint"]
+
+        status = await daemon.wait_for(gemini_done_others_waiting, what="gemini done, the others held back")
+        (trouble,) = status["pool"]["troubles"]
+        assert "deepseek_r1" in trouble["message"] and "gpt_4o_mini" in trouble["message"]
+        await holds(
+            daemon,
+            lambda s: drafts(s)["queued"] == 2 * DRAFTS_PER_MODEL and drafts(s)["failed"] == 0,
+            for_s=0.5,
+            what="the unrouted drafts queued",
+        )
+        assert models_seen(fake) == {"gemini_25_flash": DRAFTS_PER_MODEL}
+        assert await daemon.stop() == 0

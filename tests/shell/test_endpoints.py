@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from daydreamd.core.config import load_settings
-from daydreamd.daemon.endpoints import Endpoint, Endpoints, estimate_tokens
+from daydreamd.daemon.endpoints import AttemptResult, Endpoint, Endpoints, OutagePolicy, estimate_tokens
 from daydreamd.llm.offline import MockProvider
 from daydreamd.llm.types import LlmRequest
 
 NOW = 1000.0
+POLICY = OutagePolicy(failures=3, probe_s=5.0, probe_cap_s=120.0)
 
 CONFIG = """
 [llm]
@@ -80,25 +81,38 @@ def test_a_call_is_estimated_as_its_prompt_plus_max_tokens() -> None:
 
 
 def test_an_endpoint_that_stops_answering_is_parked_and_the_others_take_its_calls(tmp_path: Path) -> None:
-    """Three outage failures in a row park small for 5 s (then 10 s if it fails again at once);
-    meanwhile big takes the calls; an answer resets the count. A retry avoids the endpoint that
-    failed when another has room."""
+    """Three outage failures in a row park small for 5 s (an answer in between resets the count);
+    failures of calls sent before the park extend nothing; big takes the calls meanwhile. Then one
+    call at a time tries small: a failure parks it for 10 s, 20 s, ... up to the 120 s cap; an
+    answer ends it at once. A retry avoids the endpoint that failed when another has room."""
     all_ = endpoints(tmp_path)
     small = next(e for e in all_.of("fleet") if e.name == "small")
+    down, answer = AttemptResult(outage=True), AttemptResult(ok=True)
     for _ in range(2):
-        assert not all_.record(small, outage=True, now=NOW, threshold=3, park_s=5.0)
-    all_.record(small, outage=False, now=NOW, threshold=3, park_s=5.0)
+        assert not all_.record(small, down, now=NOW, outages=POLICY)
+    all_.record(small, answer, now=NOW, outages=POLICY)
     assert small.failures == 0
-    parked = [all_.record(small, outage=True, now=NOW, threshold=3, park_s=5.0) for _ in range(3)]
+    parked = [all_.record(small, down, now=NOW, outages=POLICY) for _ in range(3)]
     assert parked == [False, False, True] and small.parked_until == NOW + 5.0
+    for _ in range(20):  # the other calls in flight when it went down
+        assert not all_.record(small, down, now=NOW + 1, outages=POLICY)
+    assert small.parked_until == NOW + 5.0
     assert (
         name_of(all_.pick("fleet", 10, NOW)) == "big"
         and name_of(all_.pick("fleet", 10, NOW + 5.0)) == "small"
     )
-    assert all_.record(small, outage=True, now=NOW + 5.0, threshold=3, park_s=5.0)
-    assert small.parked_until == NOW + 15.0
-    assert all_.wait_time("fleet", NOW + 5.0) == 0.0  # big is open
-    assert name_of(all_.pick("fleet", 10, NOW + 20.0, besides=small)) == "big"
+    probe = all_.take(small, 10)  # one call at a time tries it
+    assert not small.has_room(10, NOW + 5.0)
+    all_.give_back(probe)
+    at = NOW + 5.0
+    for expected in (10.0, 20.0, 40.0, 80.0, 120.0, 120.0):
+        assert all_.record(small, down, now=at, outages=POLICY)
+        assert small.parked_until == at + expected
+        at += expected
+    assert all_.wait_time("fleet", at) == 0.0  # big is open
+    assert name_of(all_.pick("fleet", 10, at, besides=small)) == "big"
+    all_.record(small, AttemptResult(), now=at, outages=POLICY)  # an answer, even a 4xx: it is up
+    assert (small.failures, small.parks, small.has_room(10, at)) == (0, 0, True)
 
 
 def test_a_429_halves_an_endpoints_concurrency_and_honours_retry_after(tmp_path: Path) -> None:
@@ -109,7 +123,7 @@ def test_a_429_halves_an_endpoints_concurrency_and_honours_retry_after(tmp_path:
     big = next(e for e in all_.of("fleet") if e.name == "big")
     assert big.limit is not None and big.limit.limit == 3
     places = [all_.take(big, 10) for _ in range(3)]
-    all_.record(big, outage=False, now=NOW, threshold=3, park_s=5.0, rate_limited=True, retry_after=2.0)
+    all_.record(big, AttemptResult(rate_limited=True, retry_after=2.0), now=NOW, outages=POLICY)
     assert big.limit.limit == 1
     for place in places:
         all_.give_back(place)
@@ -117,3 +131,21 @@ def test_a_429_halves_an_endpoints_concurrency_and_honours_retry_after(tmp_path:
     assert big.has_room(10, big.limit.resume_at)
     small = next(e for e in all_.of("fleet") if e.name == "small")
     assert small.limit is not None and small.limit.limit == 1  # untouched
+
+
+def test_a_reload_routing_a_model_to_an_endpoint_not_started_keeps_its_endpoints(tmp_path: Path) -> None:
+    """A route to an endpoint the service did not start is left out (it needs a restart); a model
+    left with none keeps the endpoints it had; limits of known endpoints follow at once."""
+    all_ = endpoints(tmp_path)
+    config = tmp_path / "reloaded.toml"
+    config.write_text(
+        CONFIG.replace('endpoints = ["metered"]', 'endpoints = ["new"]')
+        .replace('endpoints = ["small", "big"]', 'endpoints = ["new", "big"]')
+        .replace("concurrency = 3", "concurrency = 5")
+        + '[endpoints.new]\nkind = "mock"\n'
+    )
+    all_.apply(load_settings(config, {}))
+    assert [e.name for e in all_.of("fleet")] == ["big"]
+    assert [e.name for e in all_.of("metered")] == ["metered"]
+    big = all_.of("fleet")[0]
+    assert big.limit is not None and big.limit.maximum == 5

@@ -8,6 +8,7 @@ user pays for (requests the fake recorded), what they are told (``Outcome`` and
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -641,6 +642,37 @@ async def test_an_error_between_call_and_parse_saves_the_reply_and_costs_nothing
     assert rig.read(draft, "raw.txt") == raw
     assert rig.read(draft, "parsed.txt").startswith("Final idea ")
     assert "raw.1.txt" not in rig.files(draft)
+
+
+class FailsFirstResult(GensStore):
+    """A gens store whose first write of a result fails with an error that is not a full or
+    read-only disk (too many open files): not retried, so the run ends in an exception."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.failed = False
+
+    def save_result(self, *args: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EMFILE, "Too many open files")
+        super().save_result(*args, **kwargs)
+
+
+async def test_a_new_reply_whose_write_fails_is_saved_alone_and_not_paid_again(rig: Rig) -> None:
+    """The one write of a new reply with its result fails (not a disk fault): the reply is then saved
+    alone ('replied'), the error goes on to the pool, and the next run re-parses it: one request."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
+    rig.store = FailsFirstResult(rig.data_dir)
+
+    with pytest.raises(OSError):
+        await rig.run(draft, runner=rig.make_runner())
+
+    assert rig.metadata(draft)["status"] == "replied"
+    outcome = await rig.run(draft)
+    assert (outcome.ok, outcome.reused_reply) == (True, True)
+    assert rig.fake.request_count == 1
 
 
 async def test_a_crash_once_the_reply_is_saved_costs_nothing_on_restart(rig: Rig) -> None:

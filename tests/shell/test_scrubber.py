@@ -484,16 +484,18 @@ def test_the_configured_log_never_writes_the_key(tmp_path: Path) -> None:
 
 
 def test_every_endpoints_key_is_scrubbed(tmp_path: Path) -> None:
-    """With endpoints, each may send its own key: the service's scrubber redacts all of them (a
-    keyless local endpoint adds none)."""
+    """With endpoints, each may send its own key: the service's scrubber redacts all of them, and
+    long header values too (a key sent as a header); a keyless local endpoint adds none."""
     config = tmp_path / "config.toml"
     config.write_text(
         '[llm]\nprovider = "openai"\napi_key_env = "KEY_ONE"\n'
         '[endpoints.two]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "KEY_TWO"\n'
         '[endpoints.local]\nkind = "openai"\nbase_url = "http://127.0.0.1:8/v1"\n'
+        f'headers = {{ "api-key" = "{KEY[5:45]}", "X-Team" = "lab" }}\n'
     )
     one, two = KEY, KEY[::-1]
     scrubber = key_scrubber(load_settings(config, {}), {"KEY_ONE": one, "KEY_TWO": two})
-    text = scrubber.text(f"first {one}, second {two[:16]}****")
-    assert one[10:30] not in text and two[:16] not in text and text.count(REDACTED) == 2
+    text = scrubber.text(f"first {one}, second {two[:16]}****, header {KEY[5:45]}")
+    assert one[10:30] not in text and two[:16] not in text and KEY[20:40] not in text
+    assert text.count(REDACTED) == 3
     assert scrubber.text("nothing secret here") == "nothing secret here"

@@ -639,3 +639,36 @@ async def test_a_sync_cut_short_is_never_taken_for_done(tmp_path: Path) -> None:
         assert record.key == ""  # listed (a removed spec drops it), not synced
         await named(store, "n", range(5))
         assert (await store.named_cohorts())["n"].key != ""
+
+
+async def test_armed_work_given_back_after_a_sync_does_not_follow_its_row_into_another_cohort(
+    tmp_path: Path,
+) -> None:
+    """A row armed (running, not yet sent) while a sync moves it out of the cohort that approved it
+    (a named cohort still holds it) is given back as pending, not queued under that approval."""
+    scope: dict[str, Any] = {
+        "stage": "draft",
+        "template_id": None,
+        "llm_model_id": None,
+        "limit": None,
+        "requested_by": "t",
+    }
+    async with Store.open(tmp_path / "run.sqlite") as store:
+        await store.sync_membership(default({0, 2}), MODES, "fp1")
+        await named(store, "n", {0})  # n holds d_00000 too, never approved it
+        await store.approve(**scope, cohort_id="cohort_aaaa")  # the default cohort approves its drafts
+        work = ReadyWork(store)
+        rows = await work.ready(("llm", "m1"), limit=10)
+        armed = [r for r in rows if r.gen_id == "d_00000"]
+        assert armed
+        (claim,) = await work.start(armed, lease_s=3600, now=0.0)  # armed: running, not sent yet
+        # the default cohort drops d_00000 (kept by n): its unqueue must send it back to pending ...
+        await store.sync_membership(default({2}), MODES, "fp2")
+        # ... the pool then calls the armed work off (wake after the rebuild) and gives it back
+        await store.release([claim])
+        ready_now = {r.gen_id for r in await work.ready(("llm", "m1"), limit=10)}
+        # control: without arming, the same sequence leaves d_00000 pending (see
+        # test_queued_work_does_not_follow_a_row_into_a_cohort_that_did_not_approve_it)
+        assert "d_00000" not in ready_now, (
+            "d_00000 is ready again, under the default cohort's approval, for n"
+        )
