@@ -78,24 +78,32 @@ class Endpoint:
         else:
             self.limit.set_maximum(settings.concurrency)
 
-    def has_room(self, tokens: int, now: float) -> bool:
-        """Whether one more call of ``tokens`` may go to it now (not while it is parked, or paused
-        by a 429's Retry-After)."""
+    def is_open(self, now: float) -> bool:
+        """Whether it takes calls at all now, its calls at once aside: not parked (or, after a park,
+        not already trying one), not paused by a 429's Retry-After, a request place free."""
         limit = self.limit
         return (
             now >= self.parked_until
             and (self.parks == 0 or self.in_flight == 0)
-            and (limit is None or (self.in_flight < limit.limit and limit.resume_at <= now))
+            and (limit is None or limit.resume_at <= now)
             and self.requests.wait_time() == 0
+        )
+
+    def has_room(self, tokens: int, now: float) -> bool:
+        """Whether one more call of ``tokens`` may go to it now."""
+        limit = self.limit
+        return (
+            self.is_open(now)
+            and (limit is None or self.in_flight < limit.limit)
             and self.tokens.fits(tokens)
         )
 
     def room(self, now: float) -> int:
-        """How many more calls it takes now (0 while parked, paused or out of request places;
+        """How many more calls it takes now within its calls at once (0 while it is not open;
         ``UNLIMITED`` without a concurrency of its own)."""
-        if not self.has_room(0, now):
+        if not self.is_open(now):
             return 0
-        return self.limit.limit - self.in_flight if self.limit is not None else UNLIMITED
+        return max(0, self.limit.limit - self.in_flight) if self.limit is not None else UNLIMITED
 
     def load(self) -> tuple[float, int]:
         """How full it is (lower: more room): calls in flight for its concurrency, then in flight."""
@@ -204,6 +212,10 @@ class Endpoints:
     def room(self, model_id: str, now: float) -> int:
         """How many more of the model's calls its endpoints take now, together."""
         return min(UNLIMITED, sum(endpoint.room(now) for endpoint in self.of(model_id)))
+
+    def held_back(self, model_id: str, now: float) -> bool:
+        """Whether none of the model's endpoints is open now (parked, paused, out of request places)."""
+        return not any(endpoint.is_open(now) for endpoint in self.of(model_id))
 
     def wait_time(self, model_id: str, now: float) -> float:
         """Seconds until one of the model's endpoints is neither parked, nor paused by a 429's

@@ -481,8 +481,9 @@ class Pool:
     def _may_arm(self) -> Callable[[Key], bool]:
         """Whether a key's next generation may be armed: copies always (they need no slot); calls
         while their model is not held back, has an endpoint, has room for it within its own and its
-        endpoints' concurrency (plus :meth:`_ahead`; one alone when either is full, so a model held
-        back there keeps no room from the others) and each of its rate windows has a place for it."""
+        endpoints' calls at once plus :meth:`_ahead` (one alone while none of its endpoints is open,
+        so a model held back there keeps no room from the others), and each of its rate windows
+        has a place for it."""
         now, ahead = time.monotonic(), self._ahead()
 
         def may_arm(key: Key) -> bool:
@@ -494,8 +495,10 @@ class Pool:
             if not self.endpoints.of(model_id):
                 return False  # its work waits, queued (a trouble in status) until a route is configured
             armed = self.armed.of(key)
+            if self.endpoints.held_back(model_id, now):
+                return armed < 1  # one prepared for when it opens, no more room kept from the others
             room = min(self.limits.model_room(model_id), self.endpoints.room(model_id, now))
-            if armed >= (room + ahead if room > 0 else 1):
+            if armed >= max(0, room) + ahead:
                 return False
             rooms = (window.room() for window in self.limits.windows(model_id))
             return all(room is None or room > armed for room in rooms)

@@ -7,6 +7,8 @@ The example experiment writes its drafts with three models here (gemini, deepsee
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,13 @@ def endpoint(name: str, url: str, key_env: str, limits: str = "") -> str:
 def route(model: str, *names: str) -> str:
     quoted = ", ".join(f'"{name}"' for name in names)
     return f"[models.{model}]\nendpoints = [{quoted}]\n"
+
+
+@asynccontextmanager
+async def running(*fakes: FakeLlm) -> AsyncIterator[list[FakeLlm]]:
+    """Every fake server started, and stopped at the end (one endpoint each)."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(fake) for fake in fakes]
 
 
 def models_seen(fake: FakeLlm) -> Counter[str]:
@@ -96,10 +105,7 @@ async def test_one_model_on_a_fleet_of_three_endpoints_fills_each_within_its_lim
     """gemini is served by three servers that take 1, 2 and 3 calls at once (and answer in 60, 40
     and 20 ms): every server gets calls, none more at once than its limit, and every draft is
     done, each paid once."""
-    fakes = [FakeLlm(api_key=API_KEY, latency_ms=latency) for latency in (60, 40, 20)]
-    for fake in fakes:
-        await fake.start()
-    try:
+    async with running(*(FakeLlm(api_key=API_KEY, latency_ms=latency) for latency in (60, 40, 20))) as fakes:
         extra = "".join(
             endpoint(f"s{n}", fake.base_url, "DD_TEST_KEY", f"concurrency = {n}\n")
             for n, fake in enumerate(fakes, start=1)
@@ -119,9 +125,6 @@ async def test_one_model_on_a_fleet_of_three_endpoints_fills_each_within_its_lim
             name: ["gemini_25_flash"] for name in ("s1", "s2", "s3")
         }
         assert await daemon.stop() == 0
-    finally:
-        for fake in fakes:
-            await fake.close()
 
 
 async def test_a_fleet_endpoint_that_goes_down_mid_run_leaves_its_work_to_the_others(
@@ -137,14 +140,11 @@ async def test_a_fleet_endpoint_that_goes_down_mid_run_leaves_its_work_to_the_ot
         served["calls"] += 1
         return FaultKind.UNAVAILABLE if served["calls"] > 2 else None
 
-    fakes = [
+    async with running(
         FakeLlm(api_key=API_KEY, latency_ms=200),
         FakeLlm(api_key=API_KEY, latency_ms=5, fault_fn=down_after_two),
         FakeLlm(api_key=API_KEY, latency_ms=200),
-    ]
-    for fake in fakes:
-        await fake.start()
-    try:
+    ) as fakes:
         extra = "".join(
             endpoint(f"s{n}", fake.base_url, "DD_TEST_KEY", "concurrency = 2\n")
             for n, fake in enumerate(fakes, start=1)
@@ -160,9 +160,6 @@ async def test_a_fleet_endpoint_that_goes_down_mid_run_leaves_its_work_to_the_ot
         answered = Counter((r.model, r.prompt) for fake in fakes for r in fake.requests if r.status == 200)
         assert len(answered) == 3 * DRAFTS_PER_MODEL and set(answered.values()) == {1}
         assert await daemon.stop() == 0
-    finally:
-        for fake in fakes:
-            await fake.close()
 
 
 async def test_without_llm_a_model_with_no_route_waits_and_status_says_why(
