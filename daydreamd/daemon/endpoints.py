@@ -93,9 +93,7 @@ class Endpoint:
         """Whether one more call of ``tokens`` may go to it now."""
         limit = self.limit
         return (
-            self.is_open(now)
-            and (limit is None or self.in_flight < limit.limit)
-            and self.tokens.fits(tokens)
+            self.is_open(now) and (limit is None or self.in_flight < limit.limit) and self.tokens.fits(tokens)
         )
 
     def room(self, now: float) -> int:

@@ -28,6 +28,8 @@ class MetricsSnapshot:
     """model -> dollars since start (reported cost, else tokens x price)."""
     limits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """model -> {concurrency, max_concurrency, requests_per_minute, in_flight}."""
+    endpoints: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """endpoint -> {in_flight, concurrency, requests_last_minute, tokens_last_minute}."""
     in_flight: int = 0
     rebuilds: int = 0
     rebuild_seconds_sum: float = 0.0
@@ -109,6 +111,21 @@ def render_metrics(s: MetricsSnapshot) -> str:
             (
                 _sample(f"model_{key}", {"model": model}, values.get(key, 0))
                 for model, values in sorted(s.limits.items())
+            ),
+        )
+    for key, help_text in (
+        ("in_flight", "Calls in flight per endpoint."),
+        ("concurrency", "Current (adaptive) calls-at-once limit per endpoint (0: none of its own)."),
+        ("requests_last_minute", "Requests sent to each endpoint in the last 61 s."),
+        ("tokens_last_minute", "Tokens counted at each endpoint in the last 61 s."),
+    ):
+        lines += _family(
+            f"endpoint_{key}",
+            "gauge",
+            help_text,
+            (
+                _sample(f"endpoint_{key}", {"endpoint": name}, values.get(key, 0))
+                for name, values in sorted(s.endpoints.items())
             ),
         )
     lines += _family(

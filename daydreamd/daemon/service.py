@@ -479,6 +479,15 @@ class Service:
             tokens=pool.tokens,
             cost_usd=pool.cost_usd,
             limits={model: _limit_gauges(info) for model, info in pool.models.items()},
+            endpoints={
+                name: {
+                    "in_flight": info.in_flight,
+                    "concurrency": info.concurrency,
+                    "requests_last_minute": info.requests_last_minute,
+                    "tokens_last_minute": info.tokens_last_minute,
+                }
+                for name, info in pool.endpoints.items()
+            },
             in_flight=pool.claimed,
             rebuilds=self.current.rebuilds,
             rebuild_seconds_sum=self.current.rebuild_seconds,

@@ -32,6 +32,14 @@ def snapshot(**overrides: object) -> MetricsSnapshot:
                 "in_flight": 2,
             }
         },
+        "endpoints": {
+            "vllm-a": {
+                "in_flight": 2,
+                "concurrency": 8,
+                "requests_last_minute": 40,
+                "tokens_last_minute": 9000,
+            }
+        },
         "in_flight": 2,
         "rebuilds": 3,
         "rebuild_seconds_sum": 0.25,
@@ -88,6 +96,10 @@ def test_help_then_type_before_the_samples_of_each_family() -> None:
         "daydreamd_model_max_concurrency": "gauge",
         "daydreamd_model_requests_per_minute": "gauge",
         "daydreamd_model_in_flight": "gauge",
+        "daydreamd_endpoint_in_flight": "gauge",
+        "daydreamd_endpoint_concurrency": "gauge",
+        "daydreamd_endpoint_requests_last_minute": "gauge",
+        "daydreamd_endpoint_tokens_last_minute": "gauge",
         "daydreamd_in_flight": "gauge",
         "daydreamd_rebuilds_total": "counter",
         "daydreamd_rebuild_seconds_sum": "counter",
@@ -111,13 +123,17 @@ def test_sample_values_of_a_known_snapshot() -> None:
     assert found['daydreamd_model_max_concurrency{model="gemini_25_flash"}'] == "4"
     assert found['daydreamd_model_requests_per_minute{model="gemini_25_flash"}'] == "60"
     assert found['daydreamd_model_in_flight{model="gemini_25_flash"}'] == "2"
+    assert found['daydreamd_endpoint_in_flight{endpoint="vllm-a"}'] == "2"
+    assert found['daydreamd_endpoint_concurrency{endpoint="vllm-a"}'] == "8"
+    assert found['daydreamd_endpoint_requests_last_minute{endpoint="vllm-a"}'] == "40"
+    assert found['daydreamd_endpoint_tokens_last_minute{endpoint="vllm-a"}'] == "9000"
     assert found["daydreamd_in_flight"] == "2"
     assert found["daydreamd_rebuilds_total"] == "3"
     assert found["daydreamd_rebuild_seconds_sum"] == "0.25"
     assert found["daydreamd_last_rebuild_seconds"] == "0.125"
     assert found["daydreamd_raw_errors"] == "1"
     assert found["daydreamd_uptime_seconds"] == "12.5"
-    assert len(found) == 12 + 2 + 2 + 2 + 1 + 4 + 6  # 2 stages x 6 states, ...: nothing else
+    assert len(found) == 12 + 2 + 2 + 2 + 1 + 4 + 4 + 6  # 2 stages x 6 states, ...: nothing else
 
 
 def test_generations_are_sorted_by_stage_then_state() -> None:
@@ -150,7 +166,7 @@ def test_label_values_escape_backslash_quote_and_newline() -> None:
 
 def test_an_idle_service_still_announces_every_family() -> None:
     text = render_metrics(MetricsSnapshot(generations={}))
-    assert text.count("# HELP ") == text.count("# TYPE ") == 15
+    assert text.count("# HELP ") == text.count("# TYPE ") == 19
     found = samples(text)
     assert found == {
         "daydreamd_in_flight": "0",
