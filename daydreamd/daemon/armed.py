@@ -92,18 +92,17 @@ class ArmedWork:
         if not self._giving_back:
             self._all_given_back.set()
 
-    def call_off(self) -> int:
-        """Call off every armed generation: none of them will be sent. Returns how many."""
-        called = list(self._entries.values())
+    def call_off(self, only: Callable[[Ready], bool] | None = None) -> int:
+        """Call off every armed generation (``only``: those it picks): none of them will be sent.
+        Returns how many."""
+        called = [armed for armed in self._entries.values() if only is None or only(armed.ready)]
         for armed in called:
             armed.called_off = True
             armed.go.set()
             self._giving_back.add(armed.ready.gen_id)
+            self._forget(armed.ready.gen_id)
         if called and self._all_given_back.is_set():
             self._all_given_back = anyio.Event()
-        self._entries.clear()
-        self._per_key.clear()
-        self.waiting.forget()
         return len(called)
 
     async def until_given_back(self) -> None:

@@ -335,7 +335,9 @@ class Pool:
             await self.refresh_budgets()
         exhausted = self.exhausted_approvals()
         if self._forget or set(exhausted) != self._exhausted:
-            self.armed.call_off()
+            spent = set(exhausted) - self._exhausted
+            # A budget reaching its end calls off only its own armed work; anything else, all of it.
+            self.armed.call_off(None if self._forget else lambda ready: ready.approval_id in spent)
             self.lanes.forget()
             self._parents.clear()
             self._forget = False

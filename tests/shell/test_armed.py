@@ -89,3 +89,34 @@ async def test_nothing_called_off_means_nothing_to_wait_for() -> None:
     assert armed.call_off() == 0
     with anyio.fail_after(1):
         await armed.until_given_back()
+
+
+async def test_calling_off_some_leaves_the_others_armed_and_waiting() -> None:
+    """A budget at its end calls off only its approval's armed work: the other stays armed, still
+    waits in its lane, and launches."""
+    armed = ArmedWork(on_waiting=lambda: None)
+    spent, other = ready(1, "a", approval=7), ready(2, "a", approval=8)
+    armed.arm(spent)
+    armed.arm(other)
+    outcomes: dict[str, str] = {}
+
+    async def run(gen_id: str) -> None:
+        try:
+            await armed.until_launched(gen_id)
+            outcomes[gen_id] = "launched"
+        except CalledOff:
+            outcomes[gen_id] = "called off"
+        finally:
+            armed.finished(gen_id)
+
+    async with anyio.create_task_group() as tasks:
+        for row in (spent, other):
+            tasks.start_soon(run, row.gen_id)
+        with anyio.fail_after(5):
+            while armed.waiting.held(("llm", "a")) < 2:
+                await anyio.lowlevel.checkpoint()
+        assert armed.call_off(lambda row: row.approval_id == 7) == 1
+        assert (len(armed), spent.gen_id in armed, armed.waiting.held(("llm", "a"))) == (1, False, 1)
+        (chosen,) = armed.waiting.choose(2, [("llm", "a")], may_start=lambda _: True)
+        armed.launch(chosen)
+    assert outcomes == {spent.gen_id: "called off", other.gen_id: "launched"}
