@@ -323,6 +323,7 @@ class ConnectionGate:
             if guard is not None and guard in self._open:  # headers complete: no timer while handled
                 guard.busy, guard.head_in = True, False
                 guard.payload = None if request.content.is_eof() else request.content
+                guard.body_since = time.monotonic()
                 self._sync(guard)
                 self._disarm(guard)
             try:
@@ -445,6 +446,7 @@ class _GatedProtocol(asyncio.Protocol):
 
     __slots__ = (
         "admitted_at",
+        "body_since",
         "awaiting_request",
         "busy",
         "gate",
@@ -469,6 +471,8 @@ class _GatedProtocol(asyncio.Protocol):
         """A complete request head has arrived and its handler has not started yet."""
         self.payload: StreamReader | None = None
         """The body of the request being handled (or just answered) while it has not fully arrived."""
+        self.body_since = 0.0
+        """When its handler started with the body not all there (see :func:`_closable`)."""
         self.awaiting_request = False
         """A response was sent and no byte of the next request has arrived."""
         self.admitted_at = time.monotonic()
@@ -537,11 +541,15 @@ def peer_uid(transport: asyncio.BaseTransport) -> int | None:
 
 def _closable(guard: _GatedProtocol) -> bool:
     """Whether an evictable connection may be closed now: nothing waits to be read, or nothing of its
-    request has been read and what waits is not a whole request."""
+    request has been read and what waits is not a whole request, or what waits is more of a body
+    that has been arriving for :data:`SETTLING_S` already (every API body is small and comes with
+    its head: one still trickling in is a slow client's, however busy the loop is reading it)."""
     waiting = _bytes_waiting(guard.transport)
     if not waiting:
         return True
-    if guard.payload is not None or guard.tail:  # the rest of a request: more of it arriving
+    if guard.payload is not None:  # the rest of a body: more of it arriving
+        return time.monotonic() - guard.body_since >= SETTLING_S
+    if guard.tail:  # the rest of a request head
         return False
     return not request_complete(_peek(guard.transport, min(waiting, PEEK_BYTES)))
 
