@@ -446,8 +446,8 @@ class _GatedProtocol(asyncio.Protocol):
 
     __slots__ = (
         "admitted_at",
-        "body_since",
         "awaiting_request",
+        "body_since",
         "busy",
         "gate",
         "handler",

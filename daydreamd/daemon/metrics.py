@@ -52,6 +52,20 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
     return [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}", *samples]
 
 
+def _gauges(
+    label: str, by_name: Mapping[str, Mapping[str, float]], keys: Iterable[tuple[str, str]]
+) -> list[str]:
+    """One gauge family ``<label>_<key>`` per key, a sample per name (a model, an endpoint)."""
+    lines: list[str] = []
+    for key, help_text in keys:
+        name = f"{label}_{key}"
+        samples = (
+            _sample(name, {label: item}, values.get(key, 0)) for item, values in sorted(by_name.items())
+        )
+        lines += _family(name, "gauge", help_text, samples)
+    return lines
+
+
 def render_metrics(s: MetricsSnapshot) -> str:
     """The text exposition format, version 0.0.4."""
     lines: list[str] = []
@@ -98,36 +112,26 @@ def render_metrics(s: MetricsSnapshot) -> str:
         "Dollars spent since start, by model.",
         (_sample("cost_usd_total", {"model": model}, float(v)) for model, v in sorted(s.cost_usd.items())),
     )
-    for key, help_text in (
-        ("concurrency", "Current (adaptive) concurrency limit per model."),
-        ("max_concurrency", "Configured concurrency ceiling per model."),
-        ("requests_per_minute", "Requests-per-minute budget per model (0: unlimited)."),
-        ("in_flight", "Calls in flight per model."),
-    ):
-        lines += _family(
-            f"model_{key}",
-            "gauge",
-            help_text,
-            (
-                _sample(f"model_{key}", {"model": model}, values.get(key, 0))
-                for model, values in sorted(s.limits.items())
-            ),
-        )
-    for key, help_text in (
-        ("in_flight", "Calls in flight per endpoint."),
-        ("concurrency", "Current (adaptive) calls-at-once limit per endpoint (0: none of its own)."),
-        ("requests_last_minute", "Requests sent to each endpoint in the last 61 s."),
-        ("tokens_last_minute", "Tokens counted at each endpoint in the last 61 s."),
-    ):
-        lines += _family(
-            f"endpoint_{key}",
-            "gauge",
-            help_text,
-            (
-                _sample(f"endpoint_{key}", {"endpoint": name}, values.get(key, 0))
-                for name, values in sorted(s.endpoints.items())
-            ),
-        )
+    lines += _gauges(
+        "model",
+        s.limits,
+        (
+            ("concurrency", "Current (adaptive) concurrency limit per model."),
+            ("max_concurrency", "Configured concurrency ceiling per model."),
+            ("requests_per_minute", "Requests-per-minute budget per model (0: unlimited)."),
+            ("in_flight", "Calls in flight per model."),
+        ),
+    )
+    lines += _gauges(
+        "endpoint",
+        s.endpoints,
+        (
+            ("in_flight", "Calls in flight per endpoint."),
+            ("concurrency", "Current (adaptive) calls-at-once limit per endpoint (0: none of its own)."),
+            ("requests_last_minute", "Requests sent to each endpoint in the last 61 s."),
+            ("tokens_last_minute", "Tokens counted at each endpoint in the last 61 s."),
+        ),
+    )
     lines += _family(
         "in_flight", "gauge", "Generations in progress.", [_sample("in_flight", {}, s.in_flight)]
     )

@@ -52,7 +52,14 @@ from daydreamd.daemon.breaker import Breaker, BreakerState, is_outage
 from daydreamd.daemon.budgets import Budgets
 from daydreamd.daemon.commits import CommitBatcher
 from daydreamd.daemon.counters import Counters
-from daydreamd.daemon.endpoints import AttemptResult, Endpoints, OutagePolicy, Place, estimate_tokens
+from daydreamd.daemon.endpoints import (
+    AttemptResult,
+    Endpoint,
+    Endpoints,
+    OutagePolicy,
+    Place,
+    estimate_tokens,
+)
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
@@ -412,16 +419,20 @@ class Pool:
                 blocked.append(wait)
             return wait == 0
 
+        picked: dict[str, Endpoint] = {}
+
         def allowed(ready: Ready) -> bool:
             if ready.approval_id is not None and ready.approval_id in self.budgets.exhausted(calling):
                 return False
             tokens = self._estimates.get(ready.gen_id, 0)
-            return self.endpoints.pick(ready.generation.llm_model_id, tokens, now) is not None
+            endpoint = self.endpoints.pick(ready.generation.llm_model_id, tokens, now)
+            if endpoint is not None:
+                picked[ready.gen_id] = endpoint
+            return endpoint is not None
 
         def launch(ready: Ready) -> None:
             model_id, tokens = ready.generation.llm_model_id, self._estimates.get(ready.gen_id, 0)
-            endpoint = self.endpoints.pick(model_id, tokens, now)
-            assert endpoint is not None  # allowed() saw it, with no await since
+            endpoint = picked.pop(ready.gen_id)  # allowed() picked it, with no await since
             self._places[ready.gen_id] = self.endpoints.take(endpoint, tokens)
             self.limits.take(ready.gen_id, model_id)
             for window in self.limits.windows(model_id):

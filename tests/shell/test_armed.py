@@ -12,6 +12,18 @@ from daydreamd.daemon.armed import ArmedWork, CalledOff
 from tests.shell.test_scheduler import ready
 
 
+async def run_armed(armed: ArmedWork, gen_id: str, outcomes: dict[str, str]) -> None:
+    """What the pool's task for an armed generation does: wait, then note whether it was
+    launched or called off, and say it is finished either way."""
+    try:
+        await armed.until_launched(gen_id)
+        outcomes[gen_id] = "launched"
+    except CalledOff:
+        outcomes[gen_id] = "called off"
+    finally:
+        armed.finished(gen_id)
+
+
 async def test_a_prepared_generation_waits_until_launched_and_the_pool_is_told() -> None:
     told: list[str] = []
     armed = ArmedWork(on_waiting=lambda: told.append("waiting"))
@@ -50,13 +62,7 @@ async def test_called_off_work_raises_and_is_waited_for_until_its_task_ends() ->
     async def run(gen_id: str, before: anyio.Event | None) -> None:
         if before is not None:
             await before.wait()
-        try:
-            await armed.until_launched(gen_id)
-            outcomes[gen_id] = "launched"
-        except CalledOff:
-            outcomes[gen_id] = "called off"
-        finally:
-            armed.finished(gen_id)
+        await run_armed(armed, gen_id, outcomes)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(run, waiting.gen_id, None)
@@ -100,18 +106,9 @@ async def test_calling_off_some_leaves_the_others_armed_and_waiting() -> None:
     armed.arm(other)
     outcomes: dict[str, str] = {}
 
-    async def run(gen_id: str) -> None:
-        try:
-            await armed.until_launched(gen_id)
-            outcomes[gen_id] = "launched"
-        except CalledOff:
-            outcomes[gen_id] = "called off"
-        finally:
-            armed.finished(gen_id)
-
     async with anyio.create_task_group() as tasks:
         for row in (spent, other):
-            tasks.start_soon(run, row.gen_id)
+            tasks.start_soon(run_armed, armed, row.gen_id, outcomes)
         with anyio.fail_after(5):
             while armed.waiting.held(("llm", "a")) < 2:
                 await anyio.lowlevel.checkpoint()
