@@ -25,6 +25,9 @@ the request's own validity (400), then a fault chosen from the script queue, the
 then ``fault_rates`` (seeded RNG). Latency applies to everything the "model" answers (successes
 and faults), not to the gateway's own RPM/auth rejections.
 
+The Batch API (files, batches, their states over time, partial failures, expiry) is
+:mod:`tests.fakebatch`, on the same server.
+
 ``GET /_fake/stats`` answers the server's own counters as JSON (:meth:`FakeLlm.stats`): what a
 benchmark running the server in another process reads instead of trusting the client's count.
 
@@ -57,6 +60,8 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakebatch import FakeBatchApi
 
 _CHARS_PER_TOKEN = 4
 _WINDOW_S = 60.0
@@ -208,6 +213,7 @@ class FakeLlm:
             the module docstring).
         slow_body_s: how long a ``SLOW_BODY`` answer takes to trickle out.
         clock: monotonic clock for the RPM window (inject one to test the window quickly).
+        batch_delay_s, batch_fail_every, batch_expire: the Batch API's (:mod:`tests.fakebatch`).
     """
 
     def __init__(
@@ -229,6 +235,9 @@ class FakeLlm:
         slow_body_s: float = 10.0,
         provider_name: str = "FakeProvider",
         clock: Callable[[], float] = time.monotonic,
+        batch_delay_s: float = 0.5,
+        batch_fail_every: int = 0,
+        batch_expire: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -263,6 +272,10 @@ class FakeLlm:
         self._by_model: dict[str, _ModelCounts] = {}
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        self.batch_api = FakeBatchApi(
+            self, delay_s=batch_delay_s, fail_every=batch_fail_every, expire=batch_expire, clock=clock
+        )
+        """The Batch API (:mod:`tests.fakebatch`): files, batches, and what was submitted."""
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -271,6 +284,7 @@ class FakeLlm:
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/chat/completions", self._handle)
         app.router.add_get("/_fake/stats", self._handle_stats)
+        self.batch_api.add_routes(app)
         return app
 
     async def start(self) -> str:
@@ -369,6 +383,7 @@ class FakeLlm:
             "rpm": self.rpm,
             "tpm": self.tpm,
             "max_tokens_in_window": self.max_tokens_in_window,
+            "batch": self.batch_api.stats(),
             "models": {
                 model: {
                     "requests": counts.requests,
@@ -760,6 +775,15 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--slow-body-s", type=float, default=10.0)
     parser.add_argument(
+        "--batch-delay-s", type=float, default=0.5, help="a batch's time from creation to its end"
+    )
+    parser.add_argument(
+        "--batch-fail-every", type=int, default=0, help="every Nth request of a batch gets a 500"
+    )
+    parser.add_argument(
+        "--batch-expire", action="store_true", help="batches expire with half their requests answered"
+    )
+    parser.add_argument(
         "--echo-key", action="store_true", help="echo the received key, whole and masked, in every answer"
     )
     return parser.parse_args(argv)
@@ -782,6 +806,9 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         slow_body_s=args.slow_body_s,
         echo_key=args.echo_key,
+        batch_delay_s=args.batch_delay_s,
+        batch_fail_every=args.batch_fail_every,
+        batch_expire=args.batch_expire,
     )
     async with fake:
         sys.stdout.write(fake.base_url + "\n")

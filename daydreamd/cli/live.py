@@ -23,6 +23,7 @@ from daydreamd.cli.common import print_json, scope_body, service
 from daydreamd.cli.options import (
     CONTEXT,
     STAGE_CHOICE,
+    batch_option,
     cohort_option,
     json_option,
     model_option,
@@ -129,6 +130,7 @@ def status(
     "--plan", "plan_hash", help="Refuse unless this approval covers exactly what `daydreamctl plan` showed."
 )
 @cohort_option
+@batch_option
 @json_option
 @click.pass_obj
 def approve(
@@ -140,6 +142,7 @@ def approve(
     budget_usd: float | None,
     plan_hash: str | None,
     cohort: str | None,
+    batch: bool | None,
     as_json: bool,
 ) -> None:
     """Approve pending generations of STAGE, so the service runs them (and spends money on them).
@@ -154,9 +157,16 @@ def approve(
       daydreamctl approve essay --template polished-essay --model gemini_25_flash --limit 10
       daydreamctl approve evaluation --json
       daydreamctl approve evaluation --cohort rejudge-top5
+      daydreamctl approve evaluation --batch          # half price, results within 24 h
     """
     body = scope_body(stage, template_id, llm_model_id, limit, cohort)
-    body.update({k: v for k, v in (("budget_usd", budget_usd), ("plan", plan_hash)) if v is not None})
+    body.update(
+        {
+            k: v
+            for k, v in (("budget_usd", budget_usd), ("plan", plan_hash), ("batch", batch))
+            if v is not None
+        }
+    )
     with service(obj) as client:
         result = client.post("/v1/approvals", body)
     if as_json:
@@ -165,7 +175,9 @@ def approve(
     scope = _scope(stage, template_id, llm_model_id) + _of_cohort(cohort, result)
     budget = f", budget ${result['budget_usd']:g}" if result.get("budget_usd") else ""
     approval = f"approval {result.get('approval_id')}{budget}"
-    click.echo(f"approved {result.get('matched', 0):,} pending {scope} ({approval})")
+    batched = result.get("batch_models") or []
+    in_batches = f"; in batches: {', '.join(batched)}" if batched else ""
+    click.echo(f"approved {result.get('matched', 0):,} pending {scope} ({approval}{in_batches})")
 
 
 @click.command(context_settings=CONTEXT)

@@ -20,6 +20,7 @@ from daydreamd.cli.common import current_user, print_json, scope_body, service
 from daydreamd.cli.options import (
     CONTEXT,
     STAGE_CHOICE,
+    batch_option,
     cohort_option,
     json_option,
     model_option,
@@ -99,6 +100,8 @@ def _print_plan(result: Mapping[str, Any]) -> None:
             f"{_money(line['usd']):>12}"
         )
     total = f"total: {_money(result.get('total_usd'))}"
+    if result.get("total_batch_usd") is not None:
+        total += f" online, {_money(result.get('total_batch_usd'))} with batches (approve --batch)"
     unpriced = result.get("unpriced_models") or []
     if unpriced:
         total += (
@@ -180,6 +183,7 @@ def _print_pause(result: Mapping[str, Any], as_json: bool) -> None:
     "--fresh", is_flag=True, help="Pay for a new reply even where one is saved (empty, cut off, filtered)."
 )
 @cohort_option
+@batch_option
 @json_option
 @click.pass_obj
 def retry(
@@ -190,6 +194,7 @@ def retry(
     llm_model_id: str | None,
     fresh: bool,
     cohort: str | None,
+    batch: bool | None,
     as_json: bool,
 ) -> None:
     """Send failed generations back to the queue (they run again without a new approval).
@@ -201,6 +206,7 @@ def retry(
       daydreamctl retry --kind rate_limit
       daydreamctl retry --stage evaluation --kind parse_error
       daydreamctl retry --kind truncated --fresh
+      daydreamctl retry --kind batch_expired --batch
     """
     body: dict[str, Any] = {
         k: v
@@ -214,6 +220,8 @@ def retry(
         if v
     }
     body |= {"fresh": fresh, "requested_by": current_user()}
+    if batch is not None:
+        body["batch"] = batch
     with service(obj) as client:
         result = client.post("/v1/retries", body)
     if as_json:

@@ -42,3 +42,14 @@ def cohort_option(func: F) -> F:
         metavar="NAME",
         help="Only this cohort: a spec folder's name (default: the default cohort; see `cohort list`).",
     )(func)
+
+
+def batch_option(func: F) -> F:
+    """``--batch/--online``: calls in batches, or one by one (``batch``; unset: as the config says)."""
+    return click.option(
+        "--batch/--online",
+        "batch",
+        default=None,
+        help="Send the calls in batches (about half price, back within 24 h; the model needs an endpoint "
+        "with batch = true), or one by one online. Default: as [stages.<stage>] / [models.<id>] batch say.",
+    )(func)

@@ -112,6 +112,36 @@ def endpoint_table(status: Status) -> Table | None:
     return table
 
 
+def batch_table(status: Status) -> Table | None:
+    """Batches: how far each got here and at the provider, its counts and age (None: no batches)."""
+    batches = ServiceStatus.coerce(status).batches
+    if not batches:
+        return None
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("batch", "model", "endpoint", "state", "provider", "done", "failed", "age"):
+        table.add_column(column, justify="right" if column in ("batch", "done", "failed", "age") else "left")
+    for batch in batches:
+        table.add_row(
+            str(batch.id),
+            batch.model,
+            batch.endpoint,
+            batch.state + (" (retrying)" if batch.problem else ""),
+            batch.provider_state or "",
+            f"{batch.completed}/{batch.requests}",
+            str(batch.failed),
+            _age(batch.age_s),
+        )
+    return table
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
 def _of(used: int, limit: int) -> str:
     return f"{used}/{limit}" if limit else str(used)
 
@@ -131,7 +161,7 @@ def render_status(status: Status) -> RenderableType:
         f"   spent ${status.spent_usd:,.2f}",
     )
     parts: list[RenderableType] = [header, stage_table(status)]
-    for table in (model_table(status), endpoint_table(status)):
+    for table in (model_table(status), endpoint_table(status), batch_table(status)):
         if table is not None:
             parts.append(table)
     notes = []
@@ -153,6 +183,9 @@ def render_status(status: Status) -> RenderableType:
         )
     for trouble in pool.troubles:
         notes.append(Text(trouble.describe(), style="bold red"))
+    for batch in status.batches:
+        if batch.problem:
+            notes.append(Text(f"batch {batch.id}: {batch.problem} (trying again)", style="yellow"))
     for stage, count in status.parent_changed.items():
         notes.append(Text(parent_changed_note(stage, count), style="yellow"))
     if status.errors:

@@ -64,6 +64,9 @@ class StageSettings:
     """Replies with fewer non-empty lines fail as ``too_short`` (drafts default to 3)."""
     on_truncation: str = "accept"
     """``fail`` or ``accept`` a reply cut off at max_tokens (drafts default to ``fail``)."""
+    batch: bool = False
+    """Approvals of this stage run in batch mode unless they say ``--online`` (models that no
+    endpoint with ``batch = true`` serves run online)."""
 
     def call_parameters(self) -> dict[str, Any]:
         """The parameters sent to the model, which therefore determine the generation."""
@@ -121,6 +124,11 @@ class EndpointSettings:
     characters a token) plus ``max_tokens`` when sent, corrected by the usage its reply reports."""
     concurrency: int = 0
     """Calls in flight at once (0: unlimited; the pool's and the models' limits still apply)."""
+    batch: bool = False
+    """The server speaks OpenAI's Batch API (``/files``, ``/batches``): work approved in batch mode
+    for the models it serves is sent there as batches."""
+    batch_discount: float = 0.5
+    """A batch call's price as a share of the online price (used when the reply reports no cost)."""
 
     @classmethod
     def of_llm(cls, llm: LlmSettings) -> EndpointSettings:
@@ -221,6 +229,21 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSettings:
+    """How batch mode gathers, submits and follows batches (``[batch]``)."""
+
+    gather_s: float = 60.0
+    """A model's ready batch work is submitted once its amount has not grown for this long (or it
+    fills a batch): work that becomes ready meanwhile (children of finishing parents) joins it."""
+    max_requests: int = 10_000
+    """Generations in one batch at most (OpenAI takes up to 50,000)."""
+    poll_s: float = 60.0
+    """How often a submitted batch's progress is asked for."""
+    completion_window: str = "24h"
+    """Sent with each batch: how long the provider may take (OpenAI offers ``24h``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PriceSettings:
     """``[prices.<llm_model_id>]``: dollars per million tokens, when llm_models.csv has no price columns."""
 
@@ -250,6 +273,10 @@ class Settings:
     """``[models.<llm_model_id>] endpoints = [...]``: the endpoints that serve a model."""
     llm_in_use: bool = True
     """Whether ``[llm]`` is an endpoint: the config has an ``[llm]`` section or no ``[endpoints]``."""
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    """``[batch]``: gathering, size and polling of batches."""
+    batch_models: tuple[str, ...] = ()
+    """``[models.<llm_model_id>] batch = true``: models whose approvals run in batch mode by default."""
 
     def stage(self, stage: Stage) -> StageSettings:
         """The settings of one stage."""
@@ -272,6 +299,20 @@ class Settings:
             return routed
         return (DEFAULT_ENDPOINT,) if self.llm_in_use else ()
 
+    def batch_endpoints_of(self, llm_model_id: str) -> tuple[str, ...]:
+        """The endpoints serving a model that take batches (``batch = true``)."""
+        known = self.all_endpoints()
+        return tuple(name for name in self.endpoints_of(llm_model_id) if known[name].batch)
+
+    def runs_in_batch(self, stage: Stage, llm_model_id: str, requested: bool | None) -> bool:
+        """Whether approved work of ``stage`` on a model runs in batch mode: as the approval asks
+        (``requested``), else as the stage's or the model's ``batch`` says; never on a model that
+        no batch endpoint serves."""
+        wanted = requested
+        if wanted is None:
+            wanted = self.stage(stage).batch or llm_model_id in self.batch_models
+        return wanted and bool(self.batch_endpoints_of(llm_model_id))
+
 
 def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path | None = None) -> Settings:
     """Read ``config`` (None: defaults relative to the cwd), apply ``DD_COHORT`` and ``data_dir``."""
@@ -290,6 +331,7 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         "render",
         "endpoints",
         "models",
+        "batch",
     }
     _reject_unknown(table, known, source, "")
     settings = Settings(
@@ -306,6 +348,8 @@ def load_settings(config: Path | None, env: Mapping[str, str], *, data_dir: Path
         endpoints=_endpoints(table.get("endpoints", {}), source),
         routes=_routes(table.get("models", {}), source),
         llm_in_use="llm" in table or "endpoints" not in table,
+        batch=_section(BatchSettings, table, "batch", source),
+        batch_models=_batch_models(table.get("models", {}), source),
     )
     _check_values(settings, source)
     _check_routes(settings, source)
@@ -367,6 +411,10 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         return value
     if str in accepted and isinstance(value, str):
         return value
+    if bool in accepted and isinstance(value, bool):
+        return value
+    if bool in accepted:
+        raise ConfigError(f"expected true or false, got {value!r}", path=source, key=key)
     names = " or ".join(sorted(t.__name__ for t in accepted if t is not type(None)))
     raise ConfigError(f"expected a {names}, got {value!r}", path=source, key=key)
 
@@ -455,6 +503,15 @@ def _endpoints(table: Any, source: str) -> tuple[tuple[str, EndpointSettings], .
         for limit in ("requests_per_minute", "tokens_per_minute", "concurrency"):
             if getattr(endpoint, limit) < 0:
                 raise ConfigError("must be 0 (unlimited) or more", path=source, key=f"{key}.{limit}")
+        if endpoint.batch and endpoint.kind != "openai":
+            raise ConfigError(
+                'takes kind = "openai" only (the Batch API is OpenAI\'s; OpenRouter and the offline '
+                "kinds have none)",
+                path=source,
+                key=f"{key}.batch",
+            )
+        if not 0 < endpoint.batch_discount <= 1:
+            raise ConfigError("must be more than 0 and at most 1", path=source, key=f"{key}.batch_discount")
         found.append((name, replace(endpoint, headers=tuple(sorted(headers.items())))))
     return tuple(found)
 
@@ -465,7 +522,9 @@ def _routes(table: Any, source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         raise ConfigError("must hold [models.<llm_model_id>] tables", path=source, key="models")
     found = []
     for model_id, values in sorted(table.items()):
-        _reject_unknown(values, {"endpoints"}, source, f"models.{model_id}.")
+        _reject_unknown(values, {"endpoints", "batch"}, source, f"models.{model_id}.")
+        if "endpoints" not in values:
+            continue
         names = values.get("endpoints")
         key = f"models.{model_id}.endpoints"
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -480,6 +539,18 @@ def _routes(table: Any, source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(found)
 
 
+def _batch_models(table: Any, source: str) -> tuple[str, ...]:
+    """``[models.<llm_model_id>] batch = true``."""
+    found = []
+    for model_id, values in sorted(table.items()):
+        flag = values.get("batch", False)
+        if not isinstance(flag, bool):
+            raise ConfigError("must be true or false", path=source, key=f"models.{model_id}.batch")
+        if flag:
+            found.append(model_id)
+    return tuple(found)
+
+
 def _check_routes(settings: Settings, source: str) -> None:
     known = settings.all_endpoints()
     for model_id, names in settings.routes:
@@ -491,6 +562,14 @@ def _check_routes(settings: Settings, source: str) -> None:
                     path=source,
                     key=f"models.{model_id}.endpoints",
                 )
+    for model_id in settings.batch_models:
+        if not settings.batch_endpoints_of(model_id):
+            raise ConfigError(
+                "no endpoint serving this model takes batches: set batch = true in its endpoint's "
+                "[endpoints.<name>] table (a server that speaks the Batch API), or remove batch",
+                path=source,
+                key=f"models.{model_id}.batch",
+            )
 
 
 def _per_id(table: Any, cls: type[Any], source: str, name: str) -> tuple[tuple[str, Any], ...]:
@@ -519,11 +598,24 @@ def _check_values(settings: Settings, source: str) -> None:
         if value < 1:
             raise ConfigError("must be at least 1", path=source, key=key)
     _check_render(settings.render, source)
+    _check_batch(settings.batch, source)
     for stage, stage_settings in settings.stages:
         if stage_settings.max_tokens < 1:
             raise ConfigError("must be at least 1", path=source, key=f"stages.{stage}.max_tokens")
         if stage_settings.on_truncation not in TRUNCATION_POLICIES:
             raise ConfigError("must be fail or accept", path=source, key=f"stages.{stage}.on_truncation")
+
+
+def _check_batch(batch: BatchSettings, source: str) -> None:
+    if not 1 <= batch.max_requests <= 50_000:
+        raise ConfigError("must be between 1 and 50000", path=source, key="batch.max_requests")
+    for key in ("gather_s", "poll_s"):
+        if not 0 < getattr(batch, key) <= 86_400:
+            raise ConfigError(
+                "must be more than 0 and at most 86400 seconds", path=source, key=f"batch.{key}"
+            )
+    if not re.fullmatch(r"[1-9][0-9]*h", batch.completion_window):
+        raise ConfigError('must be hours, e.g. "24h"', path=source, key="batch.completion_window")
 
 
 RENDER_RANGES = {

@@ -98,6 +98,7 @@ _REQUEST_FIELDS = (
     "budget_usd",
     "plan",
     "cohort",
+    "batch",
 )
 FAILURE_KINDS: tuple[str, ...] = tuple(kind.value for kind in FailureKind)
 """Failure kinds a retry may select (the values of ``daydreamd.core.retry.FailureKind``)."""
@@ -124,6 +125,9 @@ class ApprovalRequest:
     """The hash of a ``plan``: refuse unless the approval would cover exactly what that plan showed."""
     cohort: str | None = None
     """Only generations of this cohort: a named cohort, or the default cohort's id (None: the default)."""
+    batch: bool | None = None
+    """True: run the calls in batches (every matched model must have an endpoint with ``batch =
+    true``); False: online; None: as the config's ``batch`` of the stage or the model says."""
 
     @classmethod
     def from_json(cls, body: object) -> ApprovalRequest:
@@ -146,12 +150,20 @@ class ApprovalRequest:
             budget_usd=_budget(body.get("budget_usd")),
             plan=_optional_text(body, "plan"),
             cohort=cohort_name(body.get("cohort")),
+            batch=_optional_flag(body, "batch"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body ``from_json`` accepts (None fields left out)."""
         fields = {name: getattr(self, name) for name in _REQUEST_FIELDS}
         return {name: value for name, value in fields.items() if value is not None}
+
+
+def _optional_flag(body: Mapping[str, object], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise bad_request(f"{name}: must be true, false or null, got {shown(value)}")
+    return value
 
 
 def _budget(value: object) -> float | None:
@@ -186,7 +198,7 @@ def _optional_choice(body: Mapping[str, object], name: str, choices: tuple[str, 
     return str(value)
 
 
-_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by", "cohort")
+_RETRY_FIELDS = ("stage", "kind", "template_id", "llm_model_id", "fresh", "requested_by", "cohort", "batch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +215,8 @@ class RetryRequest:
     requested_by: str = ""
     cohort: str | None = None
     """Only failures of this cohort (None: the default cohort)."""
+    batch: bool | None = None
+    """As :attr:`ApprovalRequest.batch`, for the calls retried."""
 
     @classmethod
     def from_json(cls, body: object) -> RetryRequest:
@@ -219,6 +233,7 @@ class RetryRequest:
             fresh=fresh,
             requested_by=_requested_by(fields.get("requested_by", "")),
             cohort=cohort_name(fields.get("cohort")),
+            batch=_optional_flag(fields, "batch"),
         )
 
 

@@ -49,6 +49,16 @@ class GroupEstimate:
     input_source: str = "none"
     output_source: str = "none"
     price_known: bool = True
+    batch_share: float | None = None
+    """The batch price as a share of the online one, when the model has an endpoint that takes
+    batches (None: it has none, so this line can only run online)."""
+
+    @property
+    def batch_usd(self) -> float | None:
+        """The line's cost if it runs in batches (None: unknown, or no batch endpoint)."""
+        if self.batch_share is None or self.usd is None or self.mode == "copy":
+            return None
+        return self.usd * self.batch_share
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape of one plan line."""
@@ -62,6 +72,7 @@ class GroupEstimate:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "usd": None if self.usd is None else round(self.usd, 4),
+            "batch_usd": None if self.batch_usd is None else round(self.batch_usd, 4),
             "input_source": self.input_source,
             "output_source": self.output_source,
             "price_known": self.price_known,
@@ -151,6 +162,10 @@ def summarize(lines: Sequence[GroupEstimate], *, cohort_id: str | None, hash_: s
         total["usd"] = None if total["usd"] is None or line.usd is None else total["usd"] + line.usd
     known = [line.usd for line in lines if line.usd is not None]
     unpriced = sorted({line.llm_model_id for line in lines if not line.price_known})
+    batchable = any(line.batch_usd is not None for line in lines)
+    with_batches = sum(
+        line.usd if line.batch_usd is None else line.batch_usd for line in lines if line.usd is not None
+    )
     return {
         "plan": hash_,
         "cohort_id": cohort_id,
@@ -163,6 +178,7 @@ def summarize(lines: Sequence[GroupEstimate], *, cohort_id: str | None, hash_: s
         "total_usd": round(sum(known), 4) if not unpriced else None,
         "known_usd": round(sum(known), 4),
         "unpriced_models": unpriced,
+        "total_batch_usd": round(with_batches, 4) if batchable and not unpriced else None,
     }
 
 

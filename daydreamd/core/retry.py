@@ -34,6 +34,12 @@ class FailureKind(StrEnum):
     EMPTY = "empty"
     INTERNAL = "internal"
     """A bug in the service failed the generation (never retried automatically)."""
+    BATCH_EXPIRED = "batch_expired"
+    """Its batch expired (the provider's completion window passed) before it was answered."""
+    BATCH_CANCELLED = "batch_cancelled"
+    """Its batch was cancelled before it was answered."""
+    BATCH_FAILED = "batch_failed"
+    """Its batch failed as a whole (refused by the provider), or ended without a line for it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

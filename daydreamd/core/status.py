@@ -26,7 +26,10 @@ back with :meth:`~ServiceStatus.from_json`. The JSON shape::
      "rebuilds": 1,
      "parent_changed": {"essay": 2},                          # made from a re-parsed, changed parent
      "cohort_progress": {"phase": "syncing", "reason": "watch", "started_at": ..., "elapsed_s": 4.2,
-                         "generations": 1304160, "done": 40000, "total": 948480}}   # null when not building
+                         "generations": 1304160, "done": 40000, "total": 948480},   # null when not building
+     "batches": [{"id": 3, "endpoint": "openai", "model": "gpt_4o", "stage": "evaluation",
+                  "state": "submitted", "provider_state": "in_progress", "requests": 1000,
+                  "completed": 420, "failed": 0, "age_s": 3600.0, "problem": null}]}
 
 ``from_json`` never raises: the readers always tolerated a partial document (a daemon of
 another version, a test's hand-written one). Missing counts read as 0; a missing limit, pool
@@ -180,6 +183,49 @@ class EndpointStatus:
             tokens_per_minute=_int(info.get("tokens_per_minute")),
             tokens_last_minute=_int(info.get("tokens_last_minute")),
             models=tuple(str(m) for m in models) if isinstance(models, list) else (),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchStatus:
+    """One batch (batch mode): where it stands here and at the provider."""
+
+    id: int = 0
+    endpoint: str = ""
+    model: str = ""
+    stage: str = ""
+    state: str = ""
+    """preparing | submitting | submitted | collecting | closed (see ``storage.batches``)."""
+    provider_state: str | None = None
+    """The provider's status of it (validating, in_progress, finalizing, completed, expired...)."""
+    requests: int = 0
+    completed: int = 0
+    failed: int = 0
+    age_s: float = 0.0
+    """Seconds since it was formed."""
+    problem: str | None = None
+    """The last error of a step being tried again (None: none)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of one batch."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: object) -> BatchStatus:
+        """A batch from JSON."""
+        info = _mapping(value)
+        return cls(
+            id=_int(info.get("id")),
+            endpoint=str(info.get("endpoint") or ""),
+            model=str(info.get("model") or ""),
+            stage=str(info.get("stage") or ""),
+            state=str(info.get("state") or ""),
+            provider_state=_optional_text(info.get("provider_state")),
+            requests=_int(info.get("requests")),
+            completed=_int(info.get("completed")),
+            failed=_int(info.get("failed")),
+            age_s=_number(info.get("age_s")),
+            problem=_optional_text(info.get("problem")),
         )
 
 
@@ -482,6 +528,8 @@ class ServiceStatus:
     cohort_progress: CohortProgress | None = None
     """A cohort being built and synced now (None when none is): ``stages`` still count the
     membership in force, ``cohort_id`` is the cohort in force (None at a first start)."""
+    batches: tuple[BatchStatus, ...] = ()
+    """Batches not closed, and the last few closed ones, oldest first."""
 
     def stage(self, stage: str) -> StageCounts:
         """The counts of ``stage`` (zeros when the document has none)."""
@@ -508,13 +556,14 @@ class ServiceStatus:
             "rebuilds": self.rebuilds,
             "parent_changed": dict(self.parent_changed),
             "cohort_progress": self.cohort_progress.to_json() if self.cohort_progress is not None else None,
+            "batches": [batch.to_json() for batch in self.batches],
         }
 
     @classmethod
     def from_json(cls, value: object) -> ServiceStatus:
         """A status document from JSON (never raises; see the module docstring)."""
         doc = _mapping(value)
-        errors = doc.get("errors")
+        errors, batches = doc.get("errors"), doc.get("batches")
         cohort_id = doc.get("cohort_id")
         return cls(
             version=str(doc.get("version") or ""),
@@ -541,6 +590,7 @@ class ServiceStatus:
             rebuilds=_int(doc.get("rebuilds")),
             parent_changed=_counts(doc.get("parent_changed")),
             cohort_progress=CohortProgress.from_json(doc.get("cohort_progress")),
+            batches=tuple(BatchStatus.from_json(b) for b in batches) if isinstance(batches, list) else (),
         )
 
     @classmethod

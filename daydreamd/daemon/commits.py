@@ -8,11 +8,35 @@ each. A failed transaction fails every waiter of that batch, and the batcher goe
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
 
-from daydreamd.storage.store import Completion, Store
+from daydreamd.core.retry import FailureKind
+from daydreamd.daemon.runner import Outcome
+from daydreamd.storage.store import AttemptRow, Claim, Completion, Store
+
+
+def completion_of(claim: Claim, outcome: Outcome, attempts: Sequence[AttemptRow]) -> Completion:
+    """What a run's outcome commits under its claim (an outcome without a kind that failed is a bug:
+    ``internal``)."""
+    g = claim.generation
+    parse = outcome.parse
+    kind = str(outcome.kind) if outcome.kind else (None if outcome.ok else str(FailureKind.INTERNAL))
+    return Completion(
+        gen_id=g.gen_id,
+        token=claim.token,
+        llm_model_id=g.llm_model_id,
+        ok=outcome.ok,
+        error_kind=kind,
+        error_message=outcome.message or None,
+        attempts=tuple(attempts),
+        score=outcome.score,
+        parse_key=key if parse and isinstance(key := parse.get("key"), str) else None,
+        parse_info=json.dumps(parse, separators=(",", ":")) if parse else None,
+    )
 
 
 @dataclass(slots=True)

@@ -95,7 +95,7 @@ async def serve(
                 log.warning(
                     "state_set_aside", state_db=str(state_db), moved_to=str(aside.path), reason=aside.reason
                 )
-            swept = _sweep_temps(settings.paths.data_dir, await store.running())
+            swept = _sweep_temps(settings.paths.data_dir, await store.running(batches=True))
             recent = await RestartMemory(store).recent_requests(
                 RPM_WINDOW_S
             )  # before recover(): dead claims count too
@@ -158,6 +158,7 @@ async def serve(
                     tg.start_soon(rebuild_loop, service.trigger, service.rebuild)
                     tg.start_soon(service.keep_summary_fresh)
                     tg.start_soon(service.keep_parses_current)
+                    tg.start_soon(service.batcher.run)
                     await service.pool.run()
                     await service.save_rate_windows()
                     tg.cancel_scope.cancel()

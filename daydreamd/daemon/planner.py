@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio.to_thread
@@ -102,8 +102,14 @@ def _estimate(
             max_tokens=context.settings.stage(Stage(stage)).max_tokens,
             price=price_for(jobs.model(model_id) if jobs else None, prices),
         )
-        lines.append(estimate_group(inputs))
+        lines.append(replace(estimate_group(inputs), batch_share=_batch_share(context.settings, model_id)))
     return lines
+
+
+def _batch_share(settings: Settings, model_id: str) -> float | None:
+    """The batch price share of the model's first endpoint that takes batches (None: it has none)."""
+    names = settings.batch_endpoints_of(model_id)
+    return settings.all_endpoints()[names[0]].batch_discount if names else None
 
 
 def _rendered(

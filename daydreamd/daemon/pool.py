@@ -29,7 +29,6 @@ counted by :mod:`~daydreamd.daemon.counters` and read through :meth:`Pool.snapsh
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,7 +49,7 @@ from daydreamd.core.timestamps import utc_now
 from daydreamd.daemon.armed import ArmedWork, CalledOff
 from daydreamd.daemon.breaker import Breaker, BreakerState, is_outage
 from daydreamd.daemon.budgets import Budgets
-from daydreamd.daemon.commits import CommitBatcher
+from daydreamd.daemon.commits import CommitBatcher, completion_of
 from daydreamd.daemon.counters import Counters
 from daydreamd.daemon.endpoints import (
     AttemptResult,
@@ -561,6 +560,14 @@ class Pool:
         model = jobs.model(model_id) if jobs is not None else None
         return model.provider if model is not None else ""
 
+    def may_submit(self, model_id: str) -> bool:
+        """Whether a model's batch work may be submitted now (neither it nor the pool is paused)."""
+        return not self.limits.paused and model_id not in self.limits.paused_models
+
+    def price(self, model_id: str) -> Price | None:
+        """A model's price per token (its CSV row's, else the config's), None when unknown."""
+        return self._price(model_id)
+
     def _price(self, model_id: str) -> Price | None:
         jobs = self.current.jobs
         return price_for(
@@ -584,20 +591,7 @@ class Pool:
             if self.breaker.caused(outcome.kind, outages) and self._requeues[g.gen_id] < self._max_requeues:
                 await self._requeue(claim, attempts, outcome, bound)
                 return
-            completion = Completion(
-                gen_id=g.gen_id,
-                token=claim.token,
-                llm_model_id=g.llm_model_id,
-                ok=outcome.ok,
-                error_kind=str(outcome.kind)
-                if outcome.kind
-                else (None if outcome.ok else str(FailureKind.INTERNAL)),
-                error_message=outcome.message or None,
-                attempts=tuple(attempts),
-                score=outcome.score,
-                parse_key=_parse_key(outcome.parse),
-                parse_info=json.dumps(outcome.parse, separators=(",", ":")) if outcome.parse else None,
-            )
+            completion = completion_of(claim, outcome, attempts)
             committed = await self._commit(completion, bound)
             if committed is None:
                 return
@@ -900,11 +894,6 @@ class Pool:
             )
             for endpoint in self.endpoints.all()
         }
-
-
-def _parse_key(parse: dict[str, Any] | None) -> str | None:
-    key = parse.get("key") if parse else None
-    return key if isinstance(key, str) else None
 
 
 def _ready_model(ready: Ready) -> str | None:

@@ -201,14 +201,7 @@ class Runner:
         if early is not None:
             return early
         if run.reply is None:
-            assert run.prompt is not None and job.model is not None
-            request = LlmRequest(
-                model=job.model.model,
-                prompt=run.prompt,
-                max_tokens=job.settings.max_tokens,
-                temperature=job.settings.temperature,
-                stage=str(job.stage),
-            )
+            request = self._request(run)
             if before_call is not None:
                 await before_call(request)
             t = time.monotonic()
@@ -230,6 +223,45 @@ class Runner:
             _call(on_call_over)
             return await self._durably(self._finish_new, run, reply, limiter=self._save_threads)
         return await self._durably(self._finish, run, None, limiter=self._save_threads)
+
+    async def prepare(self, job: Job, *, fresh: bool = False) -> Outcome | LlmRequest:
+        """Everything before the call, for a batch: the request to send, or the Outcome of a run that
+        needs no call (a copy, a render error, a reply saved already for this input, re-parsed)."""
+        run = _Run(job, fresh=fresh)
+        early = await self._durably(self._prepare, run, limiter=self._prepare_threads)
+        if early is not None:
+            return early
+        if run.reply is not None:
+            return await self._durably(self._finish, run, None, limiter=self._save_threads)
+        return self._request(run)
+
+    async def finish_call(
+        self, job: Job, request: LlmRequest, result: Reply | CallFailure, *, started_at: str | None = None
+    ) -> Outcome:
+        """Save and parse the answer to ``request`` that came outside this runner (a batch's result
+        line), or record its failure, exactly as an online call's: the same files, checks, parse and
+        durability. The input hash is the request's (what was sent), whatever the job says now."""
+        run = _Run(job)
+        run.prompt = request.prompt
+        parameters = {"max_tokens": request.max_tokens, "temperature": request.temperature}
+        run.input_sha256 = input_sha256(request.prompt, request.model, parameters)
+        run.attempts = 1
+        if started_at is not None:
+            run.started_at = started_at
+        if isinstance(result, CallFailure):
+            return await self._durably(self._fail_call, run, result, limiter=self._save_threads)
+        return await self._durably(self._finish_new, run, result, limiter=self._save_threads)
+
+    def _request(self, run: _Run) -> LlmRequest:
+        job = run.job
+        assert run.prompt is not None and job.model is not None
+        return LlmRequest(
+            model=job.model.model,
+            prompt=run.prompt,
+            max_tokens=job.settings.max_tokens,
+            temperature=job.settings.temperature,
+            stage=str(job.stage),
+        )
 
     async def _durably(self, step: Callable[..., _T], *args: Any, limiter: anyio.CapacityLimiter) -> _T:
         """Run a file step in a worker thread; while the disk refuses writes, keep what it holds in

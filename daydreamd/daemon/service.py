@@ -27,8 +27,10 @@ from daydreamd.core.control import (
 )
 from daydreamd.core.estimates import plan_hash
 from daydreamd.core.problems import Level, Problem
+from daydreamd.core.stages import Stage
 from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
 from daydreamd.core.timestamps import utc_now
+from daydreamd.daemon.batches import Batcher, batch_clients
 from daydreamd.daemon.details import generation_detail
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
@@ -40,7 +42,9 @@ from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.daemon.watcher import Trigger
 from daydreamd.llm.types import Provider
+from daydreamd.storage.batch_files import BatchFiles
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.layout import DataLayout
 from daydreamd.storage.readers import spent_by_cohort
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import Store
@@ -94,6 +98,18 @@ class Service:
             providers=providers,
         )
         store.on_membership_change = self.pool.wake  # armed work a sync retired or unqueued is called off
+        self.batcher = Batcher(
+            settings=self.live,
+            store=store,
+            runner=runner,
+            current=self.current,
+            clients=batch_clients(settings, providers or {}),
+            files=BatchFiles(DataLayout(settings.paths.data_dir)),
+            price_of=self.pool.price,
+            may_submit=self.pool.may_submit,
+            on_finished=self.pool.wake,
+            bus=self.bus,
+        )
         self.reparser = Reparser(store, runner.store, self.bus)
         self.reparse_due = anyio.Event()
         """Set after a rebuild: the re-parser checks whether a template's parse key moved."""
@@ -207,6 +223,7 @@ class Service:
             last_rebuild=self.current.last,
             parent_changed=summary.parent_changed,
             rebuilds=self.current.rebuilds,
+            batches=self.batcher.snapshot,
             cohort_progress=self.current.progress(),
         )
 
@@ -280,6 +297,16 @@ class Service:
         cohort_id = scope or self.current.cohort_id
         if request.plan is not None:
             await self._check_plan(request, scope)
+        batch_models = await self._batch_models(
+            request.stage, request.llm_model_id, request.batch, scope, "pending"
+        )
+        if batch_models and request.budget_usd is not None:
+            raise ControlError(
+                400,
+                "bad_request",
+                "budget_usd: a budget cannot bound batch work (the provider bills a whole batch at once); "
+                "approve with --online, or without a budget",
+            )
         approval_id, matched = await self.store.approve(
             stage=request.stage,
             template_id=request.template_id,
@@ -290,25 +317,68 @@ class Service:
             budget_usd=request.budget_usd,
             plan=request.plan,
             scope=scope,
+            batch_models=batch_models,
         )
         log.info(
             "approved",
             approval_id=approval_id,
             matched=matched,
             budget_usd=request.budget_usd,
+            batch_models=batch_models,
             **_scope(request),
         )
         self.bus.publish("approved", approval_id=approval_id, matched=matched, **_scope(request))
         if request.budget_usd is not None:
             await self.pool.refresh_budgets()
         self.pool.wake()
+        self.batcher.wake()
         await self.refresh_summary()
         return {
             "approval_id": approval_id,
             "matched": matched,
             "cohort_id": cohort_id,
             "budget_usd": request.budget_usd,
+            "batch_models": batch_models,
         }
+
+    async def _batch_models(
+        self,
+        stage: str | None,
+        llm_model_id: str | None,
+        requested: bool | None,
+        scope: str | None,
+        state: str,
+    ) -> list[str]:
+        """The models whose matched work (rows of ``state`` of the stage, all stages for None) goes into
+        batches: as asked, else as the config says; asked for batches, every such model must have an
+        endpoint that takes them (else 400 naming them)."""
+        if requested is False:
+            return []
+        settings = self.settings
+        models = {
+            row["llm_model_id"]
+            for row in await self.store.counts_by_model(scope=scope)
+            if row["state"] == state
+            and row["mode"] in ("llm", "batch")
+            and (stage is None or row["stage"] == stage)
+            and (llm_model_id is None or row["llm_model_id"] == llm_model_id)
+        }
+        if requested:
+            missing = sorted(m for m in models if not settings.batch_endpoints_of(m))
+            if missing:
+                raise ControlError(
+                    400,
+                    "bad_request",
+                    f"batch: no endpoint serving {', '.join(missing)} takes batches; give the model an "
+                    "endpoint with batch = true in the config ([models.<id>] endpoints), or use --online",
+                )
+            return sorted(models)
+        return sorted(
+            m
+            for m in models
+            if m in settings.batch_models
+            or (stage is not None and settings.runs_in_batch(Stage(stage), m, None))
+        )
 
     async def _check_plan(self, request: ApprovalRequest, scope: str | None) -> None:
         """Refuse an approval that would not cover exactly what the plan showed."""
@@ -354,6 +424,9 @@ class Service:
             requested_by=request.requested_by,
             cohort_id=scope or self.current.cohort_id,
             scope=scope,
+            batch_models=await self._batch_models(
+                request.stage, request.llm_model_id, request.batch, scope, "failed"
+            ),
         )
         log.info(
             "retried",
@@ -367,6 +440,7 @@ class Service:
             "retried", retried=retried, kind=request.kind, stage=request.stage, model=request.llm_model_id
         )
         self.pool.wake()
+        self.batcher.wake()
         await self.refresh_summary()
         return {"retried": retried, "cohort_id": scope or self.current.cohort_id}
 

@@ -211,6 +211,41 @@ class OpenAiCompatibleClient:
     def __repr__(self) -> str:
         return f"OpenAiCompatibleClient(url={self._url!r}, timeout_s={self._timeout_s!r})"
 
+    @property
+    def base_url(self) -> str:
+        """The server's URL, without ``/chat/completions``."""
+        return self._url.removesuffix("/chat/completions")
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """What every request carries (the key's ``Authorization`` included): for the Batch API's calls."""
+        return self._headers
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        return self._timeout
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the key (or a long piece of it), as every message this client makes."""
+        return self._scrub.text(text)
+
+    def payload(self, request: LlmRequest) -> dict[str, Any]:
+        """The body of ``POST /chat/completions`` for ``request`` (a batch's request lines carry it too)."""
+        return self._payload(request)
+
+    def answer(self, request: LlmRequest, status: int, body: bytes) -> Reply:
+        """Read an answer to ``request`` that came some other way (a batch's output line) exactly as
+        an online one: the same checks, failure kinds and scrubbing.
+
+        Raises:
+            CallFailure: as :meth:`complete` does for that answer.
+        """
+        return self._interpret(request, status, {}, body)
+
     def _payload(self, request: LlmRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": request.model,

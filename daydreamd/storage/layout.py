@@ -11,6 +11,8 @@
       cross_experiment/                     the result tables of every cohort (``results --all``)
       gens/<stage>/<gen_id>/                one generation's files: prompt.txt, raw.txt (raw.<n>.txt
                                             once archived), parsed.txt, metadata.json
+      batches/<batch id>/                   a batch's input.jsonl (as uploaded), output.jsonl and
+                                            errors.jsonl (as downloaded)
 
 Every path built here stays under its folder: each name given to a builder (a stage, a gen_id, a
 cohort id, a file name) must be one plain folder or file name, else :class:`UnsafePathError`
@@ -35,6 +37,7 @@ from daydreamd.core.snapshot import RAW_DIR_NAME
 from daydreamd.core.stages import Stage
 
 GENS_DIR = "gens"
+BATCHES_DIR = "batches"
 COHORTS_DIR = "cohorts"
 COMBO_MAPPINGS = "combo_mappings.csv"
 CROSS_EXPERIMENT_DIR = "cross_experiment"
@@ -75,7 +78,7 @@ def relative_gen_file(stage: Stage | str, gen_id: str, name: str) -> str:
 class DataLayout:
     """The paths of one data directory (nothing is created or checked here)."""
 
-    __slots__ = ("cohorts", "data_dir", "gens")
+    __slots__ = ("batches", "cohorts", "data_dir", "gens")
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -83,6 +86,8 @@ class DataLayout:
         """``gens/``: every generation's folder, by stage."""
         self.cohorts = data_dir / COHORTS_DIR
         """``cohorts/``: one folder per cohort."""
+        self.batches = data_dir / BATCHES_DIR
+        """``batches/``: one folder per batch, named by its id in the run state."""
 
     # -- the experiment and the combos ----------------------------------------------------------
 
@@ -109,6 +114,10 @@ class DataLayout:
     def gen_file(self, stage: Stage | str, gen_id: str, name: str) -> Path:
         """``gens/<stage>/<gen_id>/<name>``."""
         return self.gen_dir(stage, gen_id) / _name(name, "file name", self.gens)
+
+    def batch_file(self, batch_id: int, name: str) -> Path:
+        """``batches/<batch id>/<name>``."""
+        return self.batches / str(int(batch_id)) / _name(name, "file name", self.batches)
 
     # -- cohorts -------------------------------------------------------------------------------
 

@@ -209,6 +209,44 @@ M009_NAMED_COHORTS = """
             WHERE retired = 0 AND in_default = 0;
 """
 
+M010_BATCHES = """
+        -- Batch mode: work sent through a provider's Batch API. A generation in a batch is 'running'
+        -- with mode 'batch' from the moment it joins one until its result is committed; the batch
+        -- (not the pool) owns it, so restarts leave it alone. Each batch and its members are recorded
+        -- before anything is uploaded, and its tag goes to the provider with it: after a crash in the
+        -- middle of a submission the batch is found by its tag, never submitted twice.
+        CREATE TABLE batches (
+            id             INTEGER PRIMARY KEY,
+            tag            TEXT NOT NULL UNIQUE,     -- sent as the batch's metadata
+            endpoint       TEXT NOT NULL,
+            llm_model_id   TEXT NOT NULL,
+            stage          TEXT NOT NULL,
+            state          TEXT NOT NULL,            -- preparing | submitting | submitted | collecting | closed
+            remote_state   TEXT,                     -- the provider's status (validating, in_progress, completed, expired...)
+            input_file_id  TEXT,
+            remote_id      TEXT,                     -- the provider's batch id
+            output_file_id TEXT,
+            error_file_id  TEXT,
+            requests       INTEGER NOT NULL,
+            completed      INTEGER NOT NULL DEFAULT 0,
+            failed         INTEGER NOT NULL DEFAULT 0,
+            price_factor   REAL NOT NULL,            -- the batch price as a share of the online one
+            message        TEXT,
+            created_at     TEXT NOT NULL,
+            submitted_at   TEXT,
+            polled_at      TEXT,
+            closed_at      TEXT
+        );
+        CREATE INDEX batches_open ON batches (state) WHERE state != 'closed';
+        CREATE TABLE batch_members (
+            batch_id INTEGER NOT NULL,
+            gen_id   TEXT NOT NULL,
+            token    INTEGER NOT NULL,                -- the claim's lease token: its completion is fenced by it
+            PRIMARY KEY (batch_id, gen_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX batch_members_gen ON batch_members (gen_id);
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
@@ -219,6 +257,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m007_ready_by_model", M007_READY_BY_MODEL),
     ("m008_counts", M008_COUNTS),
     ("m009_named_cohorts", M009_NAMED_COHORTS),
+    ("m010_batches", M010_BATCHES),
 )
 """(name, SQL script) in order. Append only."""
 

@@ -37,13 +37,15 @@ _PARENT_DONE = (
     "AND p.state = 'done'))"
 )
 _CHUNK = 500
-_START = (
+START_SQL = (
     "UPDATE generations SET state = 'running', lease_token = lease_token + 1, lease_expires = ?, "
     "started_at = ?, updated_at = ? WHERE gen_id IN (SELECT g.gen_id FROM generations g "
     "WHERE g.gen_id IN ({marks}) AND g.state = 'queued' AND g.retired = 0 AND " + _PARENT_DONE + ") "
     "RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
     "lease_token, mode, attempts, approval_id, fresh"
 )
+"""``queued -> running`` with a new fencing token for the rows of ``{marks}`` still queued, current and
+ready (parameters: lease expiry, started_at, updated_at, the gen_ids)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +107,15 @@ class ReadyWork:
         return [_ready(row) for row in rows]
 
     async def children(self, parent_ids: Sequence[str]) -> list[Ready]:
-        """Queued, current children of these generations that are ready now (their parent just finished)."""
+        """Queued, current children of these generations that are ready now (their parent just finished),
+        but those that wait for a batch (batches read their own work)."""
         found: list[Ready] = []
         for start in range(0, len(parent_ids), _CHUNK):
             chunk = parent_ids[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
             rows = await self._store.db.execute_fetchall(
                 f"SELECT {_COLUMNS} FROM generations g WHERE g.parent_gen_id IN ({marks}) "
-                f"AND g.state = 'queued' AND g.retired = 0 AND {_PARENT_DONE}",
+                f"AND g.state = 'queued' AND g.retired = 0 AND g.mode != 'batch' AND {_PARENT_DONE}",
                 chunk,
             )
             found.extend(_ready(row) for row in rows)
@@ -134,8 +137,8 @@ class ReadyWork:
             claims: list[Claim] = []
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
-                sql = _START.format(marks=", ".join("?" * len(chunk)))
-                claims.extend(_claim(row) for row in db.execute(sql, (now + lease_s, stamp, stamp, *chunk)))
+                sql = START_SQL.format(marks=", ".join("?" * len(chunk)))
+                claims.extend(claim_of(row) for row in db.execute(sql, (now + lease_s, stamp, stamp, *chunk)))
             return claims
 
         claims = await self._store.in_one_trip(start_all)
@@ -160,7 +163,8 @@ def _ready(row: Any) -> Ready:
     )
 
 
-def _claim(row: Any) -> Claim:
+def claim_of(row: Any) -> Claim:
+    """The claim a started row (``START_SQL``'s RETURNING) gives."""
     return Claim(
         row_generation(row),
         row["lease_token"],

@@ -456,10 +456,12 @@ class Store:
         budget_usd: float | None = None,
         plan: str | None = None,
         scope: str | None = None,
+        batch_models: Sequence[str] = (),
     ) -> tuple[int, int]:
         """Queue the matching pending generations of a cohort (``scope``: None for the default one, else
         a named cohort's name); returns (approval id, matched). Rows of other cohorts only stay pending:
-        approving one cohort's work must not spend on another's."""
+        approving one cohort's work must not spend on another's. ``llm`` rows of ``batch_models`` are
+        queued in mode ``batch``: batches take them, the pool does not."""
         where, params = _scope(stage, template_id, llm_model_id)
         source, member, scoped = _source(scope, "in_default = 1")
         async with self.transaction() as db:
@@ -478,10 +480,10 @@ class Store:
             async with self.transaction() as db:
                 n = await _changes(
                     db,
-                    f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ? WHERE rowid IN ("
-                    f"SELECT generations.rowid FROM {source} WHERE {member} AND state = 'pending' AND retired = 0 "
-                    f"AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?)",
-                    (approval_id, utc_now(), *scoped, *params, take),
+                    f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ?, {_BATCH_MODE} "
+                    f"WHERE rowid IN (SELECT generations.rowid FROM {source} WHERE {member} AND state = 'pending' "
+                    f"AND retired = 0 AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?)",
+                    (approval_id, utc_now(), json.dumps(list(batch_models)), *scoped, *params, take),
                 )
                 matched += n
                 if n < take:
@@ -516,7 +518,8 @@ class Store:
             )
             revoked = await _changes(
                 db,
-                f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE {where}",
+                f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ?, {_ONLINE_MODE} "
+                f"WHERE {where}",
                 (utc_now(), *scoped, *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (revoked, approval_id))
@@ -552,9 +555,10 @@ class Store:
         requested_by: str,
         cohort_id: str | None = None,
         scope: str | None = None,
+        batch_models: Sequence[str] = (),
     ) -> int:
         """Send failed generations of a cohort (``scope`` as for :meth:`approve`) back to queued;
-        returns how many."""
+        returns how many. Calls of ``batch_models`` go into batches, every other one online."""
         clauses, params = ["state = 'failed'", "retired = 0"], []
         for column, value in (
             ("stage", stage),
@@ -573,8 +577,8 @@ class Store:
             retried = await _changes(
                 db,
                 "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
-                f"updated_at = ? WHERE {where}",
-                (int(fresh), utc_now(), *scoped, *params),
+                f"updated_at = ?, {_RETRY_MODE} WHERE {where}",
+                (int(fresh), utc_now(), json.dumps(list(batch_models)), *scoped, *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
         return retried
@@ -676,9 +680,13 @@ class Store:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    async def running(self) -> list[tuple[str, str]]:
-        """``(stage, gen_id)`` of every ``running`` row: at startup, what a dead process was doing."""
-        async with self.db.execute("SELECT stage, gen_id FROM generations WHERE state = 'running'") as cursor:
+    async def running(self, *, batches: bool = False) -> list[tuple[str, str]]:
+        """``(stage, gen_id)`` of every ``running`` row the pool runs (``batches``: and those batches
+        hold, which the pool must leave alone)."""
+        only = "" if batches else " AND mode != 'batch'"
+        async with self.db.execute(
+            f"SELECT stage, gen_id FROM generations WHERE state = 'running'{only}"
+        ) as cursor:
             return [(str(stage), str(gen_id)) for stage, gen_id in await cursor.fetchall()]
 
     async def requeue(self, gen_ids: Sequence[str]) -> int:
@@ -693,11 +701,14 @@ class Store:
             return cursor.rowcount  # total_changes would count the generation_counts triggers' writes too
 
     async def recover(self) -> int:
-        """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``."""
+        """At startup: every ``running`` row belongs to a dead process; send it back to ``queued``,
+        but for the members of open batches (the batch goes on: it was submitted, or will be)."""
         async with self.transaction() as db:
             return await _changes(
                 db,
-                "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE state = 'running'",
+                "UPDATE generations SET state = 'queued', lease_expires = NULL, updated_at = ? WHERE state = 'running' "
+                "AND NOT (mode = 'batch' AND EXISTS (SELECT 1 FROM batch_members m JOIN batches b ON b.id = m.batch_id "
+                "WHERE m.gen_id = generations.gen_id AND m.token = generations.lease_token AND b.state != 'closed'))",
                 (utc_now(),),
             )
 
@@ -1041,6 +1052,18 @@ async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], 
     return len(retired), len(left) - len(retired)
 
 
+_BATCH_MODE = "mode = CASE WHEN mode = 'llm' AND llm_model_id IN (SELECT value FROM json_each(?)) THEN 'batch' ELSE mode END"
+"""Queued ``llm`` rows of the models in the JSON list parameter go into batches. Mode only ever changes
+with the state in the same statement: the counts trigger fires on state changes and moves the count from
+the old (state, mode) to the new one."""
+_RETRY_MODE = (
+    "mode = CASE WHEN mode IN ('llm', 'batch') THEN CASE WHEN llm_model_id IN (SELECT value FROM json_each(?)) "
+    "THEN 'batch' ELSE 'llm' END ELSE mode END"
+)
+"""As :data:`_BATCH_MODE`, for rows that may have run in a batch before: the retry decides again."""
+_ONLINE_MODE = "mode = CASE mode WHEN 'batch' THEN 'llm' ELSE mode END"
+"""A row that goes back to pending is no batch's any more: its next approval decides."""
+
 _ANY_APPROVAL = "1"
 _DEFAULT_APPROVAL = "cohort_id IS NULL OR cohort_id NOT IN (SELECT name FROM named_cohorts)"
 """An approval of the default cohort: it records the default cohort's id of the day, never a name."""
@@ -1054,8 +1077,8 @@ async def _unqueue(
     not another cohort's to pay for until that cohort approves them. Counts follow (the state trigger)."""
     return await _changes(
         db,
-        "UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE state = 'queued' "
-        "AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) "
+        f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ?, {_ONLINE_MODE} "
+        "WHERE state = 'queued' AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) "
         f"AND approval_id IN (SELECT id FROM approvals WHERE {approval})",
         (now, json.dumps(list(ids)), *params),
     )
@@ -1068,8 +1091,8 @@ async def _unqueue_strays(db: aiosqlite.Connection, ids: Sequence[str], now: str
     that were running then)."""
     return await _changes(
         db,
-        "UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ? WHERE state = 'queued' "
-        "AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) AND ("
+        f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ?, {_ONLINE_MODE} "
+        "WHERE state = 'queued' AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) AND ("
         f"(in_default = 0 AND approval_id IN (SELECT id FROM approvals WHERE {_DEFAULT_APPROVAL})) "
         "OR EXISTS (SELECT 1 FROM approvals a WHERE a.id = generations.approval_id "
         "AND a.cohort_id IN (SELECT name FROM named_cohorts) AND NOT EXISTS "

@@ -7,6 +7,7 @@ comment next to it from the inputs of the test, never by calling the code under 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -182,6 +183,7 @@ def test_to_dict_names_every_field_and_rounds_dollars() -> None:
         "input_tokens": 21,
         "output_tokens": 3000,
         "usd": 0.003,
+        "batch_usd": None,
         "input_source": "rendered",
         "output_source": "max_tokens (upper bound)",
         "price_known": True,
@@ -266,7 +268,23 @@ def test_summarize_an_empty_plan() -> None:
         "total_usd": 0,
         "known_usd": 0,
         "unpriced_models": [],
+        "total_batch_usd": None,
     }
+
+
+def test_batch_prices_show_beside_the_online_ones_for_lines_that_can_run_in_batches() -> None:
+    """A line whose model has a batch endpoint costs its share in batches; the total with batches
+    counts the others (no batch endpoint, copies) at their online price."""
+    lines = [
+        replace(_line("evaluation", "gpt", 10, (100, 100), 0.4), batch_share=0.5),
+        _line("evaluation", "sonnet", 10, (100, 100), 0.25),
+        replace(_line("essay", "-", 9, (0, 0), 0.0, mode="copy"), batch_share=0.5),
+    ]
+    plan = summarize(lines, cohort_id="c", hash_="h")
+    assert [line["batch_usd"] for line in plan["lines"]] == [0.2, None, None]
+    assert plan["total_usd"] == 0.65 and plan["total_batch_usd"] == 0.45
+    unpriced = [replace(_line("evaluation", "gpt", 1, (1, 1), None), batch_share=0.5)]
+    assert summarize(unpriced, cohort_id="c", hash_="h")["total_batch_usd"] is None
 
 
 def test_observed_table_keys_rows_by_stage_template_and_model() -> None:

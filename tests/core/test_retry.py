@@ -45,6 +45,9 @@ NOW = 1_700_000_000.0
         (FailureKind.PARSE_ERROR, 1),
         (FailureKind.EMPTY, 1),
         (FailureKind.INTERNAL, 1),
+        (FailureKind.BATCH_EXPIRED, 1),
+        (FailureKind.BATCH_CANCELLED, 1),
+        (FailureKind.BATCH_FAILED, 1),
     ],
 )
 def test_max_tries_per_kind(kind: FailureKind, expected: int) -> None:
@@ -65,6 +68,9 @@ def test_every_kind_has_a_row_above() -> None:
         "parse_error",
         "empty",
         "internal",
+        "batch_expired",
+        "batch_cancelled",
+        "batch_failed",
     }
 
 

@@ -112,6 +112,21 @@ FULL: dict[str, Any] = {
         "done": 40000,
         "total": 948480,
     },
+    "batches": [
+        {
+            "id": 3,
+            "endpoint": "oai",
+            "model": "gpt_4o",
+            "stage": "evaluation",
+            "state": "submitted",
+            "provider_state": "in_progress",
+            "requests": 1000,
+            "completed": 420,
+            "failed": 2,
+            "age_s": 3600.0,
+            "problem": "GET /batches/b: HTTP 503: busy",
+        }
+    ],
 }
 
 
