@@ -68,6 +68,17 @@ def test_stage_defaults_and_overrides(tmp_path: Path) -> None:
         ("[models.m]\nendpoints = []\n", "models.m.endpoints"),
         ('[models.m]\nendpoints = ["llm", "llm"]\n', "models.m.endpoints"),
         ('[models.m]\nendpoint = ["llm"]\n', "models.m.endpoint"),
+        ('[endpoints.a]\nkind = "openrouter"\nbase_url = "http://x/v1"\nbatch = true\n', "endpoints.a.batch"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nbatch = "yes"\n', "endpoints.a.batch"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nbatch_discount = 0\n', "endpoints.a.batch_discount"),
+        ('[endpoints.a]\nbase_url = "http://x/v1"\nbatch_discount = 1.5\n', "endpoints.a.batch_discount"),
+        ("[models.m]\nbatch = true\n", "models.m.batch"),
+        ("[models.m]\nbatch = 1\n", "models.m.batch"),
+        ("[stages.evaluation]\nbatch = 1\n", "stages.evaluation.batch"),
+        ("[batch]\nmax_requests = 50001\n", "batch.max_requests"),
+        ("[batch]\npoll_s = 0\n", "batch.poll_s"),
+        ('[batch]\ncompletion_window = "1d"\n', "batch.completion_window"),
+        ("[batch]\ngather = 3\n", "batch.gather"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -147,6 +158,47 @@ def test_endpoints_and_routes_with_llm_as_the_default(tmp_path: Path) -> None:
     assert settings.endpoints_of("llama") == ("vllm-a", "vllm-b")
     assert settings.endpoints_of("gpt_4o") == ("openai",)
     assert settings.endpoints_of("anything_else") == ("llm",)
+
+
+BATCHES = """
+[endpoints.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+batch = true
+batch_discount = 0.4
+[endpoints.local]
+kind = "openai"
+base_url = "http://localhost:8000/v1"
+[models.gpt_4o]
+endpoints = ["local", "openai"]
+batch = true
+[models.gpt_mini]
+endpoints = ["openai"]
+[models.llama]
+endpoints = ["local"]
+[stages.evaluation]
+batch = true
+[batch]
+gather_s = 5
+"""
+
+
+def test_batch_mode_follows_the_approval_then_the_stage_and_model_never_without_a_batch_endpoint(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(write(tmp_path, BATCHES), {})
+    assert settings.batch_models == ("gpt_4o",)
+    assert settings.batch.gather_s == 5.0 and settings.batch.max_requests == 10_000
+    assert settings.batch_endpoints_of("gpt_4o") == ("openai",)
+    assert settings.batch_endpoints_of("llama") == ()
+    assert settings.all_endpoints()["openai"].batch_discount == 0.4
+    runs = settings.runs_in_batch
+    assert runs(Stage.DRAFT, "gpt_4o", None)  # the model's default
+    assert not runs(Stage.DRAFT, "gpt_mini", None) and runs(Stage.EVALUATION, "gpt_mini", None)  # the stage's
+    assert not runs(Stage.EVALUATION, "gpt_4o", False)  # --online wins
+    assert runs(Stage.DRAFT, "gpt_mini", True)  # --batch wins
+    assert not runs(Stage.EVALUATION, "llama", None) and not runs(Stage.EVALUATION, "llama", True)
+    assert not load_settings(write(tmp_path, ""), {}).runs_in_batch(Stage.EVALUATION, "x", True)
 
 
 def test_without_an_llm_section_only_routed_models_have_an_endpoint(tmp_path: Path) -> None:

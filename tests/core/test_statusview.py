@@ -237,3 +237,48 @@ def test_endpoint_rows_show_calls_requests_and_tokens_against_their_limits() -> 
     assert row(text, "vllm-a") == ["vllm-a", "3/8", "120/500", "45000/90000", "llama,", "qwen"]
     single = render({**STATUS, "endpoints": {"llm": endpoints["llm"]}})
     assert "endpoint" not in single
+
+
+def test_batch_rows_show_each_batch_here_and_at_the_provider_with_its_counts_and_age() -> None:
+    """A row per batch; a batch whose step is being tried again says so, and its problem is a notice."""
+    batches = [
+        {
+            "id": 731,
+            "endpoint": "oai",
+            "model": "gpt_4o",
+            "stage": "evaluation",
+            "state": "submitted",
+            "provider_state": "in_progress",
+            "requests": 1000,
+            "completed": 420,
+            "failed": 2,
+            "age_s": 5400.0,
+        },
+        {
+            "id": 732,
+            "endpoint": "oai",
+            "model": "gpt_4o",
+            "stage": "evaluation",
+            "state": "submitting",
+            "provider_state": None,
+            "requests": 12,
+            "age_s": 30.0,
+            "problem": "POST /batches: HTTP 503: busy",
+        },
+    ]
+    text = render({**STATUS, "batches": batches})
+    header = ["batch", "model", "endpoint", "state", "provider", "done", "failed", "age"]
+    assert header in [line.split() for line in text.splitlines()]
+    assert row(text, "731") == ["731", "gpt_4o", "oai", "submitted", "in_progress", "420/1000", "2", "90m"]
+    assert row(text, "732") == [
+        "732",
+        "gpt_4o",
+        "oai",
+        "submitting",
+        "(retrying)",
+        "0/12",
+        "0",
+        "30s",
+    ]  # no provider state yet
+    assert "batch 732: POST /batches: HTTP 503: busy (trying again)" in text
+    assert "provider" not in render(STATUS)

@@ -32,6 +32,7 @@ from daydreamd.core.stages import Stage
 from daydreamd.daemon.runner import Runner
 from daydreamd.daemon.service import Service
 from daydreamd.llm.registry import make_provider
+from daydreamd.storage.batches import BatchStore
 from daydreamd.storage.gens import GensStore
 from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.store import Completion, Store, SyncResult, membership_diff
@@ -98,8 +99,10 @@ OPS = st.one_of(
     st.tuples(
         st.just("approve"), st.sampled_from(["draft", "essay", "evaluation"]), st.none() | st.integers(0, 5)
     ),
+    st.tuples(st.just("approve_batch"), st.sampled_from(["draft", "essay", "evaluation"])),
     st.tuples(st.just("revoke"), st.sampled_from(["draft", "essay", "evaluation"])),
-    st.tuples(st.just("claim"), st.sampled_from(["llm", "copy"]), st.integers(1, 6)),
+    st.tuples(st.just("claim"), st.sampled_from(["llm", "copy", "batch"]), st.integers(1, 6)),
+    st.tuples(st.just("batch"), st.integers(1, 6)),
     st.tuples(st.just("complete"), st.sampled_from(["ok", "failed", "requeue"])),
     st.tuples(st.just("release")),
     st.tuples(st.just("requeue")),
@@ -126,6 +129,22 @@ async def _apply(store: Store, op: tuple[Any, ...], claims: list[Any], n: int) -
         await store.approve(
             stage=op[1], template_id=None, llm_model_id=None, limit=op[2], requested_by="t", cohort_id=None
         )
+    elif kind == "approve_batch":
+        await store.approve(
+            stage=op[1],
+            template_id=None,
+            llm_model_id=None,
+            limit=None,
+            requested_by="t",
+            cohort_id=None,
+            batch_models=["m1"],
+        )
+    elif kind == "batch":
+        items = await ReadyWork(store).ready(("batch", "m1"), limit=op[1])
+        formed = await BatchStore(store).open_batch(
+            items, endpoint="e", llm_model_id="m1", stage="draft", price_factor=0.5, lease_s=60, now=0.0
+        )
+        claims.extend(formed[1] if formed else [])
     elif kind == "revoke":
         await store.revoke(stage=op[1], template_id=None, llm_model_id=None, requested_by="t")
     elif kind == "claim":
@@ -155,7 +174,13 @@ async def _apply(store: Store, op: tuple[Any, ...], claims: list[Any], n: int) -
         claims.clear()
     elif kind == "retry":
         await store.retry(
-            stage=None, kind=None, template_id=None, llm_model_id=None, fresh=op[1], requested_by="t"
+            stage=None,
+            kind=None,
+            template_id=None,
+            llm_model_id=None,
+            fresh=op[1],
+            requested_by="t",
+            batch_models=["m2"],
         )
     elif kind == "sql":
         async with store.transaction() as db:
