@@ -40,16 +40,18 @@ import structlog
 from daydreamd.core.config import Settings
 from daydreamd.core.pricing import Price
 from daydreamd.core.retry import FailureKind, max_tries
+from daydreamd.core.stages import State
 from daydreamd.core.status import BatchStatus
 from daydreamd.core.timestamps import age_s, utc_now
 from daydreamd.daemon.commits import completion_of
+from daydreamd.daemon.counters import Counters
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.pool import JobSource
 from daydreamd.daemon.runner import Outcome, Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.llm.batch_api import BatchApiError, BatchClient, RemoteBatch, ResultLine
 from daydreamd.llm.openai_compat import OpenAiCompatibleClient
-from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply
+from daydreamd.llm.types import CallFailure, LlmRequest, Provider, Reply, Usage
 from daydreamd.storage.batch_files import ERRORS, INPUT, OUTPUT, BatchFiles
 from daydreamd.storage.batches import BatchRecord, BatchState, BatchStore, Member
 from daydreamd.storage.ready import Ready, ReadyWork
@@ -104,6 +106,7 @@ class Batcher:
         price_of: Callable[[str], Price | None],
         may_submit: Callable[[str], bool],
         on_finished: Callable[[], None],
+        counters: Counters | None = None,
         bus: EventBus | None = None,
     ) -> None:
         """``clients``: the Batch API of each endpoint that takes batches, by endpoint name.
@@ -120,6 +123,8 @@ class Batcher:
         self.price_of = price_of
         self.may_submit = may_submit
         self.on_finished = on_finished
+        self.counters = counters or Counters()
+        """The pool's: batch calls count in the spend, tokens and outcomes that status shows."""
         self.bus = bus or EventBus()
         self.problems: dict[int, str] = {}
         """The last error of each batch that is being tried again (for status)."""
@@ -354,7 +359,9 @@ class Batcher:
                 continue
             result = _result(client, request, lines.get(gen_id), missing_kind, record.remote_state)
             outcome = await self.runner.finish_call(job, request, result, started_at=record.submitted_at)
-            completions.append(self._completion(member, outcome, self._attempt(record, result)))
+            attempt = self._attempt(record, result)
+            completions.append(self._completion(member, outcome, attempt))
+            self._count(record, member, outcome, result, attempt)
             ok += outcome.ok
             failed += not outcome.ok
             if len(completions) >= _COMMIT_CHUNK:
@@ -381,9 +388,21 @@ class Batcher:
             completion, requeue=True, error_message=f"requeued for a later batch: {outcome.message}"
         )
 
+    def _count(
+        self,
+        record: BatchRecord,
+        member: Member,
+        outcome: Outcome,
+        result: Reply | CallFailure,
+        attempt: AttemptRow,
+    ) -> None:
+        self.counters.batch_call(record.llm_model_id, attempt.outcome, _usage_of(result), attempt.cost)
+        outcome_name = str(State.DONE) if outcome.ok else str(outcome.kind)
+        self.counters.generation(str(member.generation.stage), outcome_name, time.monotonic())
+
     def _attempt(self, record: BatchRecord, result: Reply | CallFailure) -> AttemptRow:
         """The attempt a batch call records: its usage, and its cost at the batch price."""
-        usage = result.usage if isinstance(result, Reply) else (result.reply.usage if result.reply else None)
+        usage = _usage_of(result)
         cost = usage.cost if usage is not None else None
         if cost is None and usage is not None:
             price = self.price_of(record.llm_model_id)
@@ -477,6 +496,13 @@ class Batcher:
         record, claims = formed
         log.info("batch_formed", batch=record.id, model=model_id, endpoint=endpoint, requests=len(claims))
         await self._advance(record)
+
+
+def _usage_of(result: Reply | CallFailure) -> Usage | None:
+    """The usage a result reports (a failure's, when a paid reply came with it)."""
+    if isinstance(result, Reply):
+        return result.usage
+    return result.reply.usage if result.reply is not None else None
 
 
 def _failed(member: Member, kind: FailureKind, message: str) -> Outcome:

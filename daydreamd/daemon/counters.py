@@ -10,6 +10,7 @@ from collections import Counter, defaultdict, deque
 
 from daydreamd.core.pricing import Price, call_cost
 from daydreamd.llm.calls import AttemptRecord
+from daydreamd.llm.types import Usage
 
 RATE_HISTORY = 100_000
 """Finish times kept per stage for the rates (more than any window sees at realistic speeds)."""
@@ -38,18 +39,26 @@ class Counters:
         usage = record.usage
         if usage is None:
             return None
+        cost = call_cost(usage.cost, usage.prompt_tokens, usage.completion_tokens, price)
+        self._spend(model_id, usage, cost)
+        return cost or 0.0
+
+    def batch_call(self, model_id: str, outcome: str, usage: Usage | None, cost: float | None) -> None:
+        """Count one call made in a batch (its cost already at the batch price; None: unknown)."""
+        self.calls[(model_id, outcome)] += 1
+        if usage is not None:
+            self._spend(model_id, usage, cost)
+
+    def _spend(self, model_id: str, usage: Usage, cost: float | None) -> None:
         for kind, n in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
             ("reasoning", usage.reasoning_tokens),
         ):
             self.tokens[(model_id, kind)] += n or 0
-        cost = call_cost(usage.cost, usage.prompt_tokens, usage.completion_tokens, price)
         if cost is None:
             self.unpriced_calls[model_id] += 1
-            cost = 0.0
-        self.cost[model_id] += cost
-        return cost
+        self.cost[model_id] += cost or 0.0
 
     def generation(self, stage: str, outcome: str, now: float) -> None:
         """Count a finished generation (``outcome``: ``done`` or its failure kind)."""

@@ -108,6 +108,7 @@ class Service:
             price_of=self.pool.price,
             may_submit=self.pool.may_submit,
             on_finished=self.pool.wake,
+            counters=self.pool.counters,
             bus=self.bus,
         )
         self.reparser = Reparser(store, runner.store, self.bus)

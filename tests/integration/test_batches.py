@@ -89,6 +89,9 @@ async def test_a_thousand_evaluations_in_batches_survive_kill_9_and_are_each_sub
         attempt = detail["attempt_log"][-1]
         expected = (attempt["prompt_tokens"] * 3.0 + attempt["completion_tokens"] * 15.0) / 1e6 * 0.5
         assert abs(attempt["cost"] - expected) < 1e-12
+        # everything paid since the restart was the batches': status counts it at the batch price
+        assert status["spent_usd"] > 0 and status["models"]["sonnet_4"]["cost_usd"] == status["spent_usd"]
+        assert status["pool"]["outcomes"] == {"done": EVALUATIONS}
         kept = sorted(p.name for p in (daemon.data / "batches").iterdir())
         assert len(kept) == len(fake.batch_api.batches)
         assert all((daemon.data / "batches" / k / "output.jsonl").is_file() for k in kept)
