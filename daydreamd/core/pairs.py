@@ -8,6 +8,10 @@ scored (each side's score is its mean over replicates):
 * ``n``: the essays both scored;
 * ``spearman``: Spearman's rank correlation, ties given their average rank (the Pearson
   correlation of the ranks); empty under 3 essays or when one side gives every essay the same score;
+* ``icc``: the intraclass correlation ICC(2,1) of Shrout and Fleiss (two-way random effects,
+  absolute agreement, one rater), from the two-way ANOVA of the essays x the two sides: unlike a
+  rank correlation it falls when one side scores everything higher. Empty under 3 essays or when
+  no score varies. For a pair of rubrics it is computed on the 0..1 scale below;
 * ``mean_abs_diff``: the mean absolute difference of the two scores, on the template's scale for
   a pair of judges; for a pair of rubrics (two scales, maybe different) on a 0..1 scale: each
   score divided by its template's maximum (``mean_abs_diff_scale`` says which).
@@ -35,6 +39,7 @@ PAIR_COLUMNS = (
     "b",
     "n",
     "spearman",
+    "icc",
     "mean_abs_diff",
     "mean_abs_diff_scale",
 )
@@ -73,6 +78,29 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     if sxx == 0 or syy == 0:
         return None
     return math.fsum(p * q for p, q in zip(dx, dy, strict=True)) / math.sqrt(sxx * syy)
+
+
+def icc_2_1(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """ICC(2,1) of two raters over the same items (Shrout and Fleiss 1979, absolute agreement);
+    None under 3 items or when the denominator vanishes (no variation at all)."""
+    n, k = len(a), 2
+    if n != len(b) or n < MIN_FOR_CORRELATION:
+        return None
+    grand = (math.fsum(a) + math.fsum(b)) / (n * k)
+    item_means = [(p + q) / k for p, q in zip(a, b, strict=True)]
+    rater_means = (math.fsum(a) / n, math.fsum(b) / n)
+    ms_items = k * math.fsum((m - grand) ** 2 for m in item_means) / (n - 1)
+    ms_raters = n * math.fsum((m - grand) ** 2 for m in rater_means) / (k - 1)
+    ss_error = math.fsum(
+        (x - item_means[i] - rater_means[j] + grand) ** 2
+        for i, pair in enumerate(zip(a, b, strict=True))
+        for j, x in enumerate(pair)
+    )
+    ms_error = ss_error / ((n - 1) * (k - 1))
+    denominator = ms_items + (k - 1) * ms_error + k * (ms_raters - ms_error) / n
+    if denominator <= 0:
+        return None
+    return (ms_items - ms_error) / denominator
 
 
 def mean_abs_diff(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -125,4 +153,4 @@ def _row(
     both = sorted(a_scores.keys() & b_scores.keys())
     x = [a_scores[e] * a_factor for e in both]
     y = [b_scores[e] * b_factor for e in both]
-    return (kind, template, judge, a, b, len(both), spearman(x, y), mean_abs_diff(x, y), scale)
+    return (kind, template, judge, a, b, len(both), spearman(x, y), icc_2_1(x, y), mean_abs_diff(x, y), scale)
