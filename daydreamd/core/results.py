@@ -202,9 +202,13 @@ def final_results(scores: Scores) -> Table:
 
     ``count`` is scored evaluations, ``failed`` the failed ones (not in the statistics);
     ``top_share`` is the share at the template's own maximum, ``high_share`` at or above 80 %
-    of it. ``overall`` is written even when there is nothing to summarise (count 0).
+    of it. ``overall`` is written even when there is nothing to summarise (count 0). A ``by_combo``
+    row names its combo's concepts (``concepts``, their ids joined by ``;``): a reader sees what a
+    combo is without looking up its hash.
     """
     rows: list[tuple[Cell, ...]] = []
+    concepts = scores.combo_concepts()
+    joined = Joined()
     for analysis, fields in GROUPINGS:
         groups = scores.groups(fields)
         if not fields and not groups:
@@ -212,8 +216,11 @@ def final_results(scores: Scores) -> Table:
         for group in sorted(groups):
             named = dict(zip(fields, group, strict=True))
             keys = tuple(named.get(c, "") for c in FINAL_KEY_COLUMNS)
-            rows.append((analysis, *keys, *groups[group].cells()))
-    return Table(FINAL_RESULTS, ("analysis_type", *FINAL_KEY_COLUMNS, *STAT_COLUMNS), tuple(rows))
+            combo = named.get("combo_id")
+            names = joined[concepts.get(combo, ())] if combo else ""
+            rows.append((analysis, *keys, names, *groups[group].cells()))
+    header = ("analysis_type", *FINAL_KEY_COLUMNS, "concepts", *STAT_COLUMNS)
+    return Table(FINAL_RESULTS, header, tuple(rows))
 
 
 PERFECT_COLUMNS = (

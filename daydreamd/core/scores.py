@@ -331,6 +331,14 @@ class Scores:
         """Every (evaluation template, judge) pair that has at least one score, sorted."""
         return sorted({(key[3], key[4]) for key, stats in self._fine.items() if stats.n})
 
+    def combo_concepts(self) -> dict[str, tuple[str, ...]]:
+        """Each combo's concept ids (from the essays: one look per essay, not per score)."""
+        found: dict[str, tuple[str, ...]] = {}
+        for essay in self.essays.values():
+            first = essay.first
+            found.setdefault(first.combo_id, first.concept_ids)
+        return found
+
     def groups(self, fields: Sequence[str]) -> dict[tuple[str, ...], GroupStats]:
         """Totals per value of ``fields`` (from :data:`FINE_FIELDS`, or ``("combo_id",)``)."""
         if tuple(fields) == ("combo_id",):

@@ -271,6 +271,15 @@ def test_final_results_by_group(scores: Scores) -> None:
     assert got == FINAL
 
 
+def test_final_results_name_the_concepts_of_each_combo(scores: Scores) -> None:
+    rows = text(final_results(scores))
+    assert [(r["combo_id"], r["concepts"]) for r in rows if r["analysis_type"] == "by_combo"] == [
+        ("c1", "alpha;beta"),
+        ("c2", "beta;gamma"),
+    ]
+    assert {r["concepts"] for r in rows if r["analysis_type"] != "by_combo"} == {""}
+
+
 def test_top_share_uses_each_templates_own_maximum(scores: Scores) -> None:
     """A 9 on the 0..9 template is a top score; a 9 on the 0..10 one is not (but it is high)."""
     perfect = text(perfect_score_paths(scores))
