@@ -222,32 +222,14 @@ def _progress(settings: Settings, cohort_id: str, *, from_files: bool) -> dict[s
 
 
 def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool = True) -> str:
-    """The cohort to report on: the one named, the configured override, the one the service applied
-    last (from the run state; skipped when ``use_state`` is false) or the one ``1_raw`` builds now."""
-    from daydreamd.storage.readers import latest_applied_cohort
-    from daydreamd.storage.score_inputs import ResultsError
+    """The cohort to report on (see :func:`daydreamd.storage.scores.resolve_cohort`); an id that is
+    not a plain folder name is a usage error naming ``--cohort``."""
+    from daydreamd.core.ids import cohort_id_problem
+    from daydreamd.storage.scores import resolve_cohort as resolve
 
-    if explicit:
-        from daydreamd.core.ids import cohort_id_problem
-
-        if problem := cohort_id_problem(explicit):  # it names a folder the report is written into
-            raise click.BadParameter(problem, param_hint="--cohort")
-        return explicit
-    if settings.experiment.cohort:
-        return settings.experiment.cohort
-    if use_state:
-        applied = latest_applied_cohort(settings.paths.state_db)
-        if applied:
-            return applied
-    from daydreamd.core.build import read_and_build
-
-    build = read_and_build(settings)
-    if build.cohort is not None:
-        return build.cohort.cohort_id
-    raise ResultsError(
-        f"no current cohort: the run state names none and {settings.raw_dir} has errors "
-        "(see daydreamctl validate); pass --cohort ID, or --all"
-    )
+    if explicit and (problem := cohort_id_problem(explicit)):
+        raise click.BadParameter(problem, param_hint="--cohort")
+    return resolve(settings, explicit, use_state=use_state)
 
 
 def _data_without_files(settings: Settings) -> str:

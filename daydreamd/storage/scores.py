@@ -28,12 +28,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from daydreamd.core.collector import paused_gc
+from daydreamd.core.config import Settings
+from daydreamd.core.ids import cohort_id_problem
 from daydreamd.core.scores import Scores
 from daydreamd.core.table import Table, format_number
 from daydreamd.storage.atomic import write_atomic_with
+from daydreamd.storage.readers import latest_applied_cohort
 from daydreamd.storage.score_db import read_rows_from_db
 from daydreamd.storage.score_files import read_rows_from_files
-from daydreamd.storage.score_inputs import Loaded
+from daydreamd.storage.score_inputs import Loaded, ResultsError
 
 
 def load_scores(
@@ -48,6 +51,34 @@ def load_scores(
         scores = Scores(loaded.rows)
     loaded.rows = scores.rows
     return scores, loaded
+
+
+def resolve_cohort(settings: Settings, explicit: str | None, *, use_state: bool = True) -> str:
+    """The cohort to report on: the one named, the configured override, the one the service applied
+    last (from the run state; skipped when ``use_state`` is false) or the one ``1_raw`` builds now.
+
+    Raises:
+        ResultsError: ``explicit`` is not a plain cohort id, or there is no current cohort.
+    """
+    if explicit:
+        if problem := cohort_id_problem(explicit):  # it names a folder the report is written into
+            raise ResultsError(problem)
+        return explicit
+    if settings.experiment.cohort:
+        return settings.experiment.cohort
+    if use_state:
+        applied = latest_applied_cohort(settings.paths.state_db)
+        if applied:
+            return applied
+    from daydreamd.core.build import read_and_build
+
+    build = read_and_build(settings)
+    if build.cohort is not None:
+        return build.cohort.cohort_id
+    raise ResultsError(
+        f"no current cohort: the run state names none and {settings.raw_dir} has errors "
+        "(see daydreamctl validate); pass --cohort ID, or --all"
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,9 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
+from daydreamd.results import ResultsError, load
 from tests.fakellm import FakeLlm
-from tests.integration.daemon import Daemon, ctl, fast_config
+from tests.integration.daemon import ROOT, Daemon, ctl, fast_config
 
 TABLES = (
     "parsing/aggregated_scores.csv",
@@ -49,6 +52,7 @@ async def test_tables_and_report_from_a_finished_run(tmp_path: Path) -> None:
         assert (db_out / table).read_bytes() == (files_out / table).read_bytes(), table
     rows = (db_out / "parsing/aggregated_scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 36 and all(cohort_id in row for row in rows[1:])
+    check_the_python_api(daemon, db_out, cohort_id)
     report = await anyio.to_thread.run_sync(lambda: ctl(daemon, "report", "--out", str(tmp_path / "r.html")))
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "r.html").read_text()
@@ -62,6 +66,46 @@ UPSTREAM_RAW = Path(__file__).parents[3] / "shared" / "corpus" / "upstream-daydr
 
 
 @pytest.mark.skipif(not UPSTREAM_RAW.is_dir(), reason="the upstream corpus is not beside this checkout")
+def check_the_python_api(daemon: Daemon, written: Path, cohort_id: str) -> None:
+    """``daydreamd.results.load`` gives the rows and tables ``results`` wrote, as records and frames."""
+    results = load(daemon.config)
+    assert results.cohort_id == cohort_id and len(results.rows) == 36
+    assert {row.evaluation_template for row in results.rows} == {"novelty-judge", "rigor-judge"}
+    with (written / "summary/breakdowns.csv").open(newline="") as f:
+        on_disk = list(csv.DictReader(f))
+    table = results.table("breakdowns")
+    frame = results.frame("breakdowns")
+    assert list(frame.columns) == list(table.columns) and len(frame) == len(on_disk)
+    assert frame["n"].dtype.kind in "if" and frame["mean"].dtype.kind == "f"  # numbers, not text
+    assert set(frame["evaluation_template"]) == {"novelty-judge", "rigor-judge"}
+    assert [round(m, 4) for m in frame["mean"]] == [float(r["mean"]) for r in on_disk]  # what results wrote
+    scores = results.frame()  # aggregated_scores
+    assert scores["score"].dtype.kind in "if" and len(scores) == 36
+    assert "costs" in results.tables and results.table("costs").rows
+    best = results.top(3, by="novelty-judge")
+    assert len(best) == 3 and best[0].mean >= best[-1].mean
+    with pytest.raises(KeyError, match="breakdowns"):
+        results.table("nope")
+    with pytest.raises(ResultsError, match="not a valid cohort id"):
+        load(daemon.config, cohort="../x")
+    run_the_documented_examples(daemon)
+
+
+def run_the_documented_examples(daemon: Daemon) -> None:
+    """Every Python example of docs/python-api.md runs, in order, against this finished run."""
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    assert len(blocks) >= 4
+    namespace: dict[str, Any] = {}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.chdir(daemon.root):
+        for block in blocks:
+            exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    printed = output.getvalue()
+    assert "novelty-judge" in printed and "evaluations" in printed
+    assert not namespace["best"].empty and set(namespace["pairs"]["kind"]) <= {"judges", "rubrics"}
+
+
 async def test_the_real_corpus_scores_on_its_own_scale(tmp_path: Path) -> None:
     """The real corpus, unchanged: both active judges score on 0-9, so perfect_score_paths.csv lists
     exactly the evaluations that scored 9 of 9, and a partial cohort says it is partial."""
