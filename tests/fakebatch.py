@@ -56,6 +56,11 @@ class FakeBatchApi:
     delay_s: float = 0.5
     fail_every: int = 0
     expire: bool = False
+    invalid: bool = False
+    """Batches fail validation as a whole (status ``failed`` with ``errors``), nothing run."""
+    poll_refusals: list[int] = field(default_factory=list)
+    """HTTP statuses to answer the next ``GET /v1/batches/{id}`` with, one each (a rotated key, a
+    provider hiccup), before answering normally again."""
     create_delay_s: float = 0.0
     """How long ``POST /v1/batches`` takes to answer after the batch exists (a client that times out
     first does not know whether it was created)."""
@@ -136,6 +141,8 @@ class FakeBatchApi:
     async def _get(self, request: web.Request) -> web.Response:
         if (refused := self._refused(request)) is not None:
             return refused
+        if self.poll_refusals:
+            return _error(self.poll_refusals.pop(0), "refused by the test")
         batch = self.batches.get(request.match_info["batch_id"])
         if batch is None:
             return _error(404, "no such batch")
@@ -182,6 +189,14 @@ class FakeBatchApi:
             "output_file_id": batch.output_file_id,
             "error_file_id": batch.error_file_id,
             "metadata": dict(batch.metadata),
+            "errors": (
+                {
+                    "object": "list",
+                    "data": [{"code": "invalid_request", "message": "model not found", "line": 1}],
+                }
+                if batch.status == "failed"
+                else None
+            ),
             "request_counts": {
                 "total": len(batch.requests),
                 "completed": batch.completed,
@@ -190,10 +205,13 @@ class FakeBatchApi:
         }
 
     def _advance(self, batch: _Batch) -> None:
-        if batch.status in ("completed", "expired", "cancelled"):
+        if batch.status in ("completed", "expired", "cancelled", "failed"):
             return
         if batch.cancelled:
             self._end(batch, "cancelled", answered=0)
+            return
+        if self.invalid:
+            batch.status, batch.failed = "failed", len(batch.requests)
             return
         share = (self.clock() - batch.created_at) / self.delay_s if self.delay_s > 0 else 1.0
         if share < 1 / 3:

@@ -237,6 +237,9 @@ class BatchSettings:
     fills a batch): work that becomes ready meanwhile (children of finishing parents) joins it."""
     max_requests: int = 10_000
     """Generations in one batch at most (OpenAI takes up to 50,000)."""
+    max_mb: int = 190
+    """The largest request file in megabytes (OpenAI takes up to 200 MB); the requests that do not
+    fit wait for the next batch."""
     poll_s: float = 60.0
     """How often a submitted batch's progress is asked for."""
     completion_window: str = "24h"
@@ -609,6 +612,8 @@ def _check_values(settings: Settings, source: str) -> None:
 def _check_batch(batch: BatchSettings, source: str) -> None:
     if not 1 <= batch.max_requests <= 50_000:
         raise ConfigError("must be between 1 and 50000", path=source, key="batch.max_requests")
+    if not 1 <= batch.max_mb <= 200:
+        raise ConfigError("must be between 1 and 200 (megabytes)", path=source, key="batch.max_mb")
     for key in ("gather_s", "poll_s"):
         if not 0 < getattr(batch, key) <= 86_400:
             raise ConfigError(

@@ -273,7 +273,8 @@ class Trouble:
     """Something outside the service that holds work back, until it clears by itself."""
 
     what: str
-    """``provider_down``, ``data_dir_unwritable``, ``state_db_unwritable`` or ``no_endpoint``."""
+    """``provider_down``, ``data_dir_unwritable``, ``state_db_unwritable``, ``no_endpoint`` or
+    ``no_batch_endpoint``."""
     since: str
     """When it started (ISO-8601 UTC)."""
     message: str = ""
@@ -304,6 +305,7 @@ class Trouble:
             "provider_down": "provider down",
             "data_dir_unwritable": "paused: data dir not writable",
             "state_db_unwritable": "state database not writable",
+            "no_batch_endpoint": "batch work waiting",
         }
         text = f"{words.get(self.what, self.what)} since {self.since}"
         if self.message:

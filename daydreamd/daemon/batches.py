@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -41,7 +42,7 @@ from daydreamd.core.config import Settings
 from daydreamd.core.pricing import Price
 from daydreamd.core.retry import FailureKind, max_tries
 from daydreamd.core.stages import State
-from daydreamd.core.status import BatchStatus
+from daydreamd.core.status import BatchStatus, Trouble
 from daydreamd.core.timestamps import age_s, utc_now
 from daydreamd.daemon.commits import completion_of
 from daydreamd.daemon.counters import Counters
@@ -61,16 +62,12 @@ log = structlog.get_logger("daydreamd.batches")
 
 BATCH_MODE = "batch"
 _COMMIT_CHUNK = 500
-_PREPARE_AT_ONCE = 16
+_AT_ONCE = 16
 _MIN_TICK_S = 0.05
 _MAX_TICK_S = 5.0
 _MAX_BACKOFF_S = 300.0
 
-_MISSING_KIND = {
-    "expired": FailureKind.BATCH_EXPIRED,
-    "cancelled": FailureKind.BATCH_CANCELLED,
-    "cancelling": FailureKind.BATCH_CANCELLED,
-}
+_MISSING_KIND = {"expired": FailureKind.BATCH_EXPIRED, "cancelled": FailureKind.BATCH_CANCELLED}
 
 
 @dataclass(slots=True)
@@ -91,6 +88,10 @@ def batch_clients(settings: Settings, providers: Mapping[str, Provider]) -> dict
     return found
 
 
+class BatchRefused(Exception):
+    """The provider refused an upload or a creation outright: nothing was created, nothing is billed."""
+
+
 class Batcher:
     """Gathers, submits, follows and collects batches; run :meth:`run` for as long as the service runs."""
 
@@ -101,7 +102,7 @@ class Batcher:
         store: Store,
         runner: Runner,
         current: JobSource,
-        clients: Mapping[str, BatchClient],
+        providers: Mapping[str, Provider],
         files: BatchFiles,
         price_of: Callable[[str], Price | None],
         may_submit: Callable[[str], bool],
@@ -109,8 +110,8 @@ class Batcher:
         counters: Counters | None = None,
         bus: EventBus | None = None,
     ) -> None:
-        """``clients``: the Batch API of each endpoint that takes batches, by endpoint name.
-        ``may_submit(model_id)``: False while the model (or everything) is paused.
+        """``providers``: one per endpoint; those with ``batch = true`` (in the settings in force) take
+        batches. ``may_submit(model_id)``: False while the model (or everything) is paused.
         ``on_finished``: called after members were committed (the pool looks for their children)."""
         self.settings = settings
         self.store = store
@@ -118,7 +119,7 @@ class Batcher:
         self.ready = ReadyWork(store)
         self.runner = runner
         self.current = current
-        self.clients = dict(clients)
+        self.providers = dict(providers)
         self.files = files
         self.price_of = price_of
         self.may_submit = may_submit
@@ -128,12 +129,15 @@ class Batcher:
         self.bus = bus or EventBus()
         self.problems: dict[int, str] = {}
         """The last error of each batch that is being tried again (for status)."""
+        self._clients: tuple[Settings, dict[str, BatchClient]] | None = None
         self._growth: dict[str, _Growth] = {}
         self._polled: dict[int, float] = {}
         self._retry_at: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._creating_here: set[int] = set()
         """Batches this process moved to ``submitting``: no need to look them up before creating them."""
+        self._unserved: dict[str, str] = {}
+        """Models with ready batch work and no endpoint that takes batches now, since when."""
         self._wake = anyio.Event()
         self.snapshot: tuple[BatchStatus, ...] = ()
         """What status shows of the batches, as of the last step (status never waits on SQLite)."""
@@ -147,19 +151,40 @@ class Batcher:
         while True:
             try:
                 await self.step()
-            except Exception:  # one failed step must not end batch mode; it tries again
+            except Exception:  # the run state failed us; the next round tries again
                 log.exception("batch_step_failed")
             with anyio.move_on_after(self._tick()):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
     async def step(self) -> None:
-        """One round: every unfinished batch as far as it goes now, then new batches."""
+        """One round: every unfinished batch as far as it goes now, then new batches. Nothing before
+        the first cohort is built: a batch's members need their jobs (templates, models)."""
+        if self.current.jobs is None:
+            return
         for record in await self.batches.unfinished():
             if time.monotonic() >= self._retry_at.get(record.id, 0.0):
                 await self._advance(record)
         await self._gather()
         self.snapshot = tuple(self._status(record) for record in await self.batches.recent())
+
+    def clients(self) -> dict[str, BatchClient]:
+        """The Batch API of each endpoint that takes batches in the settings in force."""
+        settings = self.settings.current
+        if self._clients is None or self._clients[0] is not settings:
+            self._clients = (settings, batch_clients(settings, self.providers))
+        return self._clients[1]
+
+    def troubles(self) -> tuple[Trouble, ...]:
+        """Batch work that waits for an endpoint that takes batches (a config change took it away)."""
+        if not self._unserved:
+            return ()
+        message = (
+            f"no endpoint that takes batches serves {', '.join(sorted(self._unserved))}: its batch work "
+            "waits; set batch = true on one of its endpoints (a restart adds a new endpoint), or revoke "
+            "it and approve it --online"
+        )
+        return (Trouble(what="no_batch_endpoint", since=min(self._unserved.values()), message=message),)
 
     def _status(self, record: BatchRecord) -> BatchStatus:
         return BatchStatus(
@@ -173,7 +198,8 @@ class Batcher:
             completed=record.completed,
             failed=record.failed,
             age_s=round(age_s(record.created_at), 1),
-            problem=self.problems.get(record.id),
+            problem=self.problems.get(record.id)
+            or (record.message if record.state is BatchState.CLOSED else None),
         )
 
     def _tick(self) -> float:
@@ -183,12 +209,20 @@ class Batcher:
     # -- one batch ---------------------------------------------------------------------------------
 
     async def _advance(self, record: BatchRecord) -> None:
-        """Take one batch as far as it goes; an API error is retried later with backoff (a request
-        the provider refuses outright ends the batch's members as failed)."""
-        client = self.clients.get(record.endpoint)
+        """Take one batch as far as it goes. Whatever fails is tried again later with backoff (and
+        shown in status), but a provider refusing an upload or a creation outright: then nothing
+        exists there, and the members fail as ``batch_failed``. Once a batch may exist at the
+        provider, nothing here ever gives it up."""
+        client = self.clients().get(record.endpoint)
         if client is None:
-            self._problem(record, f"the endpoint {record.endpoint!r} takes no batches now (config changed?)")
+            self._problem(
+                record, f"the endpoint {record.endpoint!r} takes no batches now (batch = true removed?)"
+            )
             return
+        if record.state in (BatchState.PREPARING, BatchState.SUBMITTING) and not self.may_submit(
+            record.llm_model_id
+        ):
+            return  # paused: nothing new goes out
         try:
             if record.state is BatchState.PREPARING:
                 record = await self._prepare(record, client)
@@ -198,11 +232,15 @@ class Batcher:
                 record = await self._poll(record, client)
             if record.state is BatchState.COLLECTING:
                 await self._collect(record, client)
+        except BatchRefused as exc:
+            await self._refused(record, str(exc))
+            return
         except BatchApiError as exc:
-            if exc.transient or record.state is BatchState.COLLECTING:
-                self._problem(record, str(exc))
-            else:
-                await self._refused(record, str(exc))
+            self._problem(record, str(exc))
+            return
+        except Exception as exc:  # a full disk, the run state, a bug: this batch waits, the others go on
+            log.exception("batch_step_failed", batch=record.id, state=str(record.state))
+            self._problem(record, f"{type(exc).__name__}: {client.client.scrub(str(exc))}"[:300])
             return
         self.problems.pop(record.id, None)
         self._failures.pop(record.id, None)
@@ -218,56 +256,62 @@ class Batcher:
         )
 
     async def _refused(self, record: BatchRecord, message: str) -> None:
-        """The provider refused the batch (its file or its creation): nothing ran, nothing is billed;
-        its members fail as ``batch_failed`` with the provider's message."""
         log.error("batch_refused", batch=record.id, message=message)
-        await self._fail_open_members(
-            record, FailureKind.BATCH_FAILED, f"the provider refused the batch: {message}"
-        )
-        await self.batches.update(record.id, state=BatchState.CLOSED, message=message, closed_at=utc_now())
+        text = f"the provider refused the batch: {message}"
+        await self._fail_open_members(record, FailureKind.BATCH_FAILED, text)
+        await self.batches.update(record.id, state=BatchState.CLOSED, message=text, closed_at=utc_now())
 
     async def _prepare(self, record: BatchRecord, client: BatchClient) -> BatchRecord:
-        """Render every open member's prompt; write and upload the request file."""
+        """Render every open member's prompt; write and upload the request file (as many requests as
+        fit ``max_mb``: the others go back to the queue for the next batch)."""
         members = [m for m in await self.batches.members(record.id) if m.open]
         prepared = await self._prepare_all(members)
         lines: list[bytes] = []
         ended: list[Completion] = []
+        left_over: list[Member] = []
+        room = self.settings.current.batch.max_mb * 1_000_000
         for member, result in zip(members, prepared, strict=True):
             if isinstance(result, Outcome):
                 ended.append(completion_of(member.claim, result, ()))
-            else:
-                lines.append(client.request_line(member.generation.gen_id, result))
+                continue
+            line = client.request_line(member.generation.gen_id, result)
+            if len(line) > room:
+                left_over.append(member)
+                continue
+            room -= len(line)
+            lines.append(line)
         if ended:
             await self._commit(ended)
             await self.batches.leave(record.id, [c.gen_id for c in ended])
+        if left_over:
+            await self.store.release([m.claim for m in left_over])
+            await self.batches.leave(record.id, [m.generation.gen_id for m in left_over])
         if not lines:
             return await self.batches.update(
                 record.id, state=BatchState.CLOSED, message="nothing to send", closed_at=utc_now()
             )
         content = b"".join(lines)
         await anyio.to_thread.run_sync(self.files.write, record.id, INPUT, content)
-        file_id = await client.upload(content, f"daydreamd-{record.tag}.jsonl")
+        try:
+            file_id = await client.upload(content, f"daydreamd-{record.tag}.jsonl")
+        except BatchApiError as exc:
+            if exc.transient:
+                raise
+            raise BatchRefused(str(exc)) from exc
         self._creating_here.add(record.id)
         log.info("batch_uploaded", batch=record.id, requests=len(lines), file_id=file_id)
         return await self.batches.update(record.id, state=BatchState.SUBMITTING, input_file_id=file_id)
 
     async def _prepare_all(self, members: Sequence[Member]) -> list[Outcome | LlmRequest]:
         jobs = self.current.jobs
-        results: list[Outcome | LlmRequest | None] = [None] * len(members)
 
-        async def prepare(i: int) -> None:
-            member = members[i]
+        async def prepare(member: Member) -> Outcome | LlmRequest:
             job = jobs.job(member.generation) if jobs is not None else None
             if job is None:
-                results[i] = _gone(member)
-            else:
-                results[i] = await self.runner.prepare(job, fresh=member.claim.fresh)
+                return _failed(member, FailureKind.RENDER_ERROR, GONE)
+            return await self.runner.prepare(job, fresh=member.claim.fresh)
 
-        for start in range(0, len(members), _PREPARE_AT_ONCE):
-            async with anyio.create_task_group() as group:
-                for i in range(start, min(start + _PREPARE_AT_ONCE, len(members))):
-                    group.start_soon(prepare, i)
-        return [r for r in results if r is not None]
+        return await _each(members, prepare)
 
     async def _submit(self, record: BatchRecord, client: BatchClient) -> BatchRecord:
         """Create the batch at the provider, unless a creation that may have happened did."""
@@ -279,11 +323,13 @@ class Batcher:
                 log.info("batch_found_by_tag", batch=record.id, remote_id=remote.id)
         if remote is None:
             self._creating_here.discard(record.id)  # until it answers, the creation may or may not happen
-            remote = await client.create(
-                record.input_file_id,
-                completion_window=self.settings.current.batch.completion_window,
-                tag=record.tag,
-            )
+            window = self.settings.current.batch.completion_window
+            try:
+                remote = await client.create(record.input_file_id, completion_window=window, tag=record.tag)
+            except BatchApiError as exc:
+                if exc.transient:
+                    raise
+                raise BatchRefused(str(exc)) from exc  # an answer refusing it: it was not created
         self._polled[record.id] = time.monotonic()
         log.info("batch_submitted", batch=record.id, remote_id=remote.id, requests=record.requests)
         self.bus.publish(
@@ -333,47 +379,68 @@ class Batcher:
             error_file_id=remote.error_file_id,
             completed=remote.completed,
             failed=remote.failed,
+            message=None if remote.error is None else client.client.scrub(remote.error),
             polled_at=utc_now(),
         )
 
     async def _collect(self, record: BatchRecord, client: BatchClient) -> None:
         """Save, parse and commit every open member's result as an online call's would be."""
-        requests = _requests(self.files.read(record.id, INPUT) or b"")
-        lines: dict[str, ResultLine] = {}
-        for name in (ERRORS, OUTPUT):  # an answer wins over an error line for the same request
-            for line in client.read_lines(self.files.read(record.id, name) or b""):
-                lines[line.custom_id] = line
-        missing_kind = _MISSING_KIND.get(record.remote_state or "", FailureKind.BATCH_FAILED)
+        requests, lines = await anyio.to_thread.run_sync(self._results, record, client)
         members = [m for m in await self.batches.members(record.id) if m.open]
         jobs = self.current.jobs
-        completions: list[Completion] = []
-        ok = failed = 0
-        for member in members:
+        missing = _missing(record)
+
+        async def collect(member: Member) -> Completion:
             gen_id = member.generation.gen_id
             request = requests.get(gen_id)
+            line = lines.get(gen_id)
+            result = missing if request is None or line is None else _result(client, request, line)
+            attempt = self._attempt(record, member, result)
             job = jobs.job(member.generation) if jobs is not None else None
-            if request is None or job is None:
-                outcome = _gone(member) if job is None else _lost(member)
-                completions.append(completion_of(member.claim, outcome, ()))
-                failed += 1
-                continue
-            result = _result(client, request, lines.get(gen_id), missing_kind, record.remote_state)
-            outcome = await self.runner.finish_call(job, request, result, started_at=record.submitted_at)
-            attempt = self._attempt(record, result)
-            completions.append(self._completion(member, outcome, attempt))
-            self._count(record, member, outcome, result, attempt)
-            ok += outcome.ok
-            failed += not outcome.ok
-            if len(completions) >= _COMMIT_CHUNK:
-                await self._commit(completions)
-                completions = []
+            if request is None:
+                outcome = _failed(member, FailureKind.BATCH_FAILED, LOST)
+            elif job is None:
+                outcome = _failed(member, FailureKind.RENDER_ERROR, GONE + KEPT.format(id=record.id))
+            else:
+                try:
+                    outcome = await self.runner.finish_call(
+                        job, request, result, started_at=record.submitted_at
+                    )
+                except Exception as exc:  # a bug: the reply stays in output.jsonl, the member fails
+                    log.exception("batch_member_failed", batch=record.id, gen_id=gen_id)
+                    message = f"{type(exc).__name__} while saving its reply" + KEPT.format(id=record.id)
+                    outcome = _failed(member, FailureKind.INTERNAL, message)
+            completion = self._completion(member, outcome, attempt)
+            self._count(record, member, completion, result, attempt)
+            return completion
+
+        completions = await _each(members, collect)
         await self._commit(completions)
         await self.batches.update(record.id, state=BatchState.CLOSED, closed_at=utc_now())
         self._forget(record.id)
-        log.info("batch_collected", batch=record.id, done=ok, failed=failed)
+        done = sum(c.ok for c in completions)
+        log.info("batch_collected", batch=record.id, done=done, failed=len(completions) - done)
         self.bus.publish(
-            "batch_collected", batch=record.id, model=record.llm_model_id, done=ok, failed=failed
+            "batch_collected",
+            batch=record.id,
+            model=record.llm_model_id,
+            done=done,
+            failed=len(completions) - done,
         )
+
+    def _results(
+        self, record: BatchRecord, client: BatchClient
+    ) -> tuple[dict[str, LlmRequest], dict[str, ResultLine]]:
+        """The requests as sent and the result lines by custom_id (read in a worker thread). An answer
+        wins over an error line for the same request; a line for a request we did not send is not
+        taken (a provider cannot answer for a generation that was not in the batch)."""
+        requests = _requests(self.files.read(record.id, INPUT) or b"")
+        lines: dict[str, ResultLine] = {}
+        for name in (ERRORS, OUTPUT):
+            for line in client.read_lines(self.files.read(record.id, name) or b""):
+                if line.custom_id in requests:
+                    lines[line.custom_id] = line
+        return requests, lines
 
     def _completion(self, member: Member, outcome: Outcome, attempt: AttemptRow) -> Completion:
         """A member's completion; a failure an online call would try again (a 429, a 5xx) goes back
@@ -392,15 +459,16 @@ class Batcher:
         self,
         record: BatchRecord,
         member: Member,
-        outcome: Outcome,
+        completion: Completion,
         result: Reply | CallFailure,
         attempt: AttemptRow,
     ) -> None:
         self.counters.batch_call(record.llm_model_id, attempt.outcome, _usage_of(result), attempt.cost)
-        outcome_name = str(State.DONE) if outcome.ok else str(outcome.kind)
-        self.counters.generation(str(member.generation.stage), outcome_name, time.monotonic())
+        if not completion.requeue:
+            outcome = str(State.DONE) if completion.ok else str(completion.error_kind)
+            self.counters.generation(str(member.generation.stage), outcome, time.monotonic())
 
-    def _attempt(self, record: BatchRecord, result: Reply | CallFailure) -> AttemptRow:
+    def _attempt(self, record: BatchRecord, member: Member, result: Reply | CallFailure) -> AttemptRow:
         """The attempt a batch call records: its usage, and its cost at the batch price."""
         usage = _usage_of(result)
         cost = usage.cost if usage is not None else None
@@ -410,8 +478,8 @@ class Batcher:
                 cost = price.cost(usage.prompt_tokens, usage.completion_tokens) * record.price_factor
         now = time.time()
         return AttemptRow(
-            attempt=1,
-            started_at=now,
+            attempt=member.claim.attempts + 1,
+            started_at=now - age_s(record.submitted_at or record.created_at),
             finished_at=now,
             outcome="ok" if isinstance(result, Reply) else str(result.kind),
             status=None if isinstance(result, Reply) else result.status,
@@ -443,17 +511,21 @@ class Batcher:
 
     async def _gather(self) -> None:
         """Form a batch of each model whose ready batch work fills one or has stopped growing."""
-        jobs = self.current.jobs
-        if jobs is None:
-            return
         batch = self.settings.current.batch
         with_work = {model for mode, model in await self.ready.keys_with_work() if mode == BATCH_MODE}
         for model in list(self._growth):
             if model not in with_work:
                 del self._growth[model]
+        for model in list(self._unserved):
+            if model not in with_work:
+                del self._unserved[model]
         for model_id in sorted(with_work):
             endpoint = self._endpoint_for(model_id)
-            if endpoint is None or not self.may_submit(model_id):
+            if endpoint is None:
+                self._unserved.setdefault(model_id, utc_now())
+                continue
+            self._unserved.pop(model_id, None)
+            if not self.may_submit(model_id):
                 continue
             items = await self.ready.ready((BATCH_MODE, model_id), limit=batch.max_requests)
             items = [i for i in items if i.generation.stage == items[0].generation.stage] if items else []
@@ -477,7 +549,8 @@ class Batcher:
 
     def _endpoint_for(self, model_id: str) -> str | None:
         """The first endpoint serving the model that takes batches (in ``[models.<id>] endpoints`` order)."""
-        names = [n for n in self.settings.current.batch_endpoints_of(model_id) if n in self.clients]
+        clients = self.clients()
+        names = [n for n in self.settings.current.batch_endpoints_of(model_id) if n in clients]
         return names[0] if names else None
 
     async def _form(self, model_id: str, endpoint: str, items: Sequence[Ready]) -> None:
@@ -498,6 +571,36 @@ class Batcher:
         await self._advance(record)
 
 
+GONE = "its template or model is no longer in the experiment"
+LOST = "its request is not in the batch's input.jsonl (the file was lost or changed); retry it"
+KEPT = " (the batch's reply is kept in data/batches/{id}/output.jsonl)"
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+async def _each(items: Sequence[_T], work: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+    """``work`` on every item, a few at a time (the runner's threads do the file work), in order."""
+    results: list[_R | None] = [None] * len(items)
+
+    async def one(i: int) -> None:
+        results[i] = await work(items[i])
+
+    for start in range(0, len(items), _AT_ONCE):
+        async with anyio.create_task_group() as group:
+            for i in range(start, min(start + _AT_ONCE, len(items))):
+                group.start_soon(one, i)
+    return [r for r in results if r is not None]
+
+
+def _missing(record: BatchRecord) -> CallFailure:
+    """What a member without a result line failed of: how the batch ended, and why if it said."""
+    kind = _MISSING_KIND.get(record.remote_state or "", FailureKind.BATCH_FAILED)
+    why = f": {record.message}" if record.message else ""
+    return CallFailure(
+        kind, f"the batch ended ({record.remote_state or 'unknown'}) without an answer for it{why}"
+    )
+
+
 def _usage_of(result: Reply | CallFailure) -> Usage | None:
     """The usage a result reports (a failure's, when a paid reply came with it)."""
     if isinstance(result, Reply):
@@ -510,25 +613,8 @@ def _failed(member: Member, kind: FailureKind, message: str) -> Outcome:
     return Outcome(gen_id=g.gen_id, stage=g.stage, ok=False, kind=kind, message=message)
 
 
-def _gone(member: Member) -> Outcome:
-    return _failed(member, FailureKind.RENDER_ERROR, "its template or model is no longer in the experiment")
-
-
-def _lost(member: Member) -> Outcome:
-    message = "its request is not in the batch's input.jsonl (the file was lost or changed); retry it"
-    return _failed(member, FailureKind.BATCH_FAILED, message)
-
-
-def _result(
-    client: BatchClient,
-    request: LlmRequest,
-    line: ResultLine | None,
-    missing: FailureKind,
-    remote_state: str | None,
-) -> Reply | CallFailure:
-    """The reply of one member's line, or the failure it holds (or that its missing line means)."""
-    if line is None:
-        return CallFailure(missing, f"the batch ended ({remote_state or 'unknown'}) without an answer for it")
+def _result(client: BatchClient, request: LlmRequest, line: ResultLine) -> Reply | CallFailure:
+    """The reply of one member's line, or the failure it holds."""
     try:
         return client.result(request, line)
     except CallFailure as failure:

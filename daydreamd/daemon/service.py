@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ from daydreamd.core.problems import Level, Problem
 from daydreamd.core.stages import Stage
 from daydreamd.core.status import ModelStatus, ServiceStatus, StageCounts
 from daydreamd.core.timestamps import utc_now
-from daydreamd.daemon.batches import Batcher, batch_clients
+from daydreamd.daemon.batches import Batcher
 from daydreamd.daemon.details import generation_detail
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.metrics import MetricsSnapshot, render_metrics
@@ -103,7 +103,7 @@ class Service:
             store=store,
             runner=runner,
             current=self.current,
-            clients=batch_clients(settings, providers or {}),
+            providers=providers or {},
             files=BatchFiles(DataLayout(settings.paths.data_dir)),
             price_of=self.pool.price,
             may_submit=self.pool.may_submit,
@@ -215,7 +215,7 @@ class Service:
             in_flight=pool.in_flight,
             models=pool.models,
             endpoints=pool.endpoints,
-            pool=pool.pool,
+            pool=replace(pool.pool, troubles=(*pool.pool.troubles, *self.batcher.troubles())),
             spent_usd=pool.spent_usd,
             rates_per_minute=pool.rates_per_minute,
             failures=summary.failures,
@@ -298,10 +298,16 @@ class Service:
         cohort_id = scope or self.current.cohort_id
         if request.plan is not None:
             await self._check_plan(request, scope)
-        batch_models = await self._batch_models(
-            request.stage, request.llm_model_id, request.batch, scope, "pending"
+        batch_keys = await self._batch_keys(
+            state="pending",
+            stage=request.stage,
+            template_id=request.template_id,
+            llm_model_id=request.llm_model_id,
+            requested=request.batch,
+            scope=scope,
         )
-        if batch_models and request.budget_usd is not None:
+        batch_models = sorted({model for _, model in batch_keys})
+        if batch_keys and request.budget_usd is not None:
             raise ControlError(
                 400,
                 "bad_request",
@@ -318,7 +324,7 @@ class Service:
             budget_usd=request.budget_usd,
             plan=request.plan,
             scope=scope,
-            batch_models=batch_models,
+            batch_keys=batch_keys,
         )
         log.info(
             "approved",
@@ -342,30 +348,33 @@ class Service:
             "batch_models": batch_models,
         }
 
-    async def _batch_models(
+    async def _batch_keys(
         self,
+        *,
+        state: str,
         stage: str | None,
+        template_id: str | None,
         llm_model_id: str | None,
         requested: bool | None,
         scope: str | None,
-        state: str,
-    ) -> list[str]:
-        """The models whose matched work (rows of ``state`` of the stage, all stages for None) goes into
-        batches: as asked, else as the config says; asked for batches, every such model must have an
-        endpoint that takes them (else 400 naming them)."""
+        kind: str | None = None,
+    ) -> set[tuple[str, str]]:
+        """The (stage, model) of the matched work that goes into batches: as asked, else as the
+        config says per stage and model. Asked for batches, every matched model must have an endpoint
+        that takes them (else 400 naming them)."""
         if requested is False:
-            return []
+            return set()
+        keys = await self.store.llm_keys(
+            state=state,
+            stage=stage,
+            template_id=template_id,
+            llm_model_id=llm_model_id,
+            kind=kind,
+            scope=scope,
+        )
         settings = self.settings
-        models = {
-            row["llm_model_id"]
-            for row in await self.store.counts_by_model(scope=scope)
-            if row["state"] == state
-            and row["mode"] in ("llm", "batch")
-            and (stage is None or row["stage"] == stage)
-            and (llm_model_id is None or row["llm_model_id"] == llm_model_id)
-        }
         if requested:
-            missing = sorted(m for m in models if not settings.batch_endpoints_of(m))
+            missing = sorted({model for _, model in keys if not settings.batch_endpoints_of(model)})
             if missing:
                 raise ControlError(
                     400,
@@ -373,13 +382,8 @@ class Service:
                     f"batch: no endpoint serving {', '.join(missing)} takes batches; give the model an "
                     "endpoint with batch = true in the config ([models.<id>] endpoints), or use --online",
                 )
-            return sorted(models)
-        return sorted(
-            m
-            for m in models
-            if m in settings.batch_models
-            or (stage is not None and settings.runs_in_batch(Stage(stage), m, None))
-        )
+            return keys
+        return {(s, m) for s, m in keys if settings.runs_in_batch(Stage(s), m, None)}
 
     async def _check_plan(self, request: ApprovalRequest, scope: str | None) -> None:
         """Refuse an approval that would not cover exactly what the plan showed."""
@@ -425,8 +429,14 @@ class Service:
             requested_by=request.requested_by,
             cohort_id=scope or self.current.cohort_id,
             scope=scope,
-            batch_models=await self._batch_models(
-                request.stage, request.llm_model_id, request.batch, scope, "failed"
+            batch_keys=await self._batch_keys(
+                state="failed",
+                stage=request.stage,
+                template_id=request.template_id,
+                llm_model_id=request.llm_model_id,
+                requested=request.batch,
+                scope=scope,
+                kind=request.kind,
             ),
         )
         log.info(

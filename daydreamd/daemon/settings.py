@@ -48,9 +48,9 @@ class LiveSettings:
 def reloadable(current: Settings, fresh: Settings) -> Settings:
     """``current`` with what a reload may change taken from ``fresh``.
 
-    Limits (the endpoints' too), routes of models to endpoints, retries, stage settings and the
-    experiment's shape change; paths, the endpoints themselves (URLs, keys; a new one needs a
-    restart) and prices stay as the service started with them.
+    Limits (the endpoints' too), routes of models to endpoints, retries, stage settings, batch mode's
+    settings and the experiment's shape change; paths, the endpoints themselves (URLs, keys; a new
+    one needs a restart) and prices stay as the service started with them.
     """
     return replace(
         current,
@@ -61,6 +61,8 @@ def reloadable(current: Settings, fresh: Settings) -> Settings:
         pool=fresh.pool,
         endpoints=fresh.endpoints,
         routes=fresh.routes,
+        batch=fresh.batch,
+        batch_models=fresh.batch_models,
     )
 
 

@@ -14,6 +14,7 @@ Endpoints (relative to the endpoint's ``base_url``): ``POST /files`` (multipart,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 _LIST_PAGES = 50
 _MAX_ERROR = 300
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+"""What a provider's file or batch id may look like: it goes into a URL path we send our key to."""
 
 
 class BatchApiError(DaydreamError):
@@ -64,6 +67,8 @@ class RemoteBatch:
     completed: int = 0
     failed: int = 0
     tag: str | None = None
+    error: str | None = None
+    """The provider's first error about the batch as a whole (why it failed validation), if any."""
 
     @property
     def ended(self) -> bool:
@@ -90,6 +95,11 @@ class BatchClient:
     def __init__(self, client: OpenAiCompatibleClient) -> None:
         self._client = client
         self._base = client.base_url
+        # Files can be large: a transfer may take long as long as bytes keep coming.
+        timeout_s = client.timeout.total or 600.0
+        self._transfer_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s
+        )
 
     @property
     def client(self) -> OpenAiCompatibleClient:
@@ -110,8 +120,8 @@ class BatchClient:
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", content, filename=filename, content_type="application/jsonl")
-        body = await self._request("POST", "/files", data=form)
-        return _text_field(body, "id", "the uploaded file")
+        body = await self._request("POST", "/files", data=form, timeout=self._transfer_timeout)
+        return _checked_id(_text_field(body, "id", "the uploaded file"))
 
     async def create(self, input_file_id: str, *, completion_window: str, tag: str) -> RemoteBatch:
         """Create a batch of the uploaded file, tagged with daydreamd's own id of it."""
@@ -129,7 +139,7 @@ class BatchClient:
 
     async def get(self, remote_id: str) -> RemoteBatch:
         """The batch as the provider describes it now."""
-        return _remote(await self._request("GET", f"/batches/{remote_id}"))
+        return _remote(await self._request("GET", f"/batches/{_checked_id(remote_id)}"))
 
     async def find(self, tag: str) -> RemoteBatch | None:
         """The batch created with ``tag`` (newest first, through the provider's list), or None: what a
@@ -152,7 +162,8 @@ class BatchClient:
 
     async def content(self, file_id: str) -> bytes:
         """A file's bytes (a batch's output or error file)."""
-        return await self._request_bytes("GET", f"/files/{file_id}/content")
+        path = f"/files/{_checked_id(file_id)}/content"
+        return await self._request_bytes("GET", path, timeout=self._transfer_timeout)
 
     def read_lines(self, content: bytes) -> list[ResultLine]:
         """The result lines of an output or error file; lines that are not understood are skipped
@@ -189,9 +200,10 @@ class BatchClient:
 
     async def _request_bytes(self, method: str, path: str, **kwargs: Any) -> bytes:
         url = self._base + path
+        kwargs.setdefault("timeout", self._client.timeout)
         try:
             async with self._client.session.request(
-                method, url, headers=self._client.headers, timeout=self._client.timeout, **kwargs
+                method, url, headers=self._client.headers, **kwargs
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -203,6 +215,24 @@ class BatchClient:
             detail = self._client.scrub(raw.decode("utf-8", "replace"))[:_MAX_ERROR]
             raise BatchApiError(f"{method} {path}: HTTP {status}: {detail}", status=status)
         return raw
+
+
+def _checked_id(value: str) -> str:
+    """A provider's id, refused unless it is one plain token (it is put into a URL path)."""
+    if not _ID.fullmatch(value):
+        raise BatchApiError(
+            f"the provider gave an id that is not one plain token: {value[:60]!r}", status=200
+        )
+    return value
+
+
+def _first_error(body: Mapping[str, Any]) -> str | None:
+    errors = body.get("errors")
+    data = errors.get("data") if isinstance(errors, Mapping) else None
+    first = data[0] if isinstance(data, list) and data and isinstance(data[0], Mapping) else None
+    if first is None:
+        return None
+    return f"{first.get('code') or 'error'}: {first.get('message') or ''}".strip()[:_MAX_ERROR]
 
 
 def _text_field(body: Mapping[str, Any], key: str, what: str) -> str:
@@ -230,16 +260,18 @@ def _tag(body: Mapping[str, Any]) -> str | None:
 
 def _remote(body: Mapping[str, Any]) -> RemoteBatch:
     counts = body.get("request_counts")
+    output, errors = _optional_text(body, "output_file_id"), _optional_text(body, "error_file_id")
     return RemoteBatch(
-        id=_text_field(body, "id", "the batch"),
+        id=_checked_id(_text_field(body, "id", "the batch")),
         status=_text_field(body, "status", "the batch"),
         input_file_id=_optional_text(body, "input_file_id"),
-        output_file_id=_optional_text(body, "output_file_id"),
-        error_file_id=_optional_text(body, "error_file_id"),
+        output_file_id=None if output is None else _checked_id(output),
+        error_file_id=None if errors is None else _checked_id(errors),
         total=_count(counts, "total"),
         completed=_count(counts, "completed"),
         failed=_count(counts, "failed"),
         tag=_tag(body),
+        error=_first_error(body),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from daydreamd.core.cohort import Generation
 from daydreamd.core.timestamps import utc_now
-from daydreamd.storage.ready import START_SQL, Ready, claim_of
+from daydreamd.storage.ready import BATCH_MODES, START_SQL, Ready, claim_of
 from daydreamd.storage.store import Claim, Store
 
 _CHUNK = 500
@@ -143,7 +143,7 @@ class BatchStore:
             claims: list[Claim] = []
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
-                sql = START_SQL.format(marks=", ".join("?" * len(chunk)))
+                sql = START_SQL.format(marks=", ".join("?" * len(chunk)), mode=BATCH_MODES)
                 claims.extend(claim_of(row) for row in db.execute(sql, (now + lease_s, stamp, stamp, *chunk)))
             if not claims:
                 return None
@@ -189,11 +189,17 @@ class BatchStore:
         return [_record(row) for row in rows]
 
     async def get(self, batch_id: int) -> BatchRecord:
-        """One batch by its id."""
-        rows = await self._store.db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
+        """One batch by its id.
+
+        Raises:
+            KeyError: there is no such batch.
+        """
+        rows = list(
+            await self._store.db.execute_fetchall(f"SELECT {_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
         )
-        return _record(next(iter(rows)))
+        if not rows:
+            raise KeyError(f"no batch {batch_id} in the run state")
+        return _record(rows[0])
 
     async def update(self, batch_id: int, **fields: Any) -> BatchRecord:
         """Set columns of one batch (one transaction); returns the batch as it is now."""

@@ -40,12 +40,17 @@ _CHUNK = 500
 START_SQL = (
     "UPDATE generations SET state = 'running', lease_token = lease_token + 1, lease_expires = ?, "
     "started_at = ?, updated_at = ? WHERE gen_id IN (SELECT g.gen_id FROM generations g "
-    "WHERE g.gen_id IN ({marks}) AND g.state = 'queued' AND g.retired = 0 AND " + _PARENT_DONE + ") "
-    "RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
+    "WHERE g.gen_id IN ({marks}) AND g.mode {mode} AND g.state = 'queued' AND g.retired = 0 AND "
+    + _PARENT_DONE
+    + ") RETURNING gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, "
     "lease_token, mode, attempts, approval_id, fresh"
 )
 """``queued -> running`` with a new fencing token for the rows of ``{marks}`` still queued, current and
-ready (parameters: lease expiry, started_at, updated_at, the gen_ids)."""
+ready (parameters: lease expiry, started_at, updated_at, the gen_ids). ``{mode}`` is
+:data:`POOL_MODES` or :data:`BATCH_MODES`: a row read as one and re-approved as the other since
+(revoked, approved again with ``--batch``) is not started by the wrong one."""
+POOL_MODES = "!= 'batch'"
+BATCH_MODES = "= 'batch'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +142,7 @@ class ReadyWork:
             claims: list[Claim] = []
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
-                sql = START_SQL.format(marks=", ".join("?" * len(chunk)))
+                sql = START_SQL.format(marks=", ".join("?" * len(chunk)), mode=POOL_MODES)
                 claims.extend(claim_of(row) for row in db.execute(sql, (now + lease_s, stamp, stamp, *chunk)))
             return claims
 

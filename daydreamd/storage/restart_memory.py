@@ -61,7 +61,9 @@ class RestartMemory:
         for model, stamps in saved.items():
             found.setdefault(model, []).extend(t for t in stamps if t > since)
         async with self.store.db.execute(
-            "SELECT llm_model_id, finished_at FROM attempts WHERE finished_at > ?", (max(since, saved_at),)
+            "SELECT a.llm_model_id, a.finished_at FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
+            "WHERE a.finished_at > ? AND g.mode != 'batch'",  # a batch's calls are not the online windows'
+            (max(since, saved_at),),
         ) as cursor:
             for model, finished_at in await cursor.fetchall():
                 found.setdefault(str(model), []).append(float(finished_at))

@@ -456,12 +456,12 @@ class Store:
         budget_usd: float | None = None,
         plan: str | None = None,
         scope: str | None = None,
-        batch_models: Sequence[str] = (),
+        batch_keys: Collection[tuple[str, str]] = (),
     ) -> tuple[int, int]:
         """Queue the matching pending generations of a cohort (``scope``: None for the default one, else
         a named cohort's name); returns (approval id, matched). Rows of other cohorts only stay pending:
-        approving one cohort's work must not spend on another's. ``llm`` rows of ``batch_models`` are
-        queued in mode ``batch``: batches take them, the pool does not."""
+        approving one cohort's work must not spend on another's. ``llm`` rows of the (stage, model)
+        ``batch_keys`` are queued in mode ``batch``: batches take them, the pool does not."""
         where, params = _scope(stage, template_id, llm_model_id)
         source, member, scoped = _source(scope, "in_default = 1")
         async with self.transaction() as db:
@@ -483,7 +483,7 @@ class Store:
                     f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ?, {_BATCH_MODE} "
                     f"WHERE rowid IN (SELECT generations.rowid FROM {source} WHERE {member} AND state = 'pending' "
                     f"AND retired = 0 AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?)",
-                    (approval_id, utc_now(), json.dumps(list(batch_models)), *scoped, *params, take),
+                    (approval_id, utc_now(), batch_keys_json(batch_keys), *scoped, *params, take),
                 )
                 matched += n
                 if n < take:
@@ -555,10 +555,10 @@ class Store:
         requested_by: str,
         cohort_id: str | None = None,
         scope: str | None = None,
-        batch_models: Sequence[str] = (),
+        batch_keys: Collection[tuple[str, str]] = (),
     ) -> int:
         """Send failed generations of a cohort (``scope`` as for :meth:`approve`) back to queued;
-        returns how many. Calls of ``batch_models`` go into batches, every other one online."""
+        returns how many. Calls of the (stage, model) ``batch_keys`` go into batches, every other one online."""
         clauses, params = ["state = 'failed'", "retired = 0"], []
         for column, value in (
             ("stage", stage),
@@ -578,7 +578,7 @@ class Store:
                 db,
                 "UPDATE generations SET state = 'queued', fresh = ?, error_kind = NULL, error_message = NULL, "
                 f"updated_at = ?, {_RETRY_MODE} WHERE {where}",
-                (int(fresh), utc_now(), json.dumps(list(batch_models)), *scoped, *params),
+                (int(fresh), utc_now(), batch_keys_json(batch_keys), *scoped, *params),
             )
             await db.execute("UPDATE approvals SET matched = ? WHERE id = ?", (retried, approval_id))
         return retried
@@ -773,6 +773,43 @@ class Store:
             key = str(State.RETIRED) if retired else state
             result[stage][key] = result[stage].get(key, 0) + n
         return result
+
+    async def llm_keys(
+        self,
+        *,
+        state: str,
+        stage: str | None,
+        template_id: str | None,
+        llm_model_id: str | None,
+        kind: str | None = None,
+        scope: str | None = None,
+    ) -> set[tuple[str, str]]:
+        """The (stage, model) of a cohort's live rows in ``state`` that make calls (``llm`` or ``batch``
+        mode), narrowed as an approval or a retry narrows them: the work ``--batch`` would apply to."""
+        if template_id is None and kind is None:  # from the counts table, without a scan
+            return {
+                (row["stage"], row["llm_model_id"])
+                for row in await self.counts_by_model(scope=scope)
+                if row["state"] == state
+                and row["mode"] in ("llm", "batch")
+                and stage in (None, row["stage"])
+                and llm_model_id in (None, row["llm_model_id"])
+            }
+        clauses, params = ["state = ?", "retired = 0", "mode IN ('llm', 'batch')"], [state]
+        for column, value in (
+            ("stage", stage),
+            ("template_id", template_id),
+            ("llm_model_id", llm_model_id),
+            ("error_kind", kind),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where, scoped = _where_in(scope, "in_default = 1", " AND ".join(clauses))
+        rows = await self.db.execute_fetchall(
+            f"SELECT DISTINCT stage, llm_model_id FROM generations WHERE {where}", (*scoped, *params)
+        )
+        return {(str(row[0]), str(row[1])) for row in rows}
 
     async def counts_by_model(self, *, scope: str | None = None) -> list[dict[str, Any]]:
         """Live generations of a cohort per (stage, state, model, mode): the default cohort's (``scope``
@@ -1052,17 +1089,25 @@ async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], 
     return len(retired), len(left) - len(retired)
 
 
-_BATCH_MODE = "mode = CASE WHEN mode = 'llm' AND llm_model_id IN (SELECT value FROM json_each(?)) THEN 'batch' ELSE mode END"
-"""Queued ``llm`` rows of the models in the JSON list parameter go into batches. Mode only ever changes
-with the state in the same statement: the counts trigger fires on state changes and moves the count from
-the old (state, mode) to the new one."""
+_IN_BATCH_KEYS = "(stage || ' ' || llm_model_id) IN (SELECT value FROM json_each(?))"
+_BATCH_MODE = f"mode = CASE WHEN mode = 'llm' AND {_IN_BATCH_KEYS} THEN 'batch' ELSE mode END"
+"""Queued ``llm`` rows of the (stage, model) keys in the JSON list parameter (:func:`batch_keys_json`) go
+into batches. Mode only ever changes with the state in the same statement: the counts trigger fires on
+state changes and moves the count from the old (state, mode) to the new one."""
 _RETRY_MODE = (
-    "mode = CASE WHEN mode IN ('llm', 'batch') THEN CASE WHEN llm_model_id IN (SELECT value FROM json_each(?)) "
-    "THEN 'batch' ELSE 'llm' END ELSE mode END"
+    f"mode = CASE WHEN mode IN ('llm', 'batch') THEN CASE WHEN {_IN_BATCH_KEYS} THEN 'batch' ELSE 'llm' END "
+    "ELSE mode END"
 )
 """As :data:`_BATCH_MODE`, for rows that may have run in a batch before: the retry decides again."""
 _ONLINE_MODE = "mode = CASE mode WHEN 'batch' THEN 'llm' ELSE mode END"
 """A row that goes back to pending is no batch's any more: its next approval decides."""
+
+
+def batch_keys_json(keys: Collection[tuple[str, str]]) -> str:
+    """(stage, model) keys as the JSON list :data:`_IN_BATCH_KEYS` matches (a space never occurs in
+    either: both are plain ids)."""
+    return json.dumps(sorted(f"{stage} {model}" for stage, model in keys))
+
 
 _ANY_APPROVAL = "1"
 _DEFAULT_APPROVAL = "cohort_id IS NULL OR cohort_id NOT IN (SELECT name FROM named_cohorts)"

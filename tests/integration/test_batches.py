@@ -175,3 +175,33 @@ async def test_failed_lines_are_retried_in_a_later_batch_and_approvals_are_check
         assert len(fake.batch_api.batches) == 3
         assert sorted(fake.batch_api.submissions.values()).count(3) == 1
         assert await daemon.stop() == 0
+
+
+async def test_a_refused_poll_never_gives_up_a_batch_and_a_failed_one_says_why(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Polls answered 401, 404 and 500 (a rotated key, a hiccup): the batch is shown as retrying and
+    then followed to its end, nothing failed or sent again. A batch the provider fails as a whole
+    fails its members as batch_failed with the provider's reason, in status and in each member."""
+    async with FakeLlm(api_key=API_KEY, batch_delay_s=0.3) as fake:
+        daemon = batch_daemon(daemons, tmp_path, fake)
+        await daemon.start()
+        await essays_done(daemon)
+        fake.batch_api.poll_refusals = [401, 404, 500]
+        await daemon.approve("evaluation", batch=True, limit=30)
+
+        def retrying(status: dict[str, Any] | None) -> bool:
+            return any(b["problem"] and "HTTP 40" in b["problem"] for b in batches(status))
+
+        await daemon.wait_for(retrying, what="the batch retrying its poll")
+        status = await daemon.wait_stage("evaluation", done=30, deadline_s=30)
+        assert set(fake.batch_api.submissions.values()) == {1} and len(fake.batch_api.batches) == 1
+        assert [b["problem"] for b in batches(status)] == [None]
+        fake.batch_api.invalid = True
+        await daemon.approve("evaluation", batch=True, limit=10)
+        status = await daemon.wait_stage("evaluation", done=30, failed=10, deadline_s=30)
+        assert status["failures"]["evaluation"] == {"batch_failed": 10}
+        assert "model not found" in batches(status)[-1]["problem"]
+        failed = await daemon.get("/v1/generations", state="failed", stage="evaluation", limit=1)
+        assert "model not found" in failed["generations"][0]["error_message"]
+        assert await daemon.stop() == 0

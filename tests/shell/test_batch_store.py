@@ -39,7 +39,7 @@ async def prepared(store: Store) -> None:
             limit=None,
             requested_by="t",
             cohort_id=None,
-            batch_models=["m1"],
+            batch_keys=[(s, "m1") for s in ("draft", "essay", "evaluation")],
         )
 
 
@@ -92,7 +92,43 @@ async def test_a_batch_keeps_its_members_across_a_restart_until_it_is_closed(tmp
         assert (await batches.get(record.id)).requests == 3
         await batches.update(record.id, state=BatchState.CLOSED)
         assert await store.recover() == 4  # closed without committing them: the queue takes them back
-        later = await ReadyWork(store).claim(("batch", "m1"), limit=10, lease_s=60)
-        assert len(later) == 4
+        assert await ReadyWork(store).claim(("batch", "m1"), limit=10, lease_s=60) == []  # never the pool's
+        items = await ReadyWork(store).ready(("batch", "m1"), limit=10)
+        later = await batches.open_batch(
+            items, endpoint="oai", llm_model_id="m1", stage="draft", price_factor=0.5, lease_s=60, now=0.0
+        )
+        assert later is not None and len(later[1]) == 4
         assert {m.state for m in await batches.members(record.id)} == {"claimed_again"}  # not this batch's
+        await assert_counts_exact(store)
+
+
+async def test_batch_claims_take_batch_work_only_and_llm_keys_narrow_as_the_request_does(
+    tmp_path: Path,
+) -> None:
+    async with approved(tmp_path) as store:
+        online = await ReadyWork(store).ready(("llm", "m2"), limit=10)
+        assert online
+        formed = await BatchStore(store).open_batch(
+            online, endpoint="oai", llm_model_id="m2", stage="draft", price_factor=0.5, lease_s=60, now=0.0
+        )
+        assert formed is None  # a row the pool would run is never a batch's (revoked and re-approved since)
+        await store.in_one_trip(
+            lambda db: db.execute(
+                "UPDATE generations SET state = 'failed', error_kind = CASE llm_model_id WHEN 'm1' "
+                "THEN 'batch_expired' ELSE 'auth' END WHERE stage = 'draft'"
+            )
+        )
+        keys = store.llm_keys
+        assert await keys(state="failed", stage=None, template_id=None, llm_model_id=None) == {
+            ("draft", "m1"),
+            ("draft", "m2"),
+        }
+        expired = await keys(
+            state="failed", stage=None, template_id=None, llm_model_id=None, kind="batch_expired"
+        )
+        assert expired == {("draft", "m1")}  # a retry of the expired ones asks nothing of m2
+        assert await keys(state="pending", stage="evaluation", template_id="t1", llm_model_id=None) == {
+            ("evaluation", "m1"),
+            ("evaluation", "m2"),
+        }
         await assert_counts_exact(store)

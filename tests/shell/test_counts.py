@@ -137,7 +137,7 @@ async def _apply(store: Store, op: tuple[Any, ...], claims: list[Any], n: int) -
             limit=None,
             requested_by="t",
             cohort_id=None,
-            batch_models=["m1"],
+            batch_keys=[(s, "m1") for s in ("draft", "essay", "evaluation")],
         )
     elif kind == "batch":
         items = await ReadyWork(store).ready(("batch", "m1"), limit=op[1])
@@ -180,7 +180,7 @@ async def _apply(store: Store, op: tuple[Any, ...], claims: list[Any], n: int) -
             llm_model_id=None,
             fresh=op[1],
             requested_by="t",
-            batch_models=["m2"],
+            batch_keys=[(s, "m2") for s in ("draft", "essay", "evaluation")],
         )
     elif kind == "sql":
         async with store.transaction() as db:
