@@ -78,6 +78,12 @@ def _from_files_option(func: Any) -> Any:
     default=None,
     help="Print the top essays and the means as tables (default: only on a terminal).",
 )
+@click.option(
+    "--compare",
+    nargs=2,
+    metavar="A B",
+    help="Compare two cohorts item by item: what changed, paired differences B - A with intervals.",
+)
 @json_option
 @click.pass_obj
 def results(
@@ -90,6 +96,7 @@ def results(
     top: int,
     by: str | None,
     show: bool | None,
+    compare: tuple[str, str] | None,
     as_json: bool,
 ) -> None:
     """Compute the score tables of a cohort (or of every cohort) and write them as CSV.
@@ -122,6 +129,12 @@ def results(
       daydreamctl results --cohort cohort_3f2a9c1d0b7e --json
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
       daydreamctl results --top 20 --by novelty-judge:sonnet_4 --show
+      daydreamctl results --compare cohort_3f2a9c1d0b7e cohort_8e1b2f7a9c04
+
+    With --compare A B, the tables are comparison/summary.csv (per evaluation template and judge:
+    items paired, changed, same, new, gone; both means; the mean difference B - A with its 95% t
+    interval) and comparison/items.csv (every item with its status), written to --out or
+    data/cross_experiment/compare/A__B/.
     """
     from daydreamd.core.collector import paused_gc
     from daydreamd.core.results import build_tables, completeness, top_essays
@@ -132,6 +145,11 @@ def results(
     if cohort_id and all_cohorts:
         raise click.UsageError("give either --cohort ID or --all, not both")
     obj.data = data
+    if compare is not None:
+        if cohort_id or all_cohorts:
+            raise click.UsageError("--compare A B names both cohorts; give neither --cohort nor --all")
+        _compare(obj.settings(), compare, out=out, from_files=from_files, as_json=as_json)
+        return
     settings = obj.settings()
     data_dir = settings.paths.data_dir
     started = time.perf_counter()
@@ -183,6 +201,76 @@ def results(
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     _print_results(summary, tables, show=sys.stdout.isatty() if show is None else show)
+
+
+def _compare(
+    settings: Settings, cohorts: tuple[str, str], *, out: Path | None, from_files: bool, as_json: bool
+) -> None:
+    """``results --compare A B``: the comparison tables written, and their summary shown."""
+    from daydreamd.core.compare import compare
+    from daydreamd.storage.layout import DataLayout
+    from daydreamd.storage.score_inputs import ResultsError
+    from daydreamd.storage.scores import load_scores, write_tables
+
+    data_dir = settings.paths.data_dir
+    try:
+        a, b = (resolve_cohort(settings, cohort) for cohort in cohorts)
+        loaded = [
+            load_scores(
+                data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=c, from_files=from_files
+            )
+            for c in (a, b)
+        ]
+        summary, items = compare(loaded[0][0].rows, loaded[1][0].rows)
+        directory = out or DataLayout(data_dir).reports_dir(None) / "compare" / f"{a}__{b}"
+        write_tables(directory, (summary, items))
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the tables: {exc}") from exc
+    for _, found in loaded:
+        for warning in found.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    records = summary.records()
+    if as_json:
+        click.echo(json.dumps({"a": a, "b": b, "out_dir": str(directory), "summary": records}, indent=2))
+        return
+    click.echo(f"{a} (A) against {b} (B), written to {directory}")
+    _print_table(
+        (
+            "rubric",
+            "judge",
+            "paired",
+            "changed",
+            "same",
+            "mean A",
+            "mean B",
+            "B - A",
+            "95% CI",
+            "new",
+            "gone",
+        ),
+        [
+            (
+                r["evaluation_template"],
+                r["evaluation_model"],
+                r["paired"],
+                r["changed"],
+                r["same"],
+                r["mean_a"],
+                r["mean_b"],
+                r["mean_diff"],
+                _interval(r["ci95_low"], r["ci95_high"]),
+                r["new"],
+                r["gone"],
+            )
+            for r in records
+        ],
+    )
+
+
+def _interval(low: Any, high: Any) -> str:
+    return "" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
 
 
 def _cost_tables(

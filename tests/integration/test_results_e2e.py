@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,46 @@ async def test_the_real_corpus_scores_on_its_own_scale(tmp_path: Path) -> None:
     assert {r["score"] for r in perfect} == {"9"}
     with (out / "parsing" / "aggregated_scores.csv").open(newline="") as handle:
         assert {r["score_max"] for r in csv.DictReader(handle)} == {"9"}
+
+
+async def test_compare_before_and_after_a_rubric_edit_shows_exactly_that_rubrics_items_changed(
+    tmp_path: Path,
+) -> None:
+    """A finished run; the novelty judge's template edited; its evaluations approved and run again.
+    ``results --compare A B``: every novelty-judge item changed, every rigor-judge item the same
+    generation (difference 0), nothing new or gone."""
+    async with FakeLlm() as fake:
+        daemon = Daemon(tmp_path, fast_config(fake.base_url))
+        try:
+            await daemon.start()
+            for stage in ("draft", "essay", "evaluation"):
+                await daemon.approve(stage)
+            before = (await daemon.wait_stage("evaluation", done=36))["cohort_id"]
+            template = daemon.raw / "templates" / "evaluation" / "novelty-judge.txt"
+            template.write_text(template.read_text() + "\nBe strict about novelty.\n")
+            edited = await daemon.wait_for(
+                lambda s: s is not None and s["cohort_id"] not in (None, before),
+                what="the cohort after the edit",
+            )
+            await daemon.approve("evaluation")
+            await daemon.wait_stage("evaluation", done=36)
+            after = edited["cohort_id"]
+            assert await daemon.stop() == 0
+        finally:
+            daemon.close()
+    out = tmp_path / "compared"
+    result = await anyio.to_thread.run_sync(
+        lambda: ctl(daemon, "results", "--compare", before, after, "--out", str(out), "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    summary = {
+        (r["evaluation_template"], r["evaluation_model"]): r for r in json.loads(result.stdout)["summary"]
+    }
+    assert set(summary) == {("novelty-judge", "sonnet_4"), ("rigor-judge", "sonnet_4")}
+    novelty, rigor = summary["novelty-judge", "sonnet_4"], summary["rigor-judge", "sonnet_4"]
+    assert (novelty["changed"], novelty["same"], novelty["paired"]) == (18, 0, 18)
+    assert (rigor["changed"], rigor["same"], rigor["mean_diff"]) == (0, 18, 0.0)
+    assert novelty["new"] == novelty["gone"] == rigor["new"] == rigor["gone"] == 0
+    with (out / "comparison" / "items.csv").open(newline="") as f:
+        statuses = {(r["evaluation_template"], r["status"]) for r in csv.DictReader(f)}
+    assert statuses == {("novelty-judge", "changed"), ("rigor-judge", "same")}
