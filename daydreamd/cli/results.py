@@ -490,6 +490,7 @@ def report(
     from daydreamd.report.html import TOP_N, ReportData, render_report
     from daydreamd.storage.atomic import write_atomic
     from daydreamd.storage.cohort_files import read_manifest
+    from daydreamd.storage.costs import read_call_groups
     from daydreamd.storage.layout import DataLayout
     from daydreamd.storage.score_inputs import ResultsError
     from daydreamd.storage.scores import load_scores
@@ -504,6 +505,7 @@ def report(
             data_dir=data_dir, db_path=settings.paths.state_db, cohort_id=scope, from_files=from_files
         )
         progress = _progress(settings, scope, from_files=from_files)
+        costs = None if from_files else read_call_groups(settings.paths.state_db, data_dir, scope)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
     path = out or DataLayout(data_dir).report_html(scope)
@@ -519,6 +521,7 @@ def report(
         essay_texts=texts,
         link_prefix=prefix,
         warnings=tuple(loaded.warnings),
+        costs=costs,
     )
     with paused_gc():
         document = render_report(data_for_report)

@@ -1,9 +1,11 @@
 """The HTML report of a cohort: one self-contained file people can open anywhere (no network).
 
-What it shows: the cohort's definition and progress, a heatmap of the mean score by draft
-template x generation model, score distributions per judge, how far judges (and templates, and
-replicates) agree, the top essays with their scores, their text and links to their files, and
-failures by kind.
+What it shows: the cohort's definition and progress, one heatmap per evaluation template (each
+rubric on its own scale, never averaged with another) of the mean score by draft template x
+generation model with n and the 95 % t interval in each cell, score distributions per judge, how
+far judges (and templates, and replicates) agree with the agreement statistics of each pair, the
+top essays with their scores, their text and links to their files, failures by kind, and what
+the calls cost.
 
 The page is the Jinja2 template ``templates/report.html`` (with ``report.css``), rendered with
 autoescape on; this module prepares what each section shows. Charts are drawn by matplotlib into
@@ -27,6 +29,9 @@ import jinja2
 from markupsafe import Markup
 
 from daydreamd.core.agreement import AGREEMENT_LIMITS, DISAGREEMENT, variance_analysis
+from daydreamd.core.breakdowns import t_interval
+from daydreamd.core.costs import CallGroup, combine, nearest_rank, stage_key
+from daydreamd.core.pairs import agreement_pairs
 from daydreamd.core.results import TopEssay, completeness, top_essays
 from daydreamd.core.scores import SCORE_MAX_DEFAULT, Scores, column_name
 from daydreamd.core.table import format_number
@@ -55,6 +60,8 @@ class ReportData:
     link_prefix: str = ""
     """How to get from the report's folder to the data directory (e.g. ``../../..``)."""
     warnings: Sequence[str] = ()
+    costs: Sequence[CallGroup] | None = None
+    """The cohort's calls per (stage, template, model) (None: not known, e.g. from files)."""
 
 
 def render_report(data: ReportData) -> str:
@@ -74,11 +81,13 @@ def render_report(data: ReportData) -> str:
         definition=_definition(data.manifest),
         progress=_progress(data.progress),
         completeness=completeness(data.progress),
-        heatmap=_heatmap(scores),
+        heatmaps=_heatmaps(scores),
         distributions=_distributions(scores),
         agreement=_agreement(scores),
+        pairs=agreement_pairs(scores).records(),
         top=_top(scores, top_essays(scores, TOP_N), data),
         failures=_failures(scores),
+        costs=_costs(data.costs),
     )
 
 
@@ -155,24 +164,50 @@ def _progress(progress: Mapping[str, Mapping[str, int]]) -> _Progress:
     return _Progress(headings, rows)
 
 
+class _Cell(NamedTuple):
+    """One heatmap cell: the mean of its scores, how many, and the 95 % t interval."""
+
+    mean: float
+    n: int
+    interval: tuple[float, float] | None
+
+
 class _Heatmap(NamedTuple):
+    evaluation_template: str
+    score_max: float
     svg: Markup
-    mixed_scales: bool
 
 
-def _heatmap(scores: Scores) -> _Heatmap | None:
-    groups = scores.groups(("draft_template", "generation_model"))
-    means: dict[tuple[str, str], float] = {}
-    for (draft_template, model), stats in groups.items():
-        mean = stats.cells()[2]
-        if isinstance(mean, float):
-            means[draft_template, model] = mean
-    if not means:
-        return None
-    rows = sorted({k[0] for k in means})
-    cols = sorted({k[1] for k in means})
-    maxima = set(scores.score_max.values()) or {SCORE_MAX_DEFAULT}
-    return _Heatmap(_heatmap_svg(rows, cols, means, max(maxima)), len(maxima) > 1)
+def cell_of(values: Sequence[float]) -> _Cell:
+    """The mean, n and 95 % t interval (None under two scores) of a cell's scores."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return _Cell(mean, n, t_interval(mean, sd, n))
+
+
+def heatmap_cells(scores: Scores) -> dict[str, dict[tuple[str, str], _Cell]]:
+    """Per evaluation template: (draft template, generation model) -> its cell (replicates count as
+    scores; failed evaluations are not in it)."""
+    values: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for row in scores.rows:
+        if row.score is not None:
+            cells = values.setdefault(row.evaluation_template, {})
+            cells.setdefault((row.draft_template, row.generation_model), []).append(row.score)
+    return {
+        template: {key: cell_of(found) for key, found in cells.items()}
+        for template, cells in sorted(values.items())
+    }
+
+
+def _heatmaps(scores: Scores) -> list[_Heatmap]:
+    maps = []
+    for template, cells in heatmap_cells(scores).items():
+        top = scores.score_max.get(template, SCORE_MAX_DEFAULT)
+        rows = sorted({k[0] for k in cells})
+        cols = sorted({k[1] for k in cells})
+        maps.append(_Heatmap(template, top, _heatmap_svg(template, rows, cols, cells, top)))
+    return maps
 
 
 def _distributions(scores: Scores) -> Markup | None:
@@ -305,13 +340,15 @@ def _svg(fig: Any, name: str) -> Markup:
     return Markup(svg.replace("<svg ", f"<svg role='img' aria-label='{label}' class='chart' ", 1))
 
 
-def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], float], top: float) -> Markup:
+def _heatmap_svg(
+    template: str, rows: list[str], cols: list[str], cells: dict[tuple[str, str], _Cell], top: float
+) -> Markup:
     import numpy as np
 
     grid = np.full((len(rows), len(cols)), np.nan)
-    for (r, c), value in means.items():
-        grid[rows.index(r), cols.index(c)] = value
-    fig = _figure(max(4.0, 1.6 + 1.3 * len(cols)), max(2.2, 1.2 + 0.45 * len(rows)))
+    for (r, c), cell in cells.items():
+        grid[rows.index(r), cols.index(c)] = cell.mean
+    fig = _figure(max(4.0, 1.6 + 1.5 * len(cols)), max(2.2, 1.2 + 0.7 * len(rows)))
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(grid)
     mesh = ax.pcolormesh(masked, cmap="viridis", vmin=0, vmax=top, edgecolors="white", linewidth=1)
@@ -320,16 +357,63 @@ def _heatmap_svg(rows: list[str], cols: list[str], means: dict[tuple[str, str], 
     ax.invert_yaxis()
     ax.set_xlabel("generation model")
     ax.set_ylabel("draft template")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            value = grid[i, j]
-            if math.isfinite(value):
-                color = "black" if value > 0.6 * top else "white"
-                ax.text(
-                    j + 0.5, i + 0.5, format_number(round(value, 2)), ha="center", va="center", color=color
-                )
-    fig.colorbar(mesh, ax=ax, label="mean score")
-    return _svg(fig, "heatmap")
+    for (r, c), cell in cells.items():
+        color = "black" if cell.mean > 0.6 * top else "white"
+        ax.text(
+            cols.index(c) + 0.5,
+            rows.index(r) + 0.5,
+            _cell_text(cell),
+            ha="center",
+            va="center",
+            color=color,
+            fontsize=8,
+        )
+    fig.colorbar(mesh, ax=ax, label=f"mean score (0-{format_number(top)})")
+    return _svg(fig, f"heatmap of {template}")
+
+
+def _cell_text(cell: _Cell) -> str:
+    """``7.25``, its interval and ``n=12`` on three lines."""
+    interval = "" if cell.interval is None else f"[{cell.interval[0]:.2f}, {cell.interval[1]:.2f}]\n"
+    return f"{format_number(round(cell.mean, 2))}\n{interval}n={cell.n}"
+
+
+class _CostRow(NamedTuple):
+    label: str
+    group: CallGroup
+    total: bool
+
+    @property
+    def cost(self) -> str:
+        """Dollars, marked as a lower bound when some calls reported no cost."""
+        if self.group.cost_usd is None:
+            return "unknown"
+        text = f"${self.group.cost_usd:,.4f}"
+        return text if self.group.priced_calls == self.group.calls else text + " (lower bound)"
+
+    @property
+    def latency(self) -> str:
+        """The median seconds from sending a call to its answer."""
+        median = nearest_rank(sorted(self.group.latencies_s), 50)
+        return "" if median is None else f"{median:.2f} s"
+
+
+def _costs(groups: Sequence[CallGroup] | None) -> list[_CostRow] | None:
+    """Every (stage, template, model), each stage's total, and overall (as ``summary/costs.csv``)."""
+    if groups is None:
+        return None
+    by_stage: dict[str, list[CallGroup]] = {}
+    for group in groups:
+        by_stage.setdefault(group.stage, []).append(group)
+    rows, totals = [], []
+    for stage in sorted(by_stage, key=stage_key):
+        members = sorted(by_stage[stage], key=lambda g: (g.template_id, g.llm_model_id))
+        rows += [_CostRow(f"{g.template_id} / {g.llm_model_id}", g, False) for g in members]
+        totals.append(combine(members, stage=stage))
+        rows.append(_CostRow(f"{stage}: all", totals[-1], True))
+    if totals:
+        rows.append(_CostRow("overall", combine(totals), True))
+    return rows
 
 
 def _histograms_svg(by_judge: dict[str, list[float]], top: float) -> Markup:
@@ -393,8 +477,8 @@ def _bars_svg(items: list[tuple[str, int]]) -> Markup:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _thousands(value: int) -> str:
-    return f"{value:,}"
+def _thousands(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
 
 
 def _num(value: float | None) -> str:

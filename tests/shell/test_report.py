@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from daydreamd.core.costs import CallGroup
 from daydreamd.core.scores import ScoreRow, Scores
 from daydreamd.report.html import ReportData, render_report
 from daydreamd.storage.score_db import progress_from_db
@@ -73,7 +74,7 @@ def test_report_is_self_contained_and_small(report: tuple[Path, dict[str, Any]])
     assert "<script" not in text.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "@import" not in text and "url(http" not in text
-    assert text.count("<svg") == 4  # heatmap, distributions, agreement, failures
+    assert text.count("<svg") == 5  # a heatmap per rubric (2), distributions, agreement, failures
     assert len(text.encode()) < 400_000
 
 
@@ -83,13 +84,18 @@ def test_report_shows_every_section(run: Run, report: tuple[Path, dict[str, Any]
     for title in (
         "Cohort",
         "Progress",
-        "Mean score by draft template × generation model",
+        "Mean score by draft template × generation model, per rubric",
         "Score distribution per judge",
         "Agreement",
         "Top essays",
+        "What the calls cost",
         "Failures by kind",
     ):
         assert f"<h2>{title}" in text
+    assert "<h3>novelty-judge <span class='muted'>(0-10)</span></h3>" in text
+    assert "<h3>rigor-judge" in text
+    assert any(re.fullmatch(r"n=\d+", t) for t in _chart_texts(text)), "each heatmap cell shows its n"
+    assert "<th>ICC(2,1)</th>" in text and "<td>rubrics</td>" in text
     assert run.cohort.cohort_id in text and "novelty-judge, rigor-judge" in text
     assert "parse_error" in text and "empty" in text
     links = re.findall(r"href='([^']+/parsed\.txt)'", text)
@@ -115,6 +121,70 @@ def test_report_from_files_matches(run: Run, tmp_path: Path) -> None:
     assert code == 0, stdout
     assert json.loads(stdout)["evaluations"] == 144
     assert "from the gens store (files)" in out.read_text(encoding="utf-8")
+
+
+def test_heatmap_cells_keep_rubrics_apart_with_n_and_a_t_interval() -> None:
+    """From the results fixture: nov's (dA, m1) cell holds E1's 8, 10, 6 (v1-v3); rig's holds E1's 9."""
+    from daydreamd.core.breakdowns import t_quantile_975
+    from daydreamd.report.html import heatmap_cells
+    from tests.core.test_results import ROWS
+
+    cells = heatmap_cells(Scores(list(ROWS)))
+    assert sorted(cells) == ["nov", "rig"]
+    nov = cells["nov"]["dA", "m1"]
+    assert (nov.n, nov.mean) == (3, 8.0)
+    half = t_quantile_975(2) * 2.0 / 3**0.5  # sd of 8, 10, 6 is 2
+    assert nov.interval == (pytest.approx(8 - half), pytest.approx(8 + half))
+    rig = cells["rig"]["dA", "m1"]
+    assert (rig.n, rig.mean, rig.interval) == (1, 9.0, None)
+    assert ("dB", "m1") not in cells["rig"]  # E2's rig evaluation failed: no cell
+
+
+def test_the_cost_section_lists_each_group_then_each_stage_and_overall() -> None:
+    groups = [
+        CallGroup(
+            stage="draft",
+            template_id="t",
+            llm_model_id="m",
+            calls=3,
+            ok_calls=2,
+            generations=2,
+            prompt_tokens=300,
+            completion_tokens=90,
+            cost_usd=0.5,
+            priced_calls=3,
+            latencies_s=(1.0, 3.0, 2.0),
+        ),
+        CallGroup(
+            stage="evaluation",
+            template_id="j",
+            llm_model_id="m",
+            calls=2,
+            ok_calls=2,
+            generations=2,
+            cost_usd=0.25,
+            priced_calls=1,
+            latencies_s=(0.5, 0.5),
+        ),
+    ]
+    page = render_report(
+        ReportData(cohort_id="c", scores=Scores([]), source="sqlite", generated_at="t", costs=groups)
+    )
+    rows = re.findall(r"<tr(?: class='total')?><td>([^<]+)</td>((?:<td class='num'>[^<]*</td>)+)</tr>", page)
+    labels = [label for label, _ in rows]
+    assert labels == ["t / m", "draft: all", "j / m", "evaluation: all", "overall"]
+    overall = re.findall(r"<td class='num'>([^<]*)</td>", rows[-1][1])
+    assert overall == [
+        "5",
+        "1",
+        "300",
+        "90",
+        "$0.7500 (lower bound)",
+        "1.00 s",
+    ]  # nearest-rank median of 5  # one call had no cost
+    assert "No calls yet." in render_report(
+        ReportData(cohort_id="c", scores=Scores([]), source="sqlite", generated_at="t", costs=[])
+    )
 
 
 def test_report_of_nothing_yet_renders_placeholders() -> None:
@@ -396,8 +466,8 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, dict[str, Any]]
     assert found == []
     page = json.loads(layout["result"]["value"])
     assert page["title"].startswith("daydreamd report: cohort_")
-    assert page["h2"][:2] == ["Cohort", "Progress"] and len(page["h2"]) == 7
-    assert len(page["svgs"]) == 4 and all(w > 200 for w in page["svgs"])
+    assert page["h2"][:2] == ["Cohort", "Progress"] and len(page["h2"]) == 8
+    assert len(page["svgs"]) == 5 and all(w > 200 for w in page["svgs"])
     assert page["height"] > 2000
 
 
