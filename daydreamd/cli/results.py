@@ -380,7 +380,7 @@ def _print_results(summary: dict[str, Any], tables: Sequence[Table], *, show: bo
             ("#", "sum", "mean", "cols", "draft template", "model", "essay template", "essay"),
             [
                 (
-                    i,
+                    f"={t['rank']}" if t["tied"] else str(t["rank"]),
                     t["sum_scores"],
                     t["mean"],
                     t["scored_columns"],
@@ -389,7 +389,7 @@ def _print_results(summary: dict[str, Any], tables: Sequence[Table], *, show: bo
                     t["essay_template"],
                     t["essay_path"],
                 )
-                for i, t in enumerate(top, start=1)
+                for t in top
             ],
         )
     for key, label in (

@@ -33,6 +33,7 @@ the CSV and per-essay work stays in Python either way).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -334,6 +335,11 @@ class TopEssay:
     generation_model: str
     combo_id: str
     essay_path: str
+    rank: int = 0
+    """1-based, shared by essays that tie on what they are ranked by (1, 2, 2, 4: competition ranking)."""
+    tied: bool = False
+    """Another essay (shown or just below the cut) has the same sum (or, with ``by``, the same mean):
+    the order between them is the tie-break's, not the scores'."""
 
 
 def top_essays(scores: Scores, n: int = 10, *, by: tuple[str, str | None] | None = None) -> list[TopEssay]:
@@ -355,8 +361,11 @@ def top_essays(scores: Scores, n: int = 10, *, by: tuple[str, str | None] | None
             mean = total / len(means)
             key = (-mean, -len(means)) if by is not None else (-total, -mean)
             ranked.append((key, essay_id, total, mean, len(means)))
+    ranked.sort()
+    primary = [round(key[0], 9) for key, *_ in ranked]  # the ranking value alone (float noise aside)
+    counts = Counter(primary)
     out = []
-    for _, essay_id, total, mean, columns in sorted(ranked)[:n]:
+    for position, (_, essay_id, total, mean, columns) in enumerate(ranked[:n]):
         r = scores.essays[essay_id].first
         out.append(
             TopEssay(
@@ -369,6 +378,8 @@ def top_essays(scores: Scores, n: int = 10, *, by: tuple[str, str | None] | None
                 generation_model=r.generation_model,
                 combo_id=r.combo_id,
                 essay_path=r.essay_path,
+                rank=primary.index(primary[position]) + 1,
+                tied=counts[primary[position]] > 1,
             )
         )
     return out

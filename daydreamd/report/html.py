@@ -245,7 +245,8 @@ def _agreement(scores: Scores) -> _Agreement:
 
 
 class _TopRow(NamedTuple):
-    rank: int
+    rank: str
+    """``3``, or ``=3`` when another essay has the same score."""
     essay: TopEssay
     means: list[float | None]
     """The essay's mean per column, in the order of the headings."""
@@ -271,12 +272,12 @@ def _top(scores: Scores, top: Sequence[TopEssay], data: ReportData) -> _Top:
         "essay template",
     ]
     rows = []
-    for rank, essay in enumerate(top, start=1):
+    for essay in top:
         indexed = scores.essays[essay.essay_gen_id]
         means = indexed.means()
         rows.append(
             _TopRow(
-                rank,
+                f"={essay.rank}" if essay.tied else str(essay.rank),
                 essay,
                 [means.get(k) for k in keys],
                 _link(data.link_prefix, essay.essay_path),

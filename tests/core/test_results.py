@@ -427,6 +427,20 @@ def test_top_essays_by_one_rubric_rank_by_its_mean(
     assert [(t.essay_gen_id, t.mean, t.scored_columns) for t in top] == expected
 
 
+def test_ties_share_their_rank_and_are_marked_also_across_the_cut(scores: Scores) -> None:
+    """On nov, E2 and E3 both have the mean 7: both rank 2 (competition ranking), both marked as
+    tied, even when the cut shows only E2: its place above E3 is the tie-break's (more judges)."""
+    top = top_essays(scores, 10, by=("nov", None))
+    assert [(t.essay_gen_id, t.rank, t.tied) for t in top] == [
+        ("E1", 1, False),
+        ("E2", 2, True),
+        ("E3", 2, True),
+    ]
+    cut = top_essays(scores, 2, by=("nov", None))
+    assert [(t.essay_gen_id, t.rank, t.tied) for t in cut] == [("E1", 1, False), ("E2", 2, True)]
+    assert [(t.rank, t.tied) for t in top_essays(scores, 3)] == [(1, False), (2, False), (3, False)]
+
+
 def test_tables_do_not_depend_on_input_order() -> None:
     """Any order of the same rows gives the same tables."""
     first = [text(t) for t in build_tables(Scores(ROWS), cross_experiment=True)]
