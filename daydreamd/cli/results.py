@@ -110,6 +110,7 @@ def results(
       summary/generation_scores.csv     one row per essay, one column per template__judge
       summary/final_results.csv         count, mean, std, top/high shares per group
       summary/breakdowns.csv            per evaluation template: n, mean, 95% t interval, sd by group
+      summary/breakdowns_by_judge.csv   the same per judge of each evaluation template
       summary/perfect_score_paths.csv   evaluations at their template's maximum
       analysis/judge_agreement.csv      spread across judges, per essay and template
       analysis/variance_analysis.csv    spread across judges, templates and replicates

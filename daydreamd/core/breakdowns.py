@@ -39,6 +39,7 @@ from daydreamd.core.scores import SCORE_MAX_DEFAULT, GroupStats, Scores
 from daydreamd.core.table import Cell, Joined, Table
 
 BREAKDOWNS = "summary/breakdowns.csv"
+BREAKDOWNS_BY_JUDGE = "summary/breakdowns_by_judge.csv"
 
 GROUP_BY = ("draft_template", "generation_model", "essay_template", "combo_id", "evaluation_model")
 """The groupings, in row order; each is named by the column it groups by in the other tables
@@ -151,15 +152,23 @@ class Breakdown:
     max: float
     top_share: float
     high_share: float
+    judge: str = ""
+    """The judge whose scores these are ('' for every judge of the template)."""
 
     @property
     def interval(self) -> tuple[float, float] | None:
         """The 95 % t interval on the mean (None for one score)."""
         return None if self.sd is None else t_interval(self.mean, self.sd, self.n)
 
-    def order(self) -> tuple[str, int, float, str]:
-        """Template, grouping, best mean first, then group: means equal as written tie on the group."""
-        return (self.evaluation_template, GROUP_BY.index(self.group_by), -round(self.mean, 4), self.group)
+    def order(self) -> tuple[str, str, int, float, str]:
+        """Template, judge, grouping, best mean first, then group: means equal as written tie on the group."""
+        return (
+            self.evaluation_template,
+            self.judge,
+            GROUP_BY.index(self.group_by),
+            -round(self.mean, 4),
+            self.group,
+        )
 
     def cells(self, joined: Joined) -> tuple[Cell, ...]:
         """The row's :data:`BREAKDOWN_COLUMNS`."""
@@ -200,6 +209,7 @@ def breakdown(
     group: str,
     stats: GroupStats,
     concept_ids: tuple[str, ...] = (),
+    judge: str = "",
 ) -> Breakdown | None:
     """A group's row, or None when it has no score (failures only)."""
     if stats.n == 0:
@@ -217,17 +227,21 @@ def breakdown(
         max=stats.high,
         top_share=stats.top_count / stats.n,
         high_share=stats.high_count / stats.n,
+        judge=judge,
     )
 
 
-def combo_groups(scores: Scores) -> tuple[dict[tuple[str, str], GroupStats], dict[str, tuple[str, ...]]]:
-    """Totals per (evaluation template, combo), and each combo's concepts, from the essay index.
+def combo_groups(
+    scores: Scores, *, per_judge: bool = False
+) -> tuple[dict[tuple[str, ...], GroupStats], dict[str, tuple[str, ...]]]:
+    """Totals per (evaluation template, combo) (per (template, judge, combo) with ``per_judge``),
+    and each combo's concepts, from the essay index.
 
     :class:`Scores` keeps combo totals across templates only, so they are gathered here from
     each essay's scores per (template, judge): one pass, replicates and all. Lists per combo, then
     per template (not per (template, combo) pair): no key tuple per score list, 20 % faster.
     """
-    by_combo: dict[str, defaultdict[str, list[float]]] = {}
+    by_combo: dict[str, defaultdict[tuple[str, ...], list[float]]] = {}
     concepts: dict[str, tuple[str, ...]] = {}
     for essay in scores.essays.values():
         first = essay.first
@@ -235,13 +249,13 @@ def combo_groups(scores: Scores) -> tuple[dict[tuple[str, str], GroupStats], dic
         if templates is None:
             templates = by_combo[first.combo_id] = defaultdict(list)
             concepts[first.combo_id] = first.concept_ids
-        for (template, _judge), values in essay.cells.items():
-            templates[template].extend(values)
+        for (template, judge), values in essay.cells.items():
+            templates[(template, judge) if per_judge else (template,)].extend(values)
     groups = {}
     for combo, templates in by_combo.items():
-        for template, values in templates.items():
-            stats = groups[template, combo] = GroupStats()
-            stats.add_scores(values, scores.score_max.get(template, SCORE_MAX_DEFAULT))
+        for key, values in templates.items():
+            stats = groups[(*key, combo)] = GroupStats()
+            stats.add_scores(values, scores.score_max.get(key[0], SCORE_MAX_DEFAULT))
     return groups, concepts
 
 
@@ -264,6 +278,38 @@ def breakdowns(scores: Scores) -> list[Breakdown]:
                 out.append(row)
     out.sort(key=Breakdown.order)
     return out
+
+
+def judge_breakdowns(scores: Scores) -> list[Breakdown]:
+    """As :func:`breakdowns`, for each judge of each evaluation template apart: does one judge's
+    preference hold for the other judges of the same rubric?"""
+    combos, concepts = combo_groups(scores, per_judge=True)
+    out = []
+    for group_by in GROUP_BY:
+        if group_by == "evaluation_model":
+            continue  # within one judge, grouping by judge says nothing new
+        groups = (
+            combos
+            if group_by == "combo_id"
+            else scores.groups(("evaluation_template", "evaluation_model", group_by))
+        )
+        for (template, judge, group), stats in groups.items():
+            concept_ids = concepts.get(group, ()) if group_by == "combo_id" else ()
+            maximum = scores.score_max.get(template, SCORE_MAX_DEFAULT)
+            row = breakdown(template, maximum, group_by, group, stats, concept_ids, judge=judge)
+            if row is not None:
+                out.append(row)
+    out.sort(key=Breakdown.order)
+    return out
+
+
+def judge_breakdowns_table(scores: Scores) -> Table:
+    """``summary/breakdowns_by_judge.csv``: :func:`breakdowns_table`'s rows per judge, the judge in
+    ``evaluation_model`` after ``score_max``."""
+    joined = Joined()
+    rows = tuple((*(cells := b.cells(joined))[:2], b.judge, *cells[2:]) for b in judge_breakdowns(scores))
+    columns = (*BREAKDOWN_COLUMNS[:2], "evaluation_model", *BREAKDOWN_COLUMNS[2:])
+    return Table(BREAKDOWNS_BY_JUDGE, columns, rows)
 
 
 def breakdowns_table(scores: Scores) -> Table:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from daydreamd.core.agreement import agreement_tables
-from daydreamd.core.breakdowns import breakdowns_table
+from daydreamd.core.breakdowns import breakdowns_table, judge_breakdowns_table
 from daydreamd.core.pairs import agreement_pairs
 from daydreamd.core.scores import (
     GroupStats,
@@ -311,6 +311,7 @@ def build_tables(scores: Scores, *, cross_experiment: bool = False) -> tuple[Tab
         judges,
         variance,
         breakdowns_table(scores),
+        judge_breakdowns_table(scores),
         agreement_pairs(scores),
     ]
     if cross_experiment:

@@ -213,3 +213,28 @@ def test_t_interval_by_hand() -> None:
     low, high = t_interval(7.5, math.sqrt(5 / 3), 4) or (0.0, 0.0)
     assert (low, high) == (pytest.approx(5.4457, abs=1e-4), pytest.approx(9.5543, abs=1e-4))
     assert t_interval(7.0, 0.0, 1) is None
+
+
+def test_breakdowns_by_judge_keep_each_judge_of_a_rubric_apart() -> None:
+    """From the results fixture: on nov, j1 scored dA's essays 8 and 10 (E1, two replicates) and 7
+    (E3); j2 scored E1 6. On rig, j2 only scored E3 (8)."""
+    from daydreamd.core.breakdowns import judge_breakdowns_table
+    from daydreamd.core.scores import Scores
+    from tests.core.test_results import ROWS
+
+    table = judge_breakdowns_table(Scores(list(ROWS)))
+    assert table.path == "summary/breakdowns_by_judge.csv"
+    assert table.columns[:4] == ("evaluation_template", "score_max", "evaluation_model", "group_by")
+    rows = {
+        (r["evaluation_template"], r["evaluation_model"], r["group_by"], r["group"]): r
+        for r in table.records()
+    }
+    j1 = rows["nov", "j1", "draft_template", "dA"]
+    assert (j1["n"], j1["mean"], j1["max"]) == (3, pytest.approx(25 / 3), 10)
+    assert (
+        rows["nov", "j2", "draft_template", "dA"]["n"],
+        rows["nov", "j2", "draft_template", "dA"]["sd"],
+    ) == (1, None)
+    assert rows["rig", "j2", "combo_id", "c2"]["concept_ids"] == "beta;gamma"
+    assert not any(group_by == "evaluation_model" for _, _, group_by, _ in rows)
+    assert ("rig", "j2", "draft_template", "dB") not in rows  # j2 never scored dB on rig

@@ -455,7 +455,7 @@ def test_no_rows_gives_headers_and_an_empty_overall() -> None:
     tables = build_tables(Scores([]), cross_experiment=True)
     assert tables[0].path == AGGREGATED_SCORES
     assert all(t.columns for t in tables)
-    assert [len(t.rows) for t in tables] == [0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert [len(t.rows) for t in tables] == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
     overall = text(tables[2])[0]
     assert (overall["analysis_type"], overall["count"], overall["failed"], overall["mean"]) == (
         "overall",

@@ -25,6 +25,7 @@ TABLES = (
     "analysis/judge_agreement.csv",
     "analysis/variance_analysis.csv",
     "summary/breakdowns.csv",
+    "summary/breakdowns_by_judge.csv",
     "analysis/agreement_pairs.csv",
 )
 
