@@ -13,8 +13,8 @@
 while the service runs; or ``data/gens/**`` with ``from_files=True``) and computes the same tables,
 lazily and once each. Nothing is written. Table names are the CSV files' names without folder or
 suffix: ``aggregated_scores``, ``generation_scores``, ``final_results``, ``breakdowns``,
-``breakdowns_by_judge``,``perfect_score_paths``, ``judge_agreement``, ``variance_analysis``, ``agreement_pairs``,
-``costs`` (from the run state only), and ``evaluation_scores_by_template_model`` (with
+``breakdowns_by_judge``, ``perfect_score_paths``, ``judge_agreement``, ``variance_analysis``,
+``agreement_pairs``, ``costs`` (from the run state only), and ``evaluation_scores_by_template_model`` (with
 ``all_cohorts=True``).
 """
 
