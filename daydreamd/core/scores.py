@@ -354,6 +354,62 @@ class Scores:
         return out
 
 
+VERSION_SEPARATOR = "@"
+_TEMPLATE_FIELDS = (
+    ("draft", "draft_template"),
+    ("essay", "essay_template"),
+    ("evaluation", "evaluation_template"),
+)
+
+
+def with_template_versions(
+    rows: Sequence[ScoreRow], versions: Mapping[str, Mapping[tuple[str, str], str]]
+) -> list[ScoreRow]:
+    """``rows`` with every template that has several versions among them named by its version:
+    ``novelty-judge@3f2a9c1d`` (the first 8 hex of its text's SHA-256), so no table pools two
+    versions of a template. A row's versions come from the manifest of a cohort that holds it
+    (``versions``: cohort -> (stage, template id) -> SHA-256; every cohort holding a generation
+    has the same versions, which are part of its gen_id). Templates with one version, and rows
+    whose version is unknown (in no cohort with a manifest), keep the plain id."""
+
+    def version(row: ScoreRow, stage: str, template: str) -> str | None:
+        for cohort in row.cohorts:
+            found = versions.get(cohort, {}).get((stage, template))
+            if found is not None:
+                return found
+        return None
+
+    in_manifests: dict[tuple[str, str], set[str]] = {}
+    for cohort_versions in versions.values():
+        for key, sha in cohort_versions.items():
+            in_manifests.setdefault(key, set()).add(sha)
+    if all(len(shas) == 1 for shas in in_manifests.values()):
+        return list(rows)  # one version of everything: nothing to tell apart (no pass over the rows)
+    seen: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        for stage, field_name in _TEMPLATE_FIELDS:
+            template = getattr(row, field_name)
+            found = version(row, stage, template)
+            if found is not None:
+                seen.setdefault((stage, template), set()).add(found)
+    several = {key for key, shas in seen.items() if len(shas) > 1}
+    if not several:
+        return list(rows)
+
+    def named(row: ScoreRow, stage: str, template: str) -> str:
+        found = version(row, stage, template) if (stage, template) in several else None
+        return template if found is None else f"{template}{VERSION_SEPARATOR}{found[:8]}"
+
+    return [
+        row._replace(
+            draft_template=named(row, "draft", row.draft_template),
+            essay_template=named(row, "essay", row.essay_template),
+            evaluation_template=named(row, "evaluation", row.evaluation_template),
+        )
+        for row in rows
+    ]
+
+
 def column_name(evaluation_template: str, evaluation_model: str) -> str:
     """``<evaluation_template>__<judge_model>``: one column of the per-essay tables."""
     return f"{evaluation_template}__{evaluation_model}"

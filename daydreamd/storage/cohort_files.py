@@ -217,3 +217,19 @@ def manifest_combos(data_dir: Path, wanted: set[str]) -> dict[str, tuple[str, ..
             if isinstance(combo, dict) and combo.get("combo_id") in wanted:
                 found[combo["combo_id"]] = tuple(str(c) for c in combo.get("concept_ids", ()))
     return found
+
+
+def template_versions(data_dir: Path) -> dict[str, dict[tuple[str, str], str]]:
+    """Per cohort with a manifest: (stage, template id) -> the SHA-256 of the template's text then."""
+    found: dict[str, dict[tuple[str, str], str]] = {}
+    for cohort_id in DataLayout(data_dir).cohort_ids():
+        manifest = read_manifest(data_dir, cohort_id)
+        templates = manifest.get("templates") if manifest is not None else None
+        if not isinstance(templates, dict):
+            continue
+        versions = found[cohort_id] = {}
+        for stage, entries in templates.items():
+            for entry in entries if isinstance(entries, list) else ():
+                if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+                    versions[(str(stage), str(entry.get("template_id")))] = entry["sha256"]
+    return found

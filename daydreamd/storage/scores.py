@@ -30,9 +30,10 @@ from typing import IO, Any
 from daydreamd.core.collector import paused_gc
 from daydreamd.core.config import Settings
 from daydreamd.core.ids import cohort_id_problem
-from daydreamd.core.scores import Scores
+from daydreamd.core.scores import Scores, with_template_versions
 from daydreamd.core.table import Table, format_number
 from daydreamd.storage.atomic import write_atomic_with
+from daydreamd.storage.cohort_files import template_versions
 from daydreamd.storage.readers import latest_applied_cohort
 from daydreamd.storage.score_db import read_rows_from_db
 from daydreamd.storage.score_files import read_rows_from_files
@@ -48,6 +49,8 @@ def load_scores(
             loaded = read_rows_from_files(data_dir, cohort_id=cohort_id)
         else:
             loaded = read_rows_from_db(db_path, data_dir, cohort_id=cohort_id)
+        if cohort_id is None:  # every cohort: two versions of a template must not be pooled
+            loaded.rows = with_template_versions(loaded.rows, template_versions(data_dir))
         scores = Scores(loaded.rows)
     loaded.rows = scores.rows
     return scores, loaded

@@ -22,7 +22,7 @@ from daydreamd.core.results import (
     perfect_score_paths,
     top_essays,
 )
-from daydreamd.core.scores import ScoreRow, Scores
+from daydreamd.core.scores import ScoreRow, Scores, with_template_versions
 from daydreamd.core.table import AGGREGATED_SCORES, Table, format_cell, format_number
 
 ESSAYS = {
@@ -473,3 +473,27 @@ def test_rows_without_a_combo_are_still_grouped() -> None:
     ]
     groups = Scores(rows).groups(("combo_id",))
     assert list(groups) == [("",)] and groups[("",)].n == 2 and groups[("",)].mean == 7
+
+
+def test_two_versions_of_a_template_are_never_pooled_across_cohorts() -> None:
+    """nov's text differs between cohort_a and cohort_b: its rows are named by version; rig is one
+    version in both and keeps its id; a row in no known cohort keeps the plain id."""
+    versions = {
+        "cohort_a": {("evaluation", "nov"): "a" * 64, ("evaluation", "rig"): "c" * 64},
+        "cohort_b": {("evaluation", "nov"): "b" * 64, ("evaluation", "rig"): "c" * 64},
+    }
+    rows = [
+        ROWS[0],
+        ROWS[3],
+        ROWS[4]._replace(cohorts=("cohort_b",)),
+        ROWS[5]._replace(cohorts=("elsewhere",)),
+    ]
+    named = with_template_versions(rows, versions)
+    assert [r.evaluation_template for r in named] == ["nov@aaaaaaaa", "rig", "nov@bbbbbbbb", "nov"]
+    assert [r.draft_template for r in named] == [r.draft_template for r in rows]  # not in the manifests
+    assert with_template_versions(rows, {"cohort_a": versions["cohort_a"]}) == rows  # one version: untouched
+    final = {(r["analysis_type"], r["evaluation_template"]) for r in final_results(Scores(named)).records()}
+    assert ("by_evaluation_template", "nov@aaaaaaaa") in final and (
+        "by_evaluation_template",
+        "nov@bbbbbbbb",
+    ) in final

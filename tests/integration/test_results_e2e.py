@@ -188,3 +188,10 @@ async def test_compare_before_and_after_a_rubric_edit_shows_exactly_that_rubrics
     with (out / "comparison" / "items.csv").open(newline="") as f:
         statuses = {(r["evaluation_template"], r["status"]) for r in csv.DictReader(f)}
     assert statuses == {("novelty-judge", "changed"), ("rigor-judge", "same")}
+    everything = tmp_path / "all"
+    result = await anyio.to_thread.run_sync(lambda: ctl(daemon, "results", "--all", "--out", str(everything)))
+    assert result.returncode == 0, result.stderr
+    with (everything / "parsing" / "aggregated_scores.csv").open(newline="") as f:
+        names = {r["evaluation_template"] for r in csv.DictReader(f)}
+    novelty = {n for n in names if n.startswith("novelty-judge@")}
+    assert len(novelty) == 2 and "rigor-judge" in names and "novelty-judge" not in names  # never pooled
