@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -292,12 +293,8 @@ class Batcher:
             )
         content = b"".join(lines)
         await anyio.to_thread.run_sync(self.files.write, record.id, INPUT, content)
-        try:
+        with _refusal():
             file_id = await client.upload(content, f"daydreamd-{record.tag}.jsonl")
-        except BatchApiError as exc:
-            if exc.transient:
-                raise
-            raise BatchRefused(str(exc)) from exc
         self._creating_here.add(record.id)
         log.info("batch_uploaded", batch=record.id, requests=len(lines), file_id=file_id)
         return await self.batches.update(record.id, state=BatchState.SUBMITTING, input_file_id=file_id)
@@ -324,12 +321,8 @@ class Batcher:
         if remote is None:
             self._creating_here.discard(record.id)  # until it answers, the creation may or may not happen
             window = self.settings.current.batch.completion_window
-            try:
+            with _refusal():  # an answer refusing it: it was not created
                 remote = await client.create(record.input_file_id, completion_window=window, tag=record.tag)
-            except BatchApiError as exc:
-                if exc.transient:
-                    raise
-                raise BatchRefused(str(exc)) from exc  # an answer refusing it: it was not created
         self._polled[record.id] = time.monotonic()
         log.info("batch_submitted", batch=record.id, remote_id=remote.id, requests=record.requests)
         self.bus.publish(
@@ -590,6 +583,18 @@ async def _each(items: Sequence[_T], work: Callable[[_T], Awaitable[_R]]) -> lis
             for i in range(start, min(start + _AT_ONCE, len(items))):
                 group.start_soon(one, i)
     return [r for r in results if r is not None]
+
+
+@contextmanager
+def _refusal() -> Iterator[None]:
+    """An upload or a creation the provider answers with a refusal (a 4xx but 408, 409 and 429)
+    raises :class:`BatchRefused`: nothing was made there. No answer at all stays a retry."""
+    try:
+        yield
+    except BatchApiError as exc:
+        if exc.transient:
+            raise
+        raise BatchRefused(str(exc)) from exc
 
 
 def _missing(record: BatchRecord) -> CallFailure:
