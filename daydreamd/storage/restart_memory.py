@@ -61,8 +61,8 @@ class RestartMemory:
         for model, stamps in saved.items():
             found.setdefault(model, []).extend(t for t in stamps if t > since)
         async with self.store.db.execute(
-            "SELECT a.llm_model_id, a.finished_at FROM attempts a JOIN generations g ON g.gen_id = a.gen_id "
-            "WHERE a.finished_at > ? AND g.mode != 'batch'",  # a batch's calls are not the online windows'
+            "SELECT a.llm_model_id, a.finished_at FROM attempts a LEFT JOIN generations g ON g.gen_id = a.gen_id "
+            "WHERE a.finished_at > ? AND g.mode IS NOT 'batch'",  # a batch's calls are not the online windows'
             (max(since, saved_at),),
         ) as cursor:
             for model, finished_at in await cursor.fetchall():

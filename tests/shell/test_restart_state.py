@@ -118,6 +118,8 @@ async def test_recent_requests_come_from_attempts_and_dead_claims(tmp_path: Path
         await _row(store, "r1", "m", state="running")
         await _row(store, "r2", "m", state="running", mode="copy")  # a copy calls nothing
         await _row(store, "q1", "m", state="queued")
+        await _row(store, "b1", "m", state="done", mode="batch")
+        await _attempts(store, "b1", "m", [NOW - 2.0])  # a batch's call: not the online windows'
         recent = await RestartMemory(store).recent_requests(61.0, now=NOW)
         assert recent == {"m": [NOW - 59.0, NOW - 1.0, NOW], "n": [NOW - 0.5]}
         async with store.db.execute(
