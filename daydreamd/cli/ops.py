@@ -89,15 +89,18 @@ def _print_plan(result: Mapping[str, Any]) -> None:
     if not lines:
         click.echo("nothing pending matches; nothing would start")
         return
+    batchable = any(line.get("batch_usd") is not None for line in lines)
     click.echo(
         f"{'stage':<11}{'template':<24}{'model':<20}{'count':>8}{'blocked':>9}"
-        f"{'in tok':>11}{'out tok':>11}{'cost':>12}"
+        f"{'in tok':>11}{'out tok':>11}{'cost':>12}" + (f"{'in batches':>12}" if batchable else "")
     )
     for line in lines:
+        batch = line.get("batch_usd")
         click.echo(
             f"{line['stage']:<11}{line['template_id'][:23]:<24}{line['llm_model_id'][:19]:<20}{line['count']:>8,}"
             f"{line['blocked_on_parent']:>9,}{line['input_tokens']:>11,}{line['output_tokens']:>11,}"
             f"{_money(line['usd']):>12}"
+            + (f"{'-' if batch is None else _money(batch):>12}" if batchable else "")
         )
     total = f"total: {_money(result.get('total_usd'))}"
     if result.get("total_batch_usd") is not None:
