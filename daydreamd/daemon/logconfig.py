@@ -74,6 +74,24 @@ def configure_logging(
     )
 
 
+MAX_QUEUED = 100_000
+"""Log records waiting for the writing thread at most; beyond, records are dropped and counted."""
+
+
+class _Listener(logging.handlers.QueueListener):
+    def enqueue_sentinel(self) -> None:
+        """Wait for room rather than fail when the queue is full, while the thread drains it (a
+        thread that died drains nothing: then there is nothing to wait for)."""
+        while True:
+            try:
+                self.queue.put(self._sentinel, timeout=1.0)  # type: ignore[attr-defined]
+                return
+            except queue.Full:
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    return
+
+
 class BackgroundHandler(logging.handlers.QueueHandler):
     """Hands each record, as it is, to a thread that formats it and writes it with ``handlers``.
 
@@ -81,15 +99,21 @@ class BackgroundHandler(logging.handlers.QueueHandler):
     dict into a string): the real handlers' structlog formatters render it in the thread.
     :meth:`flush` returns once every record handed over so far is written; :meth:`close` (also
     run by ``logging.shutdown`` at exit) writes what is left, then closes the handlers.
+
+    The queue is bounded (``max_queued``): when the journal or the disk stalls, the service must not
+    grow without limit nor wait on its log. Records that find it full are dropped and counted, and
+    a ``log_lines_dropped`` warning saying how many goes in as soon as there is room again.
     """
 
-    def __init__(self, handlers: list[logging.Handler]) -> None:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    def __init__(self, handlers: list[logging.Handler], *, max_queued: int = MAX_QUEUED) -> None:
+        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=max_queued)
         super().__init__(records)
         self._handlers = handlers
+        self.dropped = 0
+        """Records dropped since the last notice of it."""
         self._control = threading.Lock()
         """Held while the thread is stopped and started again (flush) or for good (close)."""
-        self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
+        self._listener: logging.handlers.QueueListener | None = _Listener(
             records, *handlers, respect_handler_level=True
         )
         self._listener.start()
@@ -97,6 +121,26 @@ class BackgroundHandler(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """The record unchanged: it is formatted by the handlers, in the thread."""
         return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Hand the record over, or count it dropped when the queue is full (never wait, never raise)."""
+        if self.dropped:
+            self._note_dropped()
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _note_dropped(self) -> None:
+        message = (
+            f"log_lines_dropped: {self.dropped} log lines were not written while the log could not keep up"
+        )
+        notice = logging.LogRecord("daydreamd", logging.WARNING, __file__, 0, message, None, None)
+        try:
+            self.queue.put_nowait(notice)
+        except queue.Full:
+            return
+        self.dropped = 0
 
     def flush(self) -> None:
         """Wait until everything handed over so far is written (stopping the thread drains it)."""

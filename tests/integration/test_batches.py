@@ -171,7 +171,8 @@ async def test_failed_lines_are_retried_in_a_later_batch_and_approvals_are_check
         )
         shown = await anyio.to_thread.run_sync(ctl, daemon, "plan", "evaluation", "--limit", "70")
         assert shown.returncode == 0, shown.stderr
-        assert "in batches" in shown.stdout.splitlines()[1] and "with batches (approve --batch)" in shown.stdout
+        assert "in batches" in shown.stdout.splitlines()[1]
+        assert "with batches (approve --batch)" in shown.stdout
         await daemon.approve("evaluation", batch=True, limit=70)
         await daemon.wait_stage("evaluation", done=70, deadline_s=30)
         # 70 -> 10 fail (every 7th) -> a batch of 10, 1 fails -> a batch of 1: three tries at most
