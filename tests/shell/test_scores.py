@@ -234,7 +234,7 @@ def test_sqlite_and_files_give_identical_tables(run: Run, tmp_path: Path) -> Non
         cross = cohort_id is None
         a = write_tables(tmp_path / f"db-{cross}", build_tables(from_db, cross_experiment=cross))
         b = write_tables(tmp_path / f"files-{cross}", build_tables(from_files, cross_experiment=cross))
-        assert len(a) == len(b) == (9 if cross else 8)
+        assert len(a) == len(b) == (10 if cross else 9)
         assert tree(tmp_path / f"db-{cross}") == tree(tmp_path / f"files-{cross}")
         assert len(from_db) == 144
 
@@ -480,6 +480,7 @@ def test_results_verb_writes_every_table_under_the_cohort(run: Run, tmp_path: Pa
         "analysis/judge_agreement.csv",
         "analysis/variance_analysis.csv",
         "summary/breakdowns.csv",
+        "summary/breakdowns_by_judge.csv",
         "analysis/agreement_pairs.csv",
         "summary/costs.csv",
     }
@@ -535,7 +536,7 @@ def test_empty_result_writes_headers_over_old_tables(run: Run, tmp_path: Path) -
     assert code == 0, stdout
     assert stale.read_text() == ",".join(SCORE_COLUMNS) + "\n"
     files = tree(out)
-    assert len(files) == 9
+    assert len(files) == 10
     for name, content in files.items():
         lines = content.decode().splitlines()
         assert len(lines) == (2 if name == FINAL_RESULTS else 1), name  # final_results keeps its overall row
