@@ -84,6 +84,13 @@ def _from_files_option(func: Any) -> Any:
     metavar="A B",
     help="Compare two cohorts item by item: what changed, paired differences B - A with intervals.",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["standard", "legacy"]),
+    default="standard",
+    show_default=True,
+    help="legacy: also write the old pipeline's tables, old names and columns, under legacy/.",
+)
 @json_option
 @click.pass_obj
 def results(
@@ -97,6 +104,7 @@ def results(
     by: str | None,
     show: bool | None,
     compare: tuple[str, str] | None,
+    layout: str,
     as_json: bool,
 ) -> None:
     """Compute the score tables of a cohort (or of every cohort) and write them as CSV.
@@ -119,6 +127,15 @@ def results(
                                         (from the run state's calls; not with --from-files)
       evaluation_scores_by_template_model.csv   (--all only) the cross-experiment pivot
 
+    With --layout legacy, the old pipeline's tables are written too, under their old names
+    and columns, for notebooks written for it (docs/legacy-tables.md maps old to new):
+
+    \b
+      legacy/5_parsing/parsed_scores.csv
+      legacy/6_summary/generation_scores_pivot.csv, final_results.csv, perfect_score_paths.csv,
+        evaluation_model_template_pivot.csv, evaluator_agreement_analysis.csv,
+        comprehensive_variance_analysis.csv
+
     std is the population standard deviation; a template's scale is the one `daydreamctl
     validate` prints for it (its score_max column, else what its text asks for, else 0-10).
     For one cohort, the first lines say whether it is complete; a partial cohort's means are
@@ -131,6 +148,7 @@ def results(
       daydreamctl results --all --from-files --data ../old-project/data --out /tmp/old-results
       daydreamctl results --top 20 --by novelty-judge:sonnet_4 --show
       daydreamctl results --compare cohort_3f2a9c1d0b7e cohort_8e1b2f7a9c04
+      daydreamctl results --layout legacy
 
     With --compare A B, the tables are comparison/summary.csv (per evaluation template and judge:
     items paired, changed, same, new, gone; both means; the mean difference B - A with its 95% t
@@ -138,7 +156,9 @@ def results(
     data/cross_experiment/compare/A__B/.
     """
     from daydreamd.core.collector import paused_gc
+    from daydreamd.core.legacy import legacy_tables
     from daydreamd.core.results import build_tables, completeness, top_essays
+    from daydreamd.core.table import FINAL_RESULTS
     from daydreamd.storage.layout import DataLayout
     from daydreamd.storage.score_inputs import ResultsError
     from daydreamd.storage.scores import load_scores, write_tables
@@ -149,6 +169,8 @@ def results(
     if compare is not None:
         if cohort_id or all_cohorts:
             raise click.UsageError("--compare A B names both cohorts; give neither --cohort nor --all")
+        if layout != "standard":
+            raise click.UsageError("--layout legacy is for the score tables, not --compare")
         _compare(obj.settings(), compare, out=out, from_files=from_files, as_json=as_json)
         return
     settings = obj.settings()
@@ -162,6 +184,8 @@ def results(
         whole = None if scope is None else completeness(_progress(settings, scope, from_files=from_files))
         with paused_gc():
             tables = build_tables(scores, cross_experiment=scope is None)
+            if layout == "legacy":
+                tables += legacy_tables(scores)
             directory = out or DataLayout(data_dir).reports_dir(scope)
             tables += _cost_tables(
                 settings, scope, directory, from_files=from_files, warnings=loaded.warnings
@@ -176,10 +200,11 @@ def results(
         loaded.warnings.append(_data_without_files(settings))
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
-    final = next(t for t in tables if t.path.endswith("final_results.csv"))
+    final = next(t for t in tables if t.path == FINAL_RESULTS)
     summary: dict[str, Any] = {
         "cohort_id": scope,
         "scope": "all" if scope is None else "cohort",
+        "layout": layout,
         "source": loaded.source,
         "out_dir": str(directory),
         "evaluations": len(scores),

@@ -13,6 +13,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
+from daydreamd.core import legacy
 from daydreamd.results import ResultsError, load
 from tests.fakellm import FakeLlm
 from tests.integration.daemon import ROOT, Daemon, ctl, fast_config
@@ -55,6 +56,7 @@ async def test_tables_and_report_from_a_finished_run(tmp_path: Path) -> None:
     rows = (db_out / "parsing/aggregated_scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 36 and all(cohort_id in row for row in rows[1:])
     check_the_python_api(daemon, db_out, cohort_id)
+    await check_the_legacy_layout(daemon, db_out, tmp_path / "legacy-out")
     report = await anyio.to_thread.run_sync(lambda: ctl(daemon, "report", "--out", str(tmp_path / "r.html")))
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "r.html").read_text()
@@ -62,6 +64,51 @@ async def test_tables_and_report_from_a_finished_run(tmp_path: Path) -> None:
     assert not any(
         f'{attr}="http' in html or f"{attr}='http" in html for attr in ("src", "href")
     )  # nothing fetched
+
+
+LEGACY_HEADERS = {
+    legacy.PARSED_SCORES: legacy.PARSED_COLUMNS,
+    legacy.FINAL_RESULTS: legacy.FINAL_COLUMNS,
+    legacy.PERFECT_SCORE_PATHS: legacy.PERFECT_COLUMNS,
+    legacy.EVALUATOR_AGREEMENT: legacy.AGREEMENT_COLUMNS,
+    legacy.VARIANCE_ANALYSIS: legacy.VARIANCE_COLUMNS,
+}
+"""The legacy tables whose header is fixed; the two pivots have a column per template and judge."""
+
+
+async def check_the_legacy_layout(daemon: Daemon, standard: Path, out: Path) -> None:
+    """``results --layout legacy`` writes the old tables under legacy/ beside unchanged standard ones."""
+    done = await anyio.to_thread.run_sync(
+        lambda: ctl(daemon, "results", "--layout", "legacy", "--out", str(out))
+    )
+    assert done.returncode == 0, done.stderr
+    for table in TABLES:
+        assert (out / table).read_bytes() == (standard / table).read_bytes(), table
+
+    def header(path: str) -> list[str]:
+        with (out / path).open(newline="") as f:
+            return next(csv.reader(f))
+
+    for path, columns in LEGACY_HEADERS.items():
+        assert header(path) == list(columns), path
+    judges = sorted(
+        {r["evaluation_model"] for r in csv.DictReader(io.StringIO((standard / TABLES[0]).read_text()))}
+    )
+    rubrics = ("novelty-judge", "rigor-judge")
+    assert header(legacy.GENERATION_SCORES_PIVOT) == [
+        *legacy.GENERATION_PIVOT_INDEX,
+        *sorted(f"{t}_{j}" for t in rubrics for j in judges),
+        "sum_scores",
+        "generation_response_path",
+    ]
+    assert header(legacy.EVALUATION_MODEL_TEMPLATE_PIVOT) == [
+        *legacy.MODEL_TEMPLATE_PIVOT_INDEX,
+        *sorted(f"{j}_{t}" for t in rubrics for j in judges),
+    ]
+    parsed = (out / legacy.PARSED_SCORES).read_text().splitlines()
+    assert len(parsed) == 1 + 36
+    final = list(csv.DictReader(io.StringIO((out / legacy.FINAL_RESULTS).read_text())))
+    assert {r["analysis_type"] for r in final} >= {"by_generation_vs_evaluation_model", "overall_statistics"}
 
 
 UPSTREAM_RAW = Path(__file__).parents[3] / "shared" / "corpus" / "upstream-daydreaming" / "1_raw"
