@@ -231,9 +231,11 @@ def breakdown(
     )
 
 
-def combo_groups(
-    scores: Scores, *, per_judge: bool = False
-) -> tuple[dict[tuple[str, ...], GroupStats], dict[str, tuple[str, ...]]]:
+CombosAndConcepts = tuple[dict[tuple[str, ...], GroupStats], dict[str, tuple[str, ...]]]
+"""Totals per (template[, judge], combo), and each combo's concept ids."""
+
+
+def combo_groups(scores: Scores, *, per_judge: bool = False) -> CombosAndConcepts:
     """Totals per (evaluation template, combo) (per (template, judge, combo) with ``per_judge``),
     and each combo's concepts, from the essay index.
 
@@ -259,9 +261,21 @@ def combo_groups(
     return groups, concepts
 
 
-def breakdowns(scores: Scores) -> list[Breakdown]:
-    """Every group's row under every evaluation template, in table order."""
-    combos, concepts = combo_groups(scores)
+def _per_template(per_judge: dict[tuple[str, ...], GroupStats]) -> dict[tuple[str, ...], GroupStats]:
+    """(template, judge, combo) totals merged into (template, combo) ones."""
+    merged: dict[tuple[str, ...], GroupStats] = {}
+    for (template, _judge, combo), stats in per_judge.items():
+        total = merged.get((template, combo))
+        if total is None:
+            total = merged[template, combo] = GroupStats()
+        total.merge(stats)
+    return merged
+
+
+def breakdowns(scores: Scores, combo_totals: CombosAndConcepts | None = None) -> list[Breakdown]:
+    """Every group's row under every evaluation template, in table order (``combo_totals``: what
+    :func:`combo_groups` gives, when the caller has it already)."""
+    combos, concepts = combo_totals or combo_groups(scores)
     out = []
     for group_by in GROUP_BY:
         groups = combos if group_by == "combo_id" else scores.groups(("evaluation_template", group_by))
@@ -280,10 +294,10 @@ def breakdowns(scores: Scores) -> list[Breakdown]:
     return out
 
 
-def judge_breakdowns(scores: Scores) -> list[Breakdown]:
+def judge_breakdowns(scores: Scores, combo_totals: CombosAndConcepts | None = None) -> list[Breakdown]:
     """As :func:`breakdowns`, for each judge of each evaluation template apart: does one judge's
-    preference hold for the other judges of the same rubric?"""
-    combos, concepts = combo_groups(scores, per_judge=True)
+    preference hold for the other judges of the same rubric? (``combo_totals``: per judge.)"""
+    combos, concepts = combo_totals or combo_groups(scores, per_judge=True)
     out = []
     for group_by in GROUP_BY:
         if group_by == "evaluation_model":
@@ -303,18 +317,28 @@ def judge_breakdowns(scores: Scores) -> list[Breakdown]:
     return out
 
 
-def judge_breakdowns_table(scores: Scores) -> Table:
+def judge_breakdowns_table(scores: Scores, combo_totals: CombosAndConcepts | None = None) -> Table:
     """``summary/breakdowns_by_judge.csv``: :func:`breakdowns_table`'s rows per judge, the judge in
     ``evaluation_model`` after ``score_max``."""
     joined = Joined()
-    rows = tuple((*(cells := b.cells(joined))[:2], b.judge, *cells[2:]) for b in judge_breakdowns(scores))
+    found = judge_breakdowns(scores, combo_totals)
+    rows = tuple((*(cells := b.cells(joined))[:2], b.judge, *cells[2:]) for b in found)
     columns = (*BREAKDOWN_COLUMNS[:2], "evaluation_model", *BREAKDOWN_COLUMNS[2:])
     return Table(BREAKDOWNS_BY_JUDGE, columns, rows)
 
 
-def breakdowns_table(scores: Scores) -> Table:
+def breakdowns_table(scores: Scores, combo_totals: CombosAndConcepts | None = None) -> Table:
     """``summary/breakdowns.csv``: n, mean, 95 % t interval, sample sd, extremes and top/high shares
     per group, within each evaluation template (never across two)."""
     joined = Joined()
-    rows = tuple(b.cells(joined) for b in breakdowns(scores))
+    rows = tuple(b.cells(joined) for b in breakdowns(scores, combo_totals))
     return Table(BREAKDOWNS, BREAKDOWN_COLUMNS, rows)
+
+
+def breakdown_tables(scores: Scores) -> tuple[Table, Table]:
+    """Both breakdown tables, from one pass over the essays for the combos (per judge, then merged)."""
+    per_judge, concepts = combo_groups(scores, per_judge=True)
+    return (
+        breakdowns_table(scores, (_per_template(per_judge), concepts)),
+        judge_breakdowns_table(scores, (per_judge, concepts)),
+    )

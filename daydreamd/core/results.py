@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from daydreamd.core.agreement import agreement_tables
-from daydreamd.core.breakdowns import breakdowns_table, judge_breakdowns_table
+from daydreamd.core.breakdowns import breakdown_tables
 from daydreamd.core.pairs import agreement_pairs
 from daydreamd.core.scores import (
     GroupStats,
@@ -303,6 +303,7 @@ def evaluation_scores_by_template_model(scores: Scores) -> Table:
 def build_tables(scores: Scores, *, cross_experiment: bool = False) -> tuple[Table, ...]:
     """Every table, in the order they are written; the cross-experiment pivot only when asked."""
     judges, variance = agreement_tables(scores)
+    breakdowns, by_judge = breakdown_tables(scores)
     tables = [
         aggregated_scores(scores),
         generation_scores(scores),
@@ -310,8 +311,8 @@ def build_tables(scores: Scores, *, cross_experiment: bool = False) -> tuple[Tab
         perfect_score_paths(scores),
         judges,
         variance,
-        breakdowns_table(scores),
-        judge_breakdowns_table(scores),
+        breakdowns,
+        by_judge,
         agreement_pairs(scores),
     ]
     if cross_experiment:

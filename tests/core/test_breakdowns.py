@@ -238,3 +238,23 @@ def test_breakdowns_by_judge_keep_each_judge_of_a_rubric_apart() -> None:
     assert rows["rig", "j2", "combo_id", "c2"]["concept_ids"] == "beta;gamma"
     assert not any(group_by == "evaluation_model" for _, _, group_by, _ in rows)
     assert ("rig", "j2", "draft_template", "dB") not in rows  # j2 never scored dB on rig
+
+
+def test_the_breakdowns_made_from_per_judge_totals_are_the_same_as_made_directly() -> None:
+    """``breakdown_tables`` merges the per-judge combo totals instead of a second pass: same rows."""
+    from daydreamd.core.breakdowns import breakdown_tables
+
+    rng = random.Random(7)
+    rows = [
+        row._replace(
+            gen_id=f"{row.gen_id}-{i}",
+            evaluation_model=rng.choice(["j1", "j2", "j3"]),
+            score=None if row.score is None else float(rng.randint(0, 9)),
+        )
+        for i in range(40)
+        for row in ROWS
+    ]
+    scores = Scores(rows)
+    merged, by_judge = breakdown_tables(scores)
+    assert text(merged) == text(breakdowns_table(scores))
+    assert by_judge.path == "summary/breakdowns_by_judge.csv" and len(by_judge.rows) > len(merged.rows)
