@@ -348,7 +348,7 @@ class Pool:
             self._parents.clear()
             self._forget = False
             self._exhausted = set(exhausted)
-        keys = [(mode, model.model_id) for model in jobs.models() for mode in ("copy", "llm")]
+        keys = _keys(jobs)
         await self._read(keys, exhausted)
         pause = IDLE_POLL_S if self._forget else self._launch(keys)
         await self._arm(workers, keys)
@@ -553,7 +553,25 @@ class Pool:
             self.endpoints.give_back(place)
         self._estimates.pop(gen_id, None)
         if self.limits.release(gen_id, _call_model(claim)):
+            self._launch_now()
             self.wake(new_work=False)
+
+    def _launch_now(self) -> None:
+        """Hand a slot that just freed to a prepared generation at once, in the callback that freed
+        it. Waiting for the scheduling loop to come round costs a turn of the event loop per call,
+        which under load is a few percent of a 100 ms call. Only when nothing the loop would check
+        first has changed (no new work to read, nothing paused or failing, not stopping)."""
+        jobs = self.current.jobs
+        if (
+            jobs is None
+            or self._forget
+            or self._stopping
+            or self.limits.paused
+            or self.runner.disk.failing
+            or self.state_db.failing
+        ):
+            return
+        self._launch(_keys(jobs))
 
     def _provider_of(self, model_id: str) -> str:
         jobs = self.current.jobs
@@ -894,6 +912,11 @@ class Pool:
             )
             for endpoint in self.endpoints.all()
         }
+
+
+def _keys(jobs: Jobs) -> list[Key]:
+    """Every lane the pool serves: each model's copy work and its online calls."""
+    return [(mode, model.model_id) for model in jobs.models() for mode in ("copy", "llm")]
 
 
 def _ready_model(ready: Ready) -> str | None:
