@@ -29,6 +29,7 @@ counted by :mod:`~daydreamd.daemon.counters` and read through :meth:`Pool.snapsh
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -644,14 +645,20 @@ class Pool:
 
     async def _give_back(self, claim: Claim, ready: Ready, bound: Any) -> None:
         """An armed generation called off before its call: its row goes back to the queue (under
-        its fencing token), and to its lane; if the run state takes no write now, the reconciler
-        sends it back later."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.store.release([claim])
-            except Exception:
-                bound.exception("give_back_failed")
-                return
+        its fencing token), and to its lane. While the run state takes no writes it is tried
+        again, as a commit is: a revoke waiting for it (:meth:`held`) must find it queued, not
+        left ``running`` for the reconciler. At shutdown one try: a row left running then is
+        sent back at the next start."""
+        release = functools.partial(self.store.release, [claim])
+        try:
+            if self._stopping:
+                with anyio.CancelScope(shield=True):
+                    await release()
+            else:
+                await self.state_db.retrying(release, is_db_fault)
+        except Exception:
+            bound.exception("give_back_failed")
+            return
         if not self._stopping:
             self.lanes.add([ready])
 

@@ -16,6 +16,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from daydreamd.cli.client import ServiceClient
 from tests.fakellm import FakeLlm, FaultKind, RecordedRequest
 from tests.integration.daemon import Daemon, fast_config
 
@@ -180,3 +181,50 @@ async def test_a_locked_state_database_delays_commits_without_stranding_work(
         assert no_failures(status) and status["stages"]["draft"]["running"] == 0
         paid = answered(fake)
         assert len(paid) == 9 and set(paid.values()) == {1}
+
+
+async def test_a_revoke_while_the_state_database_is_locked_catches_the_armed_generations(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Four drafts at the provider, two armed behind them, three queued; another process locks the
+    state database past its busy timeout and a revoke comes: the armed two cannot be given back
+    until the lock is gone, and the revoke waits for them instead of leaving them running (to be
+    sent back later by the reconciler, and run though revoked). It revokes all five."""
+    async with FakeLlm(latency_ms=(4000, 4000)) as fake:
+        daemon = Daemon(tmp_path, fast_config(fake.base_url))
+        daemons.append(daemon)
+        await daemon.start()
+        await daemon.approve("draft")
+        await daemon.wait_for(
+            lambda s: bool(s) and s["stages"]["draft"]["running"] == 6 and fake.in_progress == 4,
+            what="four drafts at the provider and two armed",
+        )
+        locker = sqlite3.connect(daemon.root / "state" / "dd.sqlite", timeout=30, isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            async with anyio.create_task_group() as tasks:
+                result: dict[str, Any] = {}
+
+                patient = ServiceClient(daemon.socket, timeout=60.0)  # the revoke waits out the lock
+
+                async def revoke() -> None:
+                    body = {"stage": "draft", "requested_by": "t"}
+                    result.update(await anyio.to_thread.run_sync(patient.post, "/v1/revocations", body))
+
+                tasks.start_soon(revoke)
+                await daemon.wait_for(
+                    lambda s: "state_db_unwritable" in troubles(s),
+                    deadline_s=40,
+                    what="the give-back waiting",
+                )
+                locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        assert result["revoked"] == 5
+        status = await daemon.wait_for(
+            lambda s: bool(s) and s["stages"]["draft"]["done"] == 4 and s["stages"]["draft"]["running"] == 0,
+            deadline_s=30,
+            what="the four calls in flight done",
+        )
+        assert status["stages"]["draft"]["pending"] == 5 and len(fake.requests) == 4
+        assert await daemon.stop() == 0
