@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,59 @@ async def test_compare_before_and_after_a_rubric_edit_shows_exactly_that_rubrics
         names = {r["evaluation_template"] for r in csv.DictReader(f)}
     novelty = {n for n in names if n.startswith("novelty-judge@")}
     assert len(novelty) == 2 and "rigor-judge" in names and "novelty-judge" not in names  # never pooled
+
+
+@pytest.mark.skipif(not UPSTREAM_RAW.is_dir(), reason="the upstream corpus is not beside this checkout")
+async def test_compare_on_the_real_corpus_shows_exactly_the_edited_templates_items_changed(
+    tmp_path: Path,
+) -> None:
+    """The real corpus through the fake server: 75 drafts, their essays and 300 evaluations (two
+    rubrics, two judges); the novelty rubric's text edited and its evaluations run again. Compared,
+    every novelty item changed and every style-coherence-v3 item is the same generation."""
+    shutil.copytree(UPSTREAM_RAW, tmp_path / "data" / "1_raw")
+    async with FakeLlm() as fake:
+        daemon = Daemon(tmp_path, fast_config(fake.base_url))
+        try:
+            await daemon.start()
+            await daemon.approve("draft", template_id="creative-synthesis-v2")
+            await daemon.approve("essay")
+            await daemon.approve("evaluation")
+
+            def evaluated(status: dict[str, Any] | None, n: int) -> bool:
+                """``n`` evaluations finished in the cohort in force and none running (those of the
+                essays not approved stay queued)."""
+                stage = (status or {}).get("stages", {}).get("evaluation", {})
+                finished = stage.get("done", 0) + stage.get("failed", 0)
+                return finished >= n and stage.get("running") == 0
+
+            before = (
+                await daemon.wait_for(lambda s: evaluated(s, 300), deadline_s=120, what="300 evaluations")
+            )["cohort_id"]
+            template = daemon.raw / "templates" / "evaluation" / "novelty.txt"
+            template.write_text(template.read_text() + "\nAnswer with care.\n")
+            after = (
+                await daemon.wait_for(
+                    lambda s: bool(s) and s["cohort_id"] not in (None, before), what="new cohort"
+                )
+            )["cohort_id"]
+            sent = len(fake.requests)
+            await daemon.approve("evaluation", template_id="novelty")
+            await daemon.wait_for(  # the 150 novelty evaluations of the 75 essays, called and committed
+                lambda s: len(fake.requests) >= sent + 150 and evaluated(s, 300),
+                deadline_s=120,
+                what="the novelty rubric again",
+            )
+            assert await daemon.stop() == 0
+        finally:
+            daemon.close()
+    result = await anyio.to_thread.run_sync(
+        lambda: ctl(daemon, "results", "--compare", before, after, "--out", str(tmp_path / "cmp"), "--json")
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["summary"]
+    by_template: dict[str, Counter[str]] = {}
+    for r in rows:
+        counts = by_template.setdefault(r["evaluation_template"], Counter())
+        counts.update({key: r[key] for key in ("changed", "same", "new", "gone")})
+    assert by_template["novelty"] == Counter(changed=150)
+    assert by_template["style-coherence-v3"] == Counter(same=150)
