@@ -247,6 +247,19 @@ M010_BATCHES = """
         CREATE INDEX batch_members_gen ON batch_members (gen_id);
 """
 
+M011_FEWER_INDEXES = """
+        -- Every write of a row maintains every index over the columns it changes: an approval of a
+        -- million rows, a rebuild's inserts and retirements paid for two indexes no statement needs.
+        -- generations_ready (state, retired, stage_rank, llm_model_id) extends generations_listing
+        -- (state, retired, stage_rank): an approval scoped to a model now walks the listing index
+        -- and checks the model on each row, which costs less than keeping the wider index current
+        -- (the scheduler's look-up is generations_ready_by_model's). generations_counts (stage,
+        -- state, retired) served counts that generation_counts now keeps, and the results' read of
+        -- the finished evaluations, which takes generations_template (stage) instead.
+        DROP INDEX generations_ready;
+        DROP INDEX generations_counts;
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
@@ -258,6 +271,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m008_counts", M008_COUNTS),
     ("m009_named_cohorts", M009_NAMED_COHORTS),
     ("m010_batches", M010_BATCHES),
+    ("m011_fewer_indexes", M011_FEWER_INDEXES),
 )
 """(name, SQL script) in order. Append only."""
 
