@@ -72,6 +72,9 @@ async def _prepare(db: aiosqlite.Connection, *, check: bool) -> None:
     # 64 MiB of page cache (the default is 2 MiB): a membership sync chunk dirties pages all over the
     # gen_id indexes of a million-row table, and a cache that spills rewrites them to the WAL again
     await db.execute("PRAGMA cache_size=-65536")
+    # a membership sync lets the WAL grow to some 400 MiB between checkpoints (Store.bulk_writes):
+    # when it starts over, the file is cut back to this size instead of keeping that space
+    await db.execute("PRAGMA journal_size_limit=67108864")
     db.row_factory = aiosqlite.Row
     if check:  # about 1.3 s per million generations; corruption found now, not mid-run
         async with db.execute("PRAGMA quick_check(1)") as cursor:

@@ -39,6 +39,13 @@ STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 _STAGE_NAMES = frozenset(str(stage) for stage in STAGES)
 SYNC_CHUNK = 20_000
 """Rows per transaction when membership is synced: claims and completions run between chunks."""
+CHECKPOINT_PAGES = 1_000
+"""WAL pages (4 KiB) between automatic checkpoints: SQLite's default."""
+BULK_CHECKPOINT_PAGES = 100_000
+"""WAL pages between automatic checkpoints while a membership sync writes (about 400 MiB of WAL). A
+chunk of inserts lands all over the gen_id and parent indexes: on a million-row table each chunk
+dirties some 20,000 pages of them, and a checkpoint after every commit copied (and synced) those
+pages back into the file once per chunk; a checkpoint every few chunks copies each of them once."""
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
@@ -168,6 +175,8 @@ class Store:
         self.on_membership_change: Callable[[], None] | None = None
         """Called after each chunk of a membership sync or a cohort's drop is committed: rows may
         have been retired or sent back to pending (the pool then calls off what it armed)."""
+        self._bulk = 0
+        """Tasks inside :meth:`bulk_writes`."""
 
     def _membership_changed(self) -> None:
         if self.on_membership_change is not None:
@@ -218,6 +227,26 @@ class Store:
                 raise
             with anyio.CancelScope(shield=True):
                 await self.db.commit()
+
+    @asynccontextmanager
+    async def bulk_writes(self) -> AsyncIterator[None]:
+        """While inside (nested, or from several tasks at once), SQLite checkpoints the WAL every
+        :data:`BULK_CHECKPOINT_PAGES` pages instead of every :data:`CHECKPOINT_PAGES`; when the last
+        one leaves, the usual setting is back and the WAL is checkpointed at once (under the write
+        lock, between other tasks' transactions), not by whichever commit comes next."""
+        self._bulk += 1
+        try:
+            if self._bulk == 1:
+                async with self._write_lock:
+                    await self.db.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
+            yield
+        finally:
+            self._bulk -= 1
+            if self._bulk == 0:
+                with anyio.CancelScope(shield=True):
+                    async with self._write_lock:
+                        await self.db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+                        await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def in_one_trip(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back
@@ -302,24 +331,25 @@ class Store:
         total, done = len(diff.add) + len(diff.retire), 0
         added = revived = retired = joined = kept = 0
         chunk = self.sync_chunk
-        for start in range(0, len(diff.add), chunk):
-            part = diff.add[start : start + chunk]
-            async with self.transaction() as db:
-                revived_now, added_now, joined_now = await _add_members(db, part, modes, utc_now())
-            self._membership_changed()
-            revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
-            done += len(part)
-            if progress is not None:
-                progress(done, total)
-        for start in range(0, len(diff.retire), chunk):
-            ids = diff.retire[start : start + chunk]
-            async with self.transaction() as db:
-                retired_now, kept_now = await _retire_members(db, ids, utc_now())
-            self._membership_changed()
-            retired, kept = retired + retired_now, kept + kept_now
-            done += len(ids)
-            if progress is not None:
-                progress(done, total)
+        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
+            for start in range(0, len(diff.add), chunk):
+                part = diff.add[start : start + chunk]
+                async with self.transaction() as db:
+                    revived_now, added_now, joined_now = await _add_members(db, part, modes, utc_now())
+                self._membership_changed()
+                revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+            for start in range(0, len(diff.retire), chunk):
+                ids = diff.retire[start : start + chunk]
+                async with self.transaction() as db:
+                    retired_now, kept_now = await _retire_members(db, ids, utc_now())
+                self._membership_changed()
+                retired, kept = retired + retired_now, kept + kept_now
+                done += len(ids)
+                if progress is not None:
+                    progress(done, total)
         now = utc_now()
         counts = json.dumps(cohort.counts(), sort_keys=True)
         async with self.transaction() as db:
@@ -378,24 +408,25 @@ class Store:
         async with self.transaction() as db:  # "in progress" until the last chunk: a sync cut short is redone
             await _mark_unsynced(db, name, utc_now())
         chunk = self.sync_chunk
-        for start in range(0, len(diff.add), chunk):
-            part = diff.add[start : start + chunk]
-            async with self.transaction() as db:
-                revived_now, added_now, joined_now = await _add_named(db, name, part, modes, utc_now())
-            self._membership_changed()
-            revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
-            done += len(part)
-            if progress is not None:
-                progress(done, total)
-        for start in range(0, len(diff.retire), chunk):
-            ids = diff.retire[start : start + chunk]
-            async with self.transaction() as db:
-                retired_now, kept_now = await _leave_named(db, name, ids, utc_now())
-            self._membership_changed()
-            retired, kept = retired + retired_now, kept + kept_now
-            done += len(ids)
-            if progress is not None:
-                progress(done, total)
+        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
+            for start in range(0, len(diff.add), chunk):
+                part = diff.add[start : start + chunk]
+                async with self.transaction() as db:
+                    revived_now, added_now, joined_now = await _add_named(db, name, part, modes, utc_now())
+                self._membership_changed()
+                revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+            for start in range(0, len(diff.retire), chunk):
+                ids = diff.retire[start : start + chunk]
+                async with self.transaction() as db:
+                    retired_now, kept_now = await _leave_named(db, name, ids, utc_now())
+                self._membership_changed()
+                retired, kept = retired + retired_now, kept + kept_now
+                done += len(ids)
+                if progress is not None:
+                    progress(done, total)
         now = utc_now()
         async with self.transaction() as db:
             await db.execute(

@@ -29,6 +29,8 @@ from daydreamd.daemon.budgets import Budgets
 from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import (
+    BULK_CHECKPOINT_PAGES,
+    CHECKPOINT_PAGES,
     GENERATION_COLUMNS,
     AttemptRow,
     Claim,
@@ -998,6 +1000,36 @@ async def test_sync_membership_of_a_100k_cohort(store: Store) -> None:
         "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
         "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
     )
+
+
+async def pragma(store: Store, name: str) -> int:
+    [(value,)] = await query(store, f"PRAGMA {name}")
+    return int(value)
+
+
+async def test_bulk_writes_leave_the_wal_unchecked_until_the_last_one_leaves(tmp_path: Path) -> None:
+    """Inside bulk writes (a sync's chunks) the WAL takes many commits before a checkpoint copies them
+    into the file; the last one to leave (nested, or another task's) checkpoints it and restores the
+    usual interval."""
+    path = tmp_path / "run.sqlite"
+    async with Store.open(path) as store:
+        assert await pragma(store, "wal_autocheckpoint") == CHECKPOINT_PAGES
+        assert await pragma(store, "journal_size_limit") == 64 * 2**20  # the WAL cut back after a sync
+        store.sync_chunk = 1_000
+        before = path.stat().st_size
+        async with store.bulk_writes():
+            async with store.bulk_writes():
+                assert await pragma(store, "wal_autocheckpoint") == BULK_CHECKPOINT_PAGES
+            assert await pragma(store, "wal_autocheckpoint") == BULK_CHECKPOINT_PAGES  # the outer one holds
+            big = synthetic_cohort("cohort_big", range(10_000))  # a sync of its own inside: 40 commits
+            assert await store.sync_membership(big, {}, "fp") == SyncResult(40_000, 0, 0, 40_000)
+            assert await pragma(store, "wal_autocheckpoint") == BULK_CHECKPOINT_PAGES
+            wal = path.with_name(path.name + "-wal").stat().st_size
+            assert wal > 2 * CHECKPOINT_PAGES * 4096  # more than a checkpoint at every 1,000 pages lets grow
+            assert path.stat().st_size == before  # nothing copied into the file yet
+        assert await pragma(store, "wal_autocheckpoint") == CHECKPOINT_PAGES
+        assert path.stat().st_size > before + wal // 2  # checkpointed on leaving
+        assert (await store.counts())["evaluation"]["pending"] == 20_000
 
 
 async def test_budgets_come_with_the_newest_approval_id_read_at_the_same_time(store: Store) -> None:
