@@ -1031,12 +1031,14 @@ async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str
         delta[(stage, state, 0, model, mode)] -= 1
         delta[(stage, state, 1, model, mode)] += 1
     await _apply_counts(db, delta)
-    kept = await _changes(  # held by a named cohort: they stay live, out of the default cohort
-        db,
-        "UPDATE generations SET in_default = 0, updated_at = ? WHERE in_default = 1 "
-        "AND gen_id IN (SELECT value FROM json_each(?))",
-        (now, members),
-    )
+    kept = 0
+    if await _any_named_member(db):  # (none: every row left was retired above, and nothing is kept)
+        kept = await _changes(  # held by a named cohort: they stay live, out of the default cohort
+            db,
+            "UPDATE generations SET in_default = 0, updated_at = ? WHERE in_default = 1 "
+            "AND gen_id IN (SELECT value FROM json_each(?))",
+            (now, members),
+        )
     if kept:  # what the default cohort approved and did not start is not the named cohorts' to run
         await _unqueue(db, ids, now, _DEFAULT_APPROVAL, ())
     return len(retired), kept
@@ -1184,6 +1186,12 @@ async def _mark_unsynced(db: aiosqlite.Connection, name: str, now: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET key = ''",
         (name, now, now),
     )
+
+
+async def _any_named_member(db: aiosqlite.Connection) -> bool:
+    """Whether any named cohort has a member."""
+    rows = await db.execute_fetchall("SELECT EXISTS (SELECT 1 FROM cohort_members)")
+    return bool(next(iter(rows))[0])
 
 
 async def _any_outside_default(db: aiosqlite.Connection) -> bool:
