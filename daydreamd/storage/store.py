@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -255,8 +256,8 @@ class Store:
         Every ``await`` on the connection is a round trip between the event loop and the
         database thread, and under load each waits for a busy loop; a transaction of five
         statements costs five of them this way and one here. It uses the connection's
-        ``_execute`` (how aiosqlite runs each of its own calls in its thread), the one place the
-        project relies on an aiosqlite internal.
+        ``_execute`` (how aiosqlite runs each of its own calls in its thread): with
+        :meth:`in_thread`, the one place the project relies on an aiosqlite internal.
         """
 
         def transaction() -> _T:
@@ -273,6 +274,17 @@ class Store:
         async with self._write_lock:
             with anyio.CancelScope(shield=True):  # it runs to its end in the thread either way
                 result: _T = await self.db._execute(transaction)  # type: ignore[no-untyped-call]
+        return result
+
+    async def in_thread(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in the database thread in one trip, inside the caller's :meth:`transaction`.
+
+        For bulk writes: the Python that prepares their statements and counts what they changed
+        (tens of milliseconds for a chunk of 20,000 rows) then runs beside the event loop, not on
+        it. Cancelled, ``work`` still runs to its end in the thread, and the transaction's rollback,
+        queued behind it, undoes it. (The connection's ``_execute``, as in :meth:`in_one_trip`.)
+        """
+        result: _T = await self.db._execute(work, self.db._conn)  # type: ignore[no-untyped-call]
         return result
 
     # -- facts ---------------------------------------------------------------------------------
@@ -334,8 +346,10 @@ class Store:
         async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
             for start in range(0, len(diff.add), chunk):
                 part = diff.add[start : start + chunk]
-                async with self.transaction() as db:
-                    revived_now, added_now, joined_now = await _add_members(db, part, modes, utc_now())
+                async with self.transaction():
+                    revived_now, added_now, joined_now = await self.in_thread(
+                        partial(_add_members, part=part, modes=modes, now=utc_now())
+                    )
                 self._membership_changed()
                 revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
                 done += len(part)
@@ -343,8 +357,10 @@ class Store:
                     progress(done, total)
             for start in range(0, len(diff.retire), chunk):
                 ids = diff.retire[start : start + chunk]
-                async with self.transaction() as db:
-                    retired_now, kept_now = await _retire_members(db, ids, utc_now())
+                async with self.transaction():
+                    retired_now, kept_now = await self.in_thread(
+                        partial(_retire_members, ids=ids, now=utc_now())
+                    )
                 self._membership_changed()
                 retired, kept = retired + retired_now, kept + kept_now
                 done += len(ids)
@@ -411,8 +427,10 @@ class Store:
         async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
             for start in range(0, len(diff.add), chunk):
                 part = diff.add[start : start + chunk]
-                async with self.transaction() as db:
-                    revived_now, added_now, joined_now = await _add_named(db, name, part, modes, utc_now())
+                async with self.transaction():
+                    revived_now, added_now, joined_now = await self.in_thread(
+                        partial(_add_named, name=name, part=part, modes=modes, now=utc_now())
+                    )
                 self._membership_changed()
                 revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
                 done += len(part)
@@ -420,8 +438,10 @@ class Store:
                     progress(done, total)
             for start in range(0, len(diff.retire), chunk):
                 ids = diff.retire[start : start + chunk]
-                async with self.transaction() as db:
-                    retired_now, kept_now = await _leave_named(db, name, ids, utc_now())
+                async with self.transaction():
+                    retired_now, kept_now = await self.in_thread(
+                        partial(_leave_named, name=name, ids=ids, now=utc_now())
+                    )
                 self._membership_changed()
                 retired, kept = retired + retired_now, kept + kept_now
                 done += len(ids)
@@ -447,19 +467,21 @@ class Store:
         retired = 0
         async with self.transaction() as db:  # a drop cut short is not "synced" if its spec comes back
             await db.execute("UPDATE named_cohorts SET key = '' WHERE name = ?", (name,))
+        chunk = self.sync_chunk
+
+        def drop_chunk(db: sqlite3.Connection) -> tuple[int, bool]:
+            rows = _fetchall(db, "SELECT gen_id FROM cohort_members WHERE cohort = ? LIMIT ?", (name, chunk))
+            retired_now, _ = _leave_named(db, name, [row[0] for row in rows], utc_now())
+            if len(rows) < chunk:
+                db.execute("DELETE FROM named_cohorts WHERE name = ?", (name,))
+            return retired_now, len(rows) < chunk
+
         while True:
-            async with self.transaction() as db:
-                rows = list(
-                    await db.execute_fetchall(
-                        "SELECT gen_id FROM cohort_members WHERE cohort = ? LIMIT ?", (name, self.sync_chunk)
-                    )
-                )
-                retired_now, _ = await _leave_named(db, name, [row[0] for row in rows], utc_now())
-                retired += retired_now
-                if len(rows) < self.sync_chunk:
-                    await db.execute("DELETE FROM named_cohorts WHERE name = ?", (name,))
+            async with self.transaction():
+                retired_now, last = await self.in_thread(drop_chunk)
+            retired += retired_now
             self._membership_changed()
-            if len(rows) < self.sync_chunk:
+            if last:
                 return retired
             await anyio.lowlevel.checkpoint()
 
@@ -955,8 +977,8 @@ CountKey = tuple[str, str, int, str, str]
 """(stage, state, retired, llm_model_id, mode): a row of ``generation_counts``."""
 
 
-async def _add_members(
-    db: aiosqlite.Connection, part: Sequence[Generation], modes: dict[tuple[Stage, str], str], now: str
+def _add_members(
+    db: sqlite3.Connection, part: Sequence[Generation], modes: dict[tuple[Stage, str], str], now: str
 ) -> tuple[int, int, int]:
     """Make ``part`` members of the default cohort: revive the retired rows, mark the rows only named
     cohorts hold, insert the missing ones (state ``pending``), and count the revived and inserted in
@@ -965,7 +987,8 @@ async def _add_members(
     delta: Counter[CountKey] = Counter()
     ids = json.dumps([g.gen_id for g in part])
     revived = list(
-        await db.execute_fetchall(
+        _fetchall(
+            db,
             f"UPDATE generations SET retired = 0, in_default = 1, updated_at = ? WHERE retired = 1 AND gen_id IN "
             f"(SELECT value FROM json_each(?)) RETURNING gen_id, {_COUNT_KEY}",
             (now, ids),
@@ -977,21 +1000,22 @@ async def _add_members(
         delta[(stage, state, 1, model, mode)] -= 1
         delta[(stage, state, 0, model, mode)] += 1
     joined: list[Any] = []
-    if await _any_outside_default(db):  # (a look at a partial index: none while no named cohort holds any)
+    if _any_outside_default(db):  # (a look at a partial index: none while no named cohort holds any)
         joined = list(
-            await db.execute_fetchall(
+            _fetchall(
+                db,
                 "UPDATE generations SET in_default = 1, updated_at = ? WHERE retired = 0 AND in_default = 0 "
                 "AND gen_id IN (SELECT value FROM json_each(?)) RETURNING gen_id",
                 (now, ids),
             )
         )
         back.update(row[0] for row in joined)
-    added = await _insert_pending(db, _new_rows(part, back, modes, now), delta, in_default=True)
+    added = _insert_pending(db, _new_rows(part, back, modes, now), delta, in_default=True)
     return len(revived), added, len(joined)
 
 
-async def _insert_pending(
-    db: aiosqlite.Connection, rows: list[tuple[Any, ...]], delta: Counter[CountKey], *, in_default: bool
+def _insert_pending(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], delta: Counter[CountKey], *, in_default: bool
 ) -> int:
     """Insert these rows (from :func:`_new_rows`) pending, in the default cohort or not, and apply
     ``delta`` plus their counts to ``generation_counts``; returns how many were inserted.
@@ -999,7 +1023,7 @@ async def _insert_pending(
     A row already there (a diff against a stale membership) is left as it is, and the counts are
     then taken again from the table, the slow and always-right way."""
     before = db.total_changes
-    await db.executemany(
+    db.executemany(
         "INSERT OR IGNORE INTO generations (gen_id, stage, stage_rank, parent_gen_id, combo_id, "
         "template_id, llm_model_id, replicate, mode, state, created_at, updated_at, in_default) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -1008,18 +1032,19 @@ async def _insert_pending(
     added = db.total_changes - before
     for row in rows:
         delta[(str(row[1]), str(State.PENDING), 0, str(row[6]), str(row[8]))] += 1
-    await _apply_counts(db, delta)
+    _apply_counts(db, delta)
     if added != len(rows):
-        await _recount(db)
+        _recount(db)
     return added
 
 
-async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str) -> tuple[int, int]:
+def _retire_members(db: sqlite3.Connection, ids: Sequence[str], now: str) -> tuple[int, int]:
     """Take these rows out of the default cohort: retire those no named cohort holds (and count it in
     ``generation_counts``), only unmark the others. Returns (retired, kept)."""
     members = json.dumps(list(ids))
     retired = list(
-        await db.execute_fetchall(
+        _fetchall(
+            db,
             f"UPDATE generations SET retired = 1, in_default = 0, updated_at = ? WHERE retired = 0 "
             f"AND in_default = 1 AND gen_id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
             f"(SELECT 1 FROM cohort_members WHERE cohort_members.gen_id = generations.gen_id) RETURNING {_COUNT_KEY}",
@@ -1030,22 +1055,22 @@ async def _retire_members(db: aiosqlite.Connection, ids: Sequence[str], now: str
     for stage, state, model, mode in retired:
         delta[(stage, state, 0, model, mode)] -= 1
         delta[(stage, state, 1, model, mode)] += 1
-    await _apply_counts(db, delta)
+    _apply_counts(db, delta)
     kept = 0
-    if await _any_named_member(db):  # (none: every row left was retired above, and nothing is kept)
-        kept = await _changes(  # held by a named cohort: they stay live, out of the default cohort
+    if _any_named_member(db):  # (none: every row left was retired above, and nothing is kept)
+        kept = _rowcount(  # held by a named cohort: they stay live, out of the default cohort
             db,
             "UPDATE generations SET in_default = 0, updated_at = ? WHERE in_default = 1 "
             "AND gen_id IN (SELECT value FROM json_each(?))",
             (now, members),
         )
     if kept:  # what the default cohort approved and did not start is not the named cohorts' to run
-        await _unqueue(db, ids, now, _DEFAULT_APPROVAL, ())
+        _unqueue(db, ids, now, _DEFAULT_APPROVAL, ())
     return len(retired), kept
 
 
-async def _add_named(
-    db: aiosqlite.Connection,
+def _add_named(
+    db: sqlite3.Connection,
     name: str,
     part: Sequence[Generation],
     modes: dict[tuple[Stage, str], str],
@@ -1057,22 +1082,26 @@ async def _add_named(
     ids = json.dumps([g.gen_id for g in part])
     new = {  # its members now; the others were already (a diff against a stale membership)
         row[0]
-        for row in await db.execute_fetchall(
+        for row in _fetchall(
+            db,
             "INSERT OR IGNORE INTO cohort_members (cohort, gen_id) SELECT ?, value FROM json_each(?) RETURNING gen_id",
             (name, ids),
         )
     }
     existing = {
         row[0]: row[1]
-        for row in await db.execute_fetchall(
-            "SELECT gen_id, retired FROM generations WHERE gen_id IN (SELECT value FROM json_each(?))", (ids,)
+        for row in _fetchall(
+            db,
+            "SELECT gen_id, retired FROM generations WHERE gen_id IN (SELECT value FROM json_each(?))",
+            (ids,),
         )
     }
     delta: Counter[CountKey] = Counter()
     revived: list[Any] = []
     if any(existing.values()):
         revived = list(
-            await db.execute_fetchall(
+            _fetchall(
+                db,
                 f"UPDATE generations SET retired = 0, updated_at = ? WHERE retired = 1 AND gen_id IN "
                 f"(SELECT value FROM json_each(?)) RETURNING {_COUNT_KEY}",
                 (now, json.dumps([gen_id for gen_id, retired in existing.items() if retired])),
@@ -1082,28 +1111,28 @@ async def _add_named(
         delta[(stage, state, 1, model, mode)] -= 1
         delta[(stage, state, 0, model, mode)] += 1
     if revived:  # queued under another cohort's approval before it was retired: this one did not approve it
-        await _unqueue(
-            db, [gen_id for gen_id, retired in existing.items() if retired], now, _ANY_APPROVAL, ()
-        )
+        _unqueue(db, [gen_id for gen_id, retired in existing.items() if retired], now, _ANY_APPROVAL, ())
     joined = sum(1 for gen_id, retired in existing.items() if not retired and gen_id in new)
-    added = await _insert_pending(db, _new_rows(part, existing, modes, now), delta, in_default=False)
+    added = _insert_pending(db, _new_rows(part, existing, modes, now), delta, in_default=False)
     return len(revived), added, joined
 
 
-async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], now: str) -> tuple[int, int]:
+def _leave_named(db: sqlite3.Connection, name: str, ids: Sequence[str], now: str) -> tuple[int, int]:
     """Take these rows out of the named cohort ``name``: retire those no cohort holds any more (and
     count it in ``generation_counts``). Returns (retired, kept): kept stay live for another cohort."""
     if not ids:
         return 0, 0
     left = [
         row[0]
-        for row in await db.execute_fetchall(
+        for row in _fetchall(
+            db,
             "DELETE FROM cohort_members WHERE cohort = ? AND gen_id IN (SELECT value FROM json_each(?)) RETURNING gen_id",
             (name, json.dumps(list(ids))),
         )
     ]
     retired = list(
-        await db.execute_fetchall(
+        _fetchall(
+            db,
             f"UPDATE generations SET retired = 1, updated_at = ? WHERE retired = 0 AND in_default = 0 "
             f"AND gen_id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
             f"(SELECT 1 FROM cohort_members WHERE cohort_members.gen_id = generations.gen_id) RETURNING {_COUNT_KEY}",
@@ -1114,11 +1143,11 @@ async def _leave_named(db: aiosqlite.Connection, name: str, ids: Sequence[str], 
     for stage, state, model, mode in retired:
         delta[(stage, state, 0, model, mode)] -= 1
         delta[(stage, state, 1, model, mode)] += 1
-    await _apply_counts(db, delta)
+    _apply_counts(db, delta)
     if len(left) > len(
         retired
     ):  # kept by other cohorts: what this one approved and did not start is not theirs
-        await _unqueue(db, left, now, "cohort_id = ?", (name,))
+        _unqueue(db, left, now, "cohort_id = ?", (name,))
     return len(retired), len(left) - len(retired)
 
 
@@ -1147,13 +1176,13 @@ _DEFAULT_APPROVAL = "cohort_id IS NULL OR cohort_id NOT IN (SELECT name FROM nam
 """An approval of the default cohort: it records the default cohort's id of the day, never a name."""
 
 
-async def _unqueue(
-    db: aiosqlite.Connection, ids: Sequence[str], now: str, approval: str, params: Sequence[Any]
+def _unqueue(
+    db: sqlite3.Connection, ids: Sequence[str], now: str, approval: str, params: Sequence[Any]
 ) -> int:
     """Send back to pending the rows of ``ids`` still live and queued under an approval matching
     ``approval`` (SQL over ``approvals``): approved for a cohort that no longer holds them, they are
     not another cohort's to pay for until that cohort approves them. Counts follow (the state trigger)."""
-    return await _changes(
+    return _rowcount(
         db,
         f"UPDATE generations SET state = 'pending', approval_id = NULL, updated_at = ?, {_ONLINE_MODE} "
         "WHERE state = 'queued' AND retired = 0 AND gen_id IN (SELECT value FROM json_each(?)) "
@@ -1188,17 +1217,15 @@ async def _mark_unsynced(db: aiosqlite.Connection, name: str, now: str) -> None:
     )
 
 
-async def _any_named_member(db: aiosqlite.Connection) -> bool:
+def _any_named_member(db: sqlite3.Connection) -> bool:
     """Whether any named cohort has a member."""
-    rows = await db.execute_fetchall("SELECT EXISTS (SELECT 1 FROM cohort_members)")
+    rows = _fetchall(db, "SELECT EXISTS (SELECT 1 FROM cohort_members)")
     return bool(next(iter(rows))[0])
 
 
-async def _any_outside_default(db: aiosqlite.Connection) -> bool:
+def _any_outside_default(db: sqlite3.Connection) -> bool:
     """Whether any live row is outside the default cohort (only named cohorts hold it)."""
-    rows = await db.execute_fetchall(
-        "SELECT EXISTS (SELECT 1 FROM generations WHERE retired = 0 AND in_default = 0)"
-    )
+    rows = _fetchall(db, "SELECT EXISTS (SELECT 1 FROM generations WHERE retired = 0 AND in_default = 0)")
     return bool(next(iter(rows))[0])
 
 
@@ -1225,16 +1252,16 @@ def _new_rows(
     ]
 
 
-async def _apply_counts(db: aiosqlite.Connection, delta: Counter[CountKey]) -> None:
+def _apply_counts(db: sqlite3.Connection, delta: Counter[CountKey]) -> None:
     changed = [(*key, n) for key, n in delta.items() if n]
     if changed:
-        await db.executemany(_ADD_COUNTS, changed)
+        db.executemany(_ADD_COUNTS, changed)
 
 
-async def _recount(db: aiosqlite.Connection) -> None:
+def _recount(db: sqlite3.Connection) -> None:
     """Count every key from the table itself (the slow, always-right way)."""
-    await db.execute("DELETE FROM generation_counts")
-    await db.execute(
+    db.execute("DELETE FROM generation_counts")
+    db.execute(
         "INSERT INTO generation_counts (stage, state, retired, llm_model_id, mode, n) "
         "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
         "GROUP BY stage, state, retired, llm_model_id, mode"
@@ -1285,6 +1312,14 @@ def _scope(stage: str, template_id: str | None, llm_model_id: str | None) -> tup
         clauses.append("llm_model_id = ?")
         params.append(llm_model_id)
     return " AND ".join(clauses), params
+
+
+def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return db.execute(sql, params).fetchall()
+
+
+def _rowcount(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return db.execute(sql, params).rowcount
 
 
 async def _changes(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
