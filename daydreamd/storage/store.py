@@ -527,16 +527,18 @@ class Store:
         # In chunks of their own transactions, parents first (the listing index gives that order without
         # a sort), so claims, completions and status go on while a million rows are queued. After a
         # crash in between, the rows queued so far stay queued under this approval.
+        # Online work (the usual case) leaves the mode alone: no per-row test of a million rows.
+        mode, keys = (f", {_BATCH_MODE}", (batch_keys_json(batch_keys),)) if batch_keys else ("", ())
         matched = 0
         while limit is None or matched < limit:
             take = self.approve_chunk if limit is None else min(self.approve_chunk, limit - matched)
             async with self.transaction() as db:
                 n = await _changes(
                     db,
-                    f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ?, {_BATCH_MODE} "
+                    f"UPDATE generations SET state = 'queued', approval_id = ?, updated_at = ?{mode} "
                     f"WHERE rowid IN (SELECT generations.rowid FROM {source} WHERE {member} AND state = 'pending' "
                     f"AND retired = 0 AND {where} ORDER BY stage_rank, generations.rowid LIMIT ?)",
-                    (approval_id, utc_now(), batch_keys_json(batch_keys), *scoped, *params, take),
+                    (approval_id, utc_now(), *keys, *scoped, *params, take),
                 )
                 matched += n
                 if n < take:
