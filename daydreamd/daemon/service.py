@@ -362,8 +362,10 @@ class Service:
         """The (stage, model) of the matched work that goes into batches: as asked, else as the
         config says per stage and model. Asked for batches, every matched model must have an endpoint
         that takes them (else 400 naming them)."""
-        if requested is False:
-            return set()
+        settings = self.settings
+        wanted_by_config = bool(settings.batch_models) or any(st.batch for _, st in settings.stages)
+        if requested is False or (requested is None and not wanted_by_config):
+            return set()  # online: nothing to look up (an approval of a million rows stays one query)
         keys = await self.store.llm_keys(
             state=state,
             stage=stage,
@@ -372,7 +374,6 @@ class Service:
             kind=kind,
             scope=scope,
         )
-        settings = self.settings
         if requested:
             missing = sorted({model for _, model in keys if not settings.batch_endpoints_of(model)})
             if missing:
