@@ -82,23 +82,26 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def icc_2_1(a: Sequence[float], b: Sequence[float]) -> float | None:
     """ICC(2,1) of two raters over the same items (Shrout and Fleiss 1979, absolute agreement);
-    None under 3 items or when the denominator vanishes (no variation at all)."""
+    None under 3 items or when the denominator vanishes (no variation at all).
+
+    From the two-way ANOVA's sums of squares, written with five exact sums (one pass each over the
+    scores, no per-item residuals): a million-essay table pays for them in every pair.
+    """
     n, k = len(a), 2
     if n != len(b) or n < MIN_FOR_CORRELATION:
         return None
-    grand = (math.fsum(a) + math.fsum(b)) / (n * k)
-    item_means = [(p + q) / k for p, q in zip(a, b, strict=True)]
-    rater_means = (math.fsum(a) / n, math.fsum(b) / n)
-    ms_items = k * math.fsum((m - grand) ** 2 for m in item_means) / (n - 1)
-    ms_raters = n * math.fsum((m - grand) ** 2 for m in rater_means) / (k - 1)
-    ss_error = math.fsum(
-        (x - item_means[i] - rater_means[j] + grand) ** 2
-        for i, pair in enumerate(zip(a, b, strict=True))
-        for j, x in enumerate(pair)
-    )
-    ms_error = ss_error / ((n - 1) * (k - 1))
+    sa, sb = math.fsum(a), math.fsum(b)
+    saa, sbb = math.fsum(x * x for x in a), math.fsum(y * y for y in b)
+    sab = math.fsum(x * y for x, y in zip(a, b, strict=True))
+    correction = (sa + sb) ** 2 / (n * k)  # n k x grand mean squared
+    ss_total = saa + sbb - correction
+    ss_items = (saa + sbb + 2 * sab) / k - correction
+    ss_raters = (sa * sa + sb * sb) / n - correction
+    ms_items = ss_items / (n - 1)
+    ms_raters = ss_raters / (k - 1)
+    ms_error = max(0.0, ss_total - ss_items - ss_raters) / ((n - 1) * (k - 1))
     denominator = ms_items + (k - 1) * ms_error + k * (ms_raters - ms_error) / n
-    if denominator <= 0:
+    if denominator <= 1e-12:
         return None
     return (ms_items - ms_error) / denominator
 
