@@ -124,12 +124,14 @@ async def test_an_expired_batch_fails_its_unanswered_members_and_retry_sends_onl
 ) -> None:
     """The provider lets the batch expire with half its requests answered: those are done, the
     rest fail as batch_expired (not paid, no files but the prompt); a retry in batch mode sends
-    exactly them again."""
+    exactly them again. Batch mode here is the evaluation stage's default in the config: the
+    approval does not ask for it."""
     async with FakeLlm(api_key=API_KEY, batch_delay_s=0.3, batch_expire=True) as fake:
-        daemon = batch_daemon(daemons, tmp_path, fake)
+        daemon = batch_daemon(daemons, tmp_path, fake, extra="[stages.evaluation]\nbatch = true\n")
         await daemon.start()
         await essays_done(daemon)
-        await daemon.approve("evaluation", batch=True, limit=40)
+        approved = await daemon.approve("evaluation", limit=40)
+        assert approved["batch_models"] == ["sonnet_4"]
         status = await daemon.wait_stage("evaluation", done=20, failed=20, deadline_s=30)
         assert status["failures"]["evaluation"] == {"batch_expired": 20}
         first = set(fake.batch_api.submissions)
