@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cohort_scale import SIZES
 from bench.cohort_scale import write_experiment as write_large_experiment
 from bench.fake_server import fake_server
+from bench.workdir import bench_root
 from daydreamd.cli.client import ServiceClient, ServiceUnavailable
 from tests.integration.daemon import Daemon, fast_config
 
@@ -84,7 +85,7 @@ async def _timed_status(daemon: Daemon) -> tuple[float, dict[str, Any] | None]:
 
 
 async def one_run(url: str, idle_s: float) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="dd-big-", dir=os.environ.get("DD_BENCH_DIR")))
+    root = Path(tempfile.mkdtemp(prefix="dd-big-", dir=bench_root()))
     try:
         write_large_experiment(root / "data" / "1_raw")
         daemon = Daemon(root, fast_config(url, extra=CONFIG_EXTRA))

@@ -44,6 +44,7 @@ from bench.experiment import drafts_only, write_experiment
 from bench.fake_server import fake_server
 from bench.machine import machine
 from bench.pool import FAST_POOL_LINES, process_cpu_s, server_stats
+from bench.workdir import bench_root
 from tests.integration.daemon import API_KEY, Daemon, fast_config
 
 FLEET = (("near", 8, 100), ("far", 8, 200), ("slow", 8, 400))
@@ -67,7 +68,7 @@ def config(urls: list[str]) -> str:
 
 async def run_once(urls: list[str], count: int) -> dict[str, Any]:
     stats_urls = [url.removesuffix("/v1") + "/_fake/stats" for url in urls]
-    root = Path(tempfile.mkdtemp(prefix="dd-fleet-", dir=os.environ.get("DD_BENCH_DIR")))
+    root = Path(tempfile.mkdtemp(prefix="dd-fleet-", dir=bench_root()))
     try:
         write_experiment(root / "data" / "1_raw", drafts_only(count))
         daemon = Daemon(root, config(urls))

@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.experiment import drafts_only, write_experiment
 from bench.fake_server import fake_server
 from bench.machine import machine
+from bench.workdir import bench_root
 from daydreamd.cli.client import ServiceClient, ServiceUnavailable
 from tests.integration.daemon import Daemon, fast_config
 
@@ -260,7 +261,7 @@ def distribution(values: list[int], of: int | None = None) -> dict[str, Any]:
 async def run_scenario(scenario: Scenario, url: str) -> dict[str, Any]:
     """Approve each model's drafts, poll until they settle, and compare with the ideal."""
     stats_url = url.removesuffix("/v1") + "/_fake/stats"
-    root = Path(tempfile.mkdtemp(prefix="dd-pool-", dir=os.environ.get("DD_BENCH_DIR")))
+    root = Path(tempfile.mkdtemp(prefix="dd-pool-", dir=bench_root()))
     try:
         most = max(m.drafts for m in scenario.models)
         write_experiment(root / "data" / "1_raw", drafts_only(most, generation_models=len(scenario.models)))

@@ -57,6 +57,7 @@ import anyio.to_thread
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine
+from bench.workdir import bench_root
 from daydreamd.cli.client import ServiceClient, ServiceError, ServiceUnavailable
 from tests.integration.daemon import Daemon, fast_config
 
@@ -321,7 +322,7 @@ def _summaries(results: Samples) -> dict[str, Any]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="dd-abuse-", dir=os.environ.get("DD_BENCH_DIR")))
+    root = Path(tempfile.mkdtemp(prefix="dd-abuse-", dir=bench_root()))
     try:
         daemon = Daemon(root, fast_config(None, provider="mock"))
         try:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.experiment import Shape, write_experiment
 from bench.fake_server import fake_server
 from bench.machine import machine
+from bench.workdir import bench_root
 from tests.integration.daemon import Daemon, fast_config
 
 # 20 concepts, k=2: 190 combos x 2 templates x 2 models = 760 drafts, 1,520 essays, 6,080 evaluations.
@@ -67,7 +68,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def measure(url: str, edits: int, samples: int, min_in_flight: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="dd-watch-", dir=os.environ.get("DD_BENCH_DIR")))
+    root = Path(tempfile.mkdtemp(prefix="dd-watch-", dir=bench_root()))
     try:
         write_experiment(root / "data" / "1_raw", SHAPE)
         config = fast_config(url).replace("debounce_ms = 50", f"debounce_ms = {DEBOUNCE_MS}")
