@@ -153,7 +153,8 @@ def _row(
     b_factor: float,
     scale: str,
 ) -> tuple[Cell, ...]:
-    both = sorted(a_scores.keys() & b_scores.keys())
+    # Essays both scored, in a's order: every statistic here is exact and order-free (fsum, ranks).
+    both = [essay for essay in a_scores if essay in b_scores]
     x = [a_scores[e] * a_factor for e in both]
     y = [b_scores[e] * b_factor for e in both]
     return (kind, template, judge, a, b, len(both), spearman(x, y), icc_2_1(x, y), mean_abs_diff(x, y), scale)
