@@ -49,7 +49,7 @@ from daydreamd.daemon.commits import completion_of
 from daydreamd.daemon.counters import Counters
 from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.pool import JobSource
-from daydreamd.daemon.runner import Outcome, Runner
+from daydreamd.daemon.runner import NO_JOB, Outcome, Runner
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.llm.batch_api import BatchApiError, BatchClient, RemoteBatch, ResultLine
 from daydreamd.llm.openai_compat import OpenAiCompatibleClient
@@ -305,7 +305,7 @@ class Batcher:
         async def prepare(member: Member) -> Outcome | LlmRequest:
             job = jobs.job(member.generation) if jobs is not None else None
             if job is None:
-                return _failed(member, FailureKind.RENDER_ERROR, GONE)
+                return _failed(member, FailureKind.RENDER_ERROR, NO_JOB)
             return await self.runner.prepare(job, fresh=member.claim.fresh)
 
         return await _each(members, prepare)
@@ -393,7 +393,7 @@ class Batcher:
             if request is None:
                 outcome = _failed(member, FailureKind.BATCH_FAILED, LOST)
             elif job is None:
-                outcome = _failed(member, FailureKind.RENDER_ERROR, GONE + KEPT.format(id=record.id))
+                outcome = _failed(member, FailureKind.RENDER_ERROR, NO_JOB + KEPT.format(id=record.id))
             else:
                 try:
                     outcome = await self.runner.finish_call(
@@ -564,7 +564,6 @@ class Batcher:
         await self._advance(record)
 
 
-GONE = "its template or model is no longer in the experiment"
 LOST = "its request is not in the batch's input.jsonl (the file was lost or changed); retry it"
 KEPT = " (the batch's reply is kept in data/batches/{id}/output.jsonl)"
 _T = TypeVar("_T")

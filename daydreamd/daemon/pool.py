@@ -64,7 +64,7 @@ from daydreamd.daemon.events import EventBus
 from daydreamd.daemon.health import Health, is_db_fault
 from daydreamd.daemon.limits import PoolLimits
 from daydreamd.daemon.ratelimit import SlidingWindow, acquire_all
-from daydreamd.daemon.runner import Outcome, Runner
+from daydreamd.daemon.runner import NO_JOB, Outcome, Runner
 from daydreamd.daemon.scheduler import Lanes
 from daydreamd.daemon.settings import LiveSettings
 from daydreamd.llm.calls import AttemptRecord
@@ -714,7 +714,7 @@ class Pool:
         jobs = self.current.jobs
         job = jobs.job(g) if jobs is not None else None
         if job is None:
-            message = "its template or model is no longer in the experiment"
+            message = NO_JOB
             return Outcome(
                 gen_id=g.gen_id, stage=g.stage, ok=False, kind=FailureKind.RENDER_ERROR, message=message
             )

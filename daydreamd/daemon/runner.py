@@ -71,6 +71,9 @@ from daydreamd.storage.gens import PARSED, PARSED_SHA256, PROMPT, RAW, GensStore
 _T = TypeVar("_T")
 
 
+NO_JOB = "its template or model is no longer in the experiment"
+"""Why a claimed generation fails without a call when the current cohort has no job for it."""
+
 KEY_IN_PROMPT = (
     "the prompt contains the API key (or a long piece of it), so it was neither written nor sent; "
     "a file in 1_raw holds the key: remove it, then retry these generations"

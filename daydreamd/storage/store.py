@@ -340,32 +340,12 @@ class Store:
         if diff is None:
             live = await self.live_gen_ids()
             diff = await anyio.to_thread.run_sync(membership_diff, cohort.generations, live)
-        total, done = len(diff.add) + len(diff.retire), 0
-        added = revived = retired = joined = kept = 0
-        chunk = self.sync_chunk
-        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
-            for start in range(0, len(diff.add), chunk):
-                part = diff.add[start : start + chunk]
-                async with self.transaction():
-                    revived_now, added_now, joined_now = await self.in_thread(
-                        partial(_add_members, part=part, modes=modes, now=utc_now())
-                    )
-                self._membership_changed()
-                revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
-                done += len(part)
-                if progress is not None:
-                    progress(done, total)
-            for start in range(0, len(diff.retire), chunk):
-                ids = diff.retire[start : start + chunk]
-                async with self.transaction():
-                    retired_now, kept_now = await self.in_thread(
-                        partial(_retire_members, ids=ids, now=utc_now())
-                    )
-                self._membership_changed()
-                retired, kept = retired + retired_now, kept + kept_now
-                done += len(ids)
-                if progress is not None:
-                    progress(done, total)
+        revived, added, joined, retired, kept = await self._write_diff(
+            diff,
+            lambda part: partial(_add_members, part=part, modes=modes, now=utc_now()),
+            lambda ids: partial(_retire_members, ids=ids, now=utc_now()),
+            progress,
+        )
         now = utc_now()
         counts = json.dumps(cohort.counts(), sort_keys=True)
         async with self.transaction() as db:
@@ -378,6 +358,40 @@ class Store:
         return SyncResult(added, retired, revived, len(cohort.generations), joined, kept)
 
     # -- named cohorts -------------------------------------------------------------------------
+
+    async def _write_diff(
+        self,
+        diff: MembershipDiff,
+        add: Callable[[Sequence[Generation]], Callable[[sqlite3.Connection], tuple[int, int, int]]],
+        retire: Callable[[Sequence[str]], Callable[[sqlite3.Connection], tuple[int, int]]],
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[int, int, int, int, int]:
+        """Write a membership diff in chunks of :attr:`sync_chunk` rows, each its own transaction run
+        in the database thread (``add(part)`` and ``retire(ids)`` make each chunk's work), the WAL
+        checkpointed every few chunks; returns (revived, added, joined, retired, kept)."""
+        total, done = len(diff.add) + len(diff.retire), 0
+        revived = added = joined = retired = kept = 0
+        chunk = self.sync_chunk
+        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
+            for start in range(0, len(diff.add), chunk):
+                part = diff.add[start : start + chunk]
+                async with self.transaction():
+                    revived_now, added_now, joined_now = await self.in_thread(add(part))
+                self._membership_changed()
+                revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+            for start in range(0, len(diff.retire), chunk):
+                ids = diff.retire[start : start + chunk]
+                async with self.transaction():
+                    retired_now, kept_now = await self.in_thread(retire(ids))
+                self._membership_changed()
+                retired, kept = retired + retired_now, kept + kept_now
+                done += len(ids)
+                if progress is not None:
+                    progress(done, total)
+        return revived, added, joined, retired, kept
 
     async def named_gen_ids(self, name: str) -> list[str]:
         """The gen_ids of the named cohort ``name`` in gen_id order ([] for an unknown name), read in
@@ -419,34 +433,14 @@ class Store:
         """
         live = await self.named_gen_ids(name)
         diff = await anyio.to_thread.run_sync(membership_diff, generations, live)
-        total, done = len(diff.add) + len(diff.retire), 0
-        added = revived = retired = joined = kept = 0
         async with self.transaction() as db:  # "in progress" until the last chunk: a sync cut short is redone
             await _mark_unsynced(db, name, utc_now())
-        chunk = self.sync_chunk
-        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
-            for start in range(0, len(diff.add), chunk):
-                part = diff.add[start : start + chunk]
-                async with self.transaction():
-                    revived_now, added_now, joined_now = await self.in_thread(
-                        partial(_add_named, name=name, part=part, modes=modes, now=utc_now())
-                    )
-                self._membership_changed()
-                revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
-                done += len(part)
-                if progress is not None:
-                    progress(done, total)
-            for start in range(0, len(diff.retire), chunk):
-                ids = diff.retire[start : start + chunk]
-                async with self.transaction():
-                    retired_now, kept_now = await self.in_thread(
-                        partial(_leave_named, name=name, ids=ids, now=utc_now())
-                    )
-                self._membership_changed()
-                retired, kept = retired + retired_now, kept + kept_now
-                done += len(ids)
-                if progress is not None:
-                    progress(done, total)
+        revived, added, joined, retired, kept = await self._write_diff(
+            diff,
+            lambda part: partial(_add_named, name=name, part=part, modes=modes, now=utc_now()),
+            lambda ids: partial(_leave_named, name=name, ids=ids, now=utc_now()),
+            progress,
+        )
         now = utc_now()
         async with self.transaction() as db:
             await db.execute(
