@@ -3,12 +3,13 @@
 What is measured
     ``--count`` draft generations (default 5,000) go through ``Runner.run`` — render, one HTTP
     call to the fake LLM server, checks, parse, four atomic file writes (``prompt.txt``,
-    ``raw.txt``, ``parsed.txt``, ``metadata.json`` as ``done``) with three fsyncs (``raw.txt``,
-    ``metadata.json``, the folder; see ``daydreamd.daemon.runner``) — with ``--concurrency`` (default 64) in
-    flight, against ``tests/fakellm.py`` running as a separate process at 0 ms latency. Reported
-    per run: wall seconds, generations per second, this process's CPU time per generation (user
-    + system, all threads; also split), and fsyncs per generation. The server's CPU is not
-    included. On a filesystem where creating a file is slow (ext4 without a journal skips
+    ``raw.txt``, ``parsed.txt``, ``metadata.json`` as ``done``) made durable by group syncs shared
+    by the generations saved meanwhile (see ``daydreamd.storage.gens``) — with ``--concurrency``
+    (default 64) in flight, against ``tests/fakellm.py`` running as a separate process at 0 ms
+    latency, into a data folder under the benchmarks' folder (``bench/workdir.py``). Reported per
+    run: wall seconds, generations per second, this process's CPU time per generation (user +
+    system, all threads; also split), fsyncs and group syncs per generation. The server's CPU is
+    not included. On a filesystem where creating a file is slow (ext4 without a journal skips
     recently deleted inodes, so a machine that just deleted many files pays up to ~0.4 ms of
     kernel time per new file), the four new files of each generation dominate the kernel time.
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_scale import write_experiment
 from bench.fake_server import fake_server
+from bench.workdir import bench_root
 from daydreamd.core.build import read_and_build
 from daydreamd.core.config import Settings, load_settings
 from daydreamd.core.jobs import Job, Jobs
@@ -70,7 +72,8 @@ async def run_once(url: str, data_dir: Path, jobs: list[Job], concurrency: int) 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         client = OpenAiCompatibleClient(session, url, "bench-key", 60.0, include_usage=True)
-        runner = Runner(store=GensStore(data_dir), provider=client, rng=random.Random(0))
+        store = GensStore(data_dir)
+        runner = Runner(store=store, provider=client, rng=random.Random(0))
         pending = iter(jobs)
         failures = 0
 
@@ -104,6 +107,7 @@ async def run_once(url: str, data_dir: Path, jobs: list[Job], concurrency: int) 
         "user_ms_per_generation": round((usage1.ru_utime - usage0.ru_utime) * 1000 / len(jobs), 3),
         "system_ms_per_generation": round((usage1.ru_stime - usage0.ru_stime) * 1000 / len(jobs), 3),
         "fsyncs_per_generation": round(fsyncs / len(jobs), 2),
+        "group_syncs_per_generation": round(store.group_sync.rounds / len(jobs), 3),
         "failures": failures,
     }
 
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=0, help="fake server latency (default 0)")
     args = parser.parse_args(argv)
     with (
-        tempfile.TemporaryDirectory(prefix="dd-runner-bench-") as tmp,
+        tempfile.TemporaryDirectory(prefix="runner-overhead-", dir=bench_root()) as tmp,
         fake_server("--latency-ms", str(args.latency_ms)) as url,
     ):
         _, jobs = make_jobs(Path(tmp) / "experiment", args.count)

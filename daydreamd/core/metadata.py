@@ -36,6 +36,9 @@ Schema (version 1; keys are stable, new keys may be added)::
     parsed_sha256           hash of the parsed.txt written with this file (present when it was):
                             parsed.txt is not fsynced, and a copy a power failure damaged is told
                             apart by this hash and re-created from the reply (see storage.gens)
+    raw_sha256              hash of the raw.txt saved with this file (present when one was): a
+                            raw.txt that a power failure caught before its save was durable no
+                            longer matches, and is archived unread instead of being re-used
     daydreamd_version       the version that wrote the file
 """
 

@@ -23,10 +23,11 @@ import structlog
 
 from daydreamd.core.build import Build, build_from_raw
 from daydreamd.core.cohort import Cohort, Generation
+from daydreamd.core.collector import freeze_long_lived, paused_gc
 from daydreamd.core.config import Settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.problems import Level, Problem
-from daydreamd.core.snapshot import read_raw_dir
+from daydreamd.core.snapshot import RawFiles, read_raw_dir
 from daydreamd.core.status import CohortProgress, ProblemStatus, RebuildStatus
 from daydreamd.core.templates import PromptRenderer
 from daydreamd.core.timestamps import utc_now
@@ -172,7 +173,7 @@ class Rebuilder:
         if fingerprint != applied:
             await self.store.set_fact(PENDING, fingerprint)
         self._phase("building")
-        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings, self.renderer)
+        build = await anyio.to_thread.run_sync(_build, raw, settings, self.renderer)
         self.current.problems = build.problems
         if build.cohort is None:
             await self.store.set_fact(APPLIED, fingerprint)
@@ -193,6 +194,7 @@ class Rebuilder:
         self.current.rebuilds += 1
         self._record(reason, fingerprint, t0, ok=True, sync=result)
         await self._named(settings, build)
+        freeze_long_lived()
         log.info(
             "cohort_rebuilt",
             cohort_id=build.cohort.cohort_id,
@@ -264,7 +266,7 @@ class Rebuilder:
         if raw is None:
             return
         self._phase("building")
-        build = await anyio.to_thread.run_sync(build_from_raw, raw, settings, self.renderer)
+        build = await anyio.to_thread.run_sync(_build, raw, settings, self.renderer)
         if build.cohort is None:  # e.g. checks added since it was saved: there is nothing good to serve
             errors = [str(p) for p in build.problems if p.level is Level.ERROR]
             log.warning("last_good_files_invalid", errors=len(errors), first=errors[:5])
@@ -301,3 +303,10 @@ def _diff(cohort: Cohort, live: Sequence[Generation] | Sequence[str]) -> Members
     """The membership changes from ``live`` (generations or gen_ids) to ``cohort`` (in a worker thread)."""
     ids = [g if isinstance(g, str) else g.gen_id for g in live]
     return membership_diff(cohort.generations, ids)
+
+
+def _build(raw: RawFiles, settings: Settings, renderer: PromptRenderer | None) -> Build:
+    """:func:`build_from_raw` with the cyclic collector paused (in a worker thread): a million
+    generations build a fifth faster, and no full collection holds the event loop meanwhile."""
+    with paused_gc():
+        return build_from_raw(raw, settings, renderer)

@@ -16,19 +16,20 @@ folder takes no writes (a full or read-only disk), a step is tried again with ba
 works, with the reply kept in memory; :attr:`Runner.disk` says so meanwhile (the pool then claims
 nothing new), and nothing is paid twice.
 
-Durability (power failure, kernel crash; a killed process loses nothing written). Three fsyncs
-per new reply (see :mod:`daydreamd.storage.gens`). The reply is checked and parsed in memory the
-moment it arrives (microseconds, no I/O), then everything is written in one step, nothing reported
-before it is durable: ``prompt.txt`` (renamed into place, not fsynced), ``raw.txt`` (fsynced before
-its rename), ``parsed.txt`` (not fsynced, its hash recorded as ``parsed_sha256``), ``metadata.json``
-with status ``done`` or ``failed`` and the input hash the reply answers (fsynced before its
-rename), then the folder (checkpoint ``reply_saved``). A crash before that folder fsync loses only
-the reply in memory (as if it had come later); after it, the reply and its record are on disk
-whole, and a second run reuses them without a call. Should checking or parsing raise anything but
-a parse error (a bug), the reply is first saved with status ``replied`` (and re-parsed, not paid
-for, on the next run).
+Durability (power failure, kernel crash; a killed process loses nothing written; see
+:mod:`daydreamd.storage.gens`). The reply is checked and parsed in memory the moment it arrives
+(microseconds, no I/O), then everything is written in one step, nothing reported before it is
+durable: ``prompt.txt``, ``raw.txt``, ``parsed.txt`` (its hash recorded as ``parsed_sha256``),
+``metadata.json`` with status ``done`` or ``failed``, the input hash the reply answers and
+``raw_sha256``; a first save then waits for a group sync it shares with the saves finishing
+meanwhile, a save over existing files fsyncs each record before its rename and the folder after
+(checkpoint ``reply_saved``). A crash before that loses only the reply in memory (as if it had
+come later: a ``raw.txt`` it caught half-written no longer matches ``raw_sha256`` and is archived
+unread); after it, the reply and its record are on disk whole, and a second run reuses them
+without a call. Should checking or parsing raise anything but a parse error (a bug), the reply is
+first saved with status ``replied`` (and re-parsed, not paid for, on the next run).
 
-A failure without a reply writes ``metadata.json`` (and ``prompt.txt``, not fsynced): two fsyncs.
+A failure without a reply writes ``metadata.json`` (and ``prompt.txt``).
 ``prompt.txt`` and ``parsed.txt`` are derived files: after a power failure they may be missing,
 empty or cut short even in a generation the run state calls done. They are re-created, never
 paid for again: a run of the generation checks ``parsed.txt`` against ``parsed_sha256`` (and
@@ -312,6 +313,10 @@ class Runner:
         if previous is None and not store.directory(job.stage, job.gen_id).exists():
             return None  # a first run: nothing saved, nothing to remove
         raw_exists = store.exists(job.stage, job.gen_id, RAW)
+        if previous is not None and not store.raw_intact(job.stage, job.gen_id, previous):
+            # A power failure caught the save before its sync: nothing was acknowledged, and the
+            # damaged reply must not be parsed. Taken for a first run (the damaged file archived).
+            previous = None
         if (
             not run.fresh
             and previous is not None

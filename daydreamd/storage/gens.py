@@ -9,10 +9,17 @@ was paid for is never silently overwritten. Paths come from :mod:`daydreamd.stor
 
 Durability (what survives a power failure or a kernel crash; see :mod:`daydreamd.storage.atomic`):
 
-- ``raw.txt`` and ``metadata.json`` are *records*: their contents are fsynced before they are
-  renamed into place, so a crash never turns a durable one into a torn one, and each step
-  ends with one fsync of the generation's folder (:meth:`GensStore.save_reply`,
-  :meth:`GensStore.save_result`, :meth:`GensStore.save`).
+- ``raw.txt`` and ``metadata.json`` are *records*. A generation saved for the first time (its
+  folder made by this save) has no earlier version a crash could tear: its files are written
+  and renamed into place without an fsync each, then one group sync of the file system
+  (:class:`daydreamd.storage.group_sync.GroupSync`, shared by every save running meanwhile)
+  makes all of them durable before the save returns. A folder that exists already (a retry, a
+  re-parse) has its records fsynced before they are renamed over the old ones and the folder
+  fsynced last, so a crash never turns a durable record into a torn one.
+- ``metadata.json`` records ``raw_sha256`` of the reply saved with it: a ``raw.txt`` that a
+  power failure caught before the sync (missing, empty, partial) no longer matches, and the
+  runner then takes the generation for one that never ran (the damaged file is archived, the
+  model called again: the crash came before the reply was acknowledged).
 - ``prompt.txt`` and ``parsed.txt`` are *derived*: re-created from the records and the
   experiment (the prompt is rendered again, the saved reply parsed again), so the runner writes
   them without an fsync of their own. After a power failure they may be missing, empty or
@@ -36,14 +43,21 @@ from typing import Any
 
 from daydreamd.core.stages import Stage
 from daydreamd.storage.atomic import fsync_dir, replace_file, write_atomic, write_atomic_many
+from daydreamd.storage.group_sync import GroupSync
 from daydreamd.storage.layout import METADATA as METADATA
 from daydreamd.storage.layout import PARSED as PARSED
 from daydreamd.storage.layout import PROMPT as PROMPT
 from daydreamd.storage.layout import RAW as RAW
 from daydreamd.storage.layout import DataLayout, relative_gen_file
 
+RECORDS = frozenset({RAW, METADATA})
+"""The files that cannot be re-created: fsynced before they replace an earlier version."""
+
 PARSED_SHA256 = "parsed_sha256"
 """The ``metadata.json`` key holding the SHA-256 of the ``parsed.txt`` written with it."""
+
+RAW_SHA256 = "raw_sha256"
+"""The ``metadata.json`` key holding the SHA-256 of the ``raw.txt`` saved with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +75,12 @@ class ParsedFile:
 class GensStore:
     """Files of generations under ``<data_dir>/gens``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, group_sync: GroupSync | None = None) -> None:
         self.data_dir = data_dir
         self.layout = DataLayout(data_dir)
         self.root = self.layout.gens
+        self.group_sync = group_sync or GroupSync()
+        """Makes first saves durable together (see the module docstring)."""
 
     def directory(self, stage: Stage | str, gen_id: str) -> Path:
         """``gens/<stage>/<gen_id>``."""
@@ -139,18 +155,16 @@ class GensStore:
     def save_reply(
         self, stage: Stage | str, gen_id: str, *, prompt: str, metadata: dict[str, Any], raw: str
     ) -> None:
-        """A paid reply, durable when this returns: ``prompt.txt`` (derived, not fsynced), then
-        ``raw.txt`` and ``metadata.json`` (each fsynced before its rename), then the folder.
+        """A paid reply, durable when this returns: ``prompt.txt`` (derived), ``raw.txt``, then the
+        metadata recording its input (and ``raw_sha256``).
 
-        A crash before the folder's fsync may lose the reply (as if it had come later); after it,
+        A crash before this returns may lose the reply (as if it had come later); after it,
         ``raw.txt`` and the metadata recording its input are both on disk, whole.
         """
-        directory = self.directory(stage, gen_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        replace_file(directory, PROMPT, prompt, sync=False)
-        replace_file(directory, RAW, raw, sync=True)
-        replace_file(directory, METADATA, dump_metadata(metadata), sync=True)
-        fsync_dir(directory)
+        metadata[RAW_SHA256] = _sha256(raw)
+        self._save(
+            self.directory(stage, gen_id), [(PROMPT, prompt), (RAW, raw), (METADATA, dump_metadata(metadata))]
+        )
 
     def save_result(
         self,
@@ -162,22 +176,31 @@ class GensStore:
         prompt: str | None = None,
         raw: str | None = None,
     ) -> None:
-        """How a run ended: ``prompt.txt`` (not fsynced), a new reply's ``raw.txt`` (fsynced
-        before its rename), ``parsed.txt`` (not fsynced), then ``metadata.json`` (fsynced before
-        its rename), then the folder. Durable when this returns, except the derived files'
-        contents, which ``metadata.json`` lets a reader check (``parsed_sha256``) and re-create.
+        """How a run ended: ``prompt.txt``, a new reply's ``raw.txt``, ``parsed.txt``, then
+        ``metadata.json`` (stamped with the hashes of the reply and the parsed text written with
+        it). Durable when this returns, except the derived files' contents, which ``metadata.json``
+        lets a reader check (``parsed_sha256``) and re-create.
         """
-        directory = self.directory(stage, gen_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        if prompt is not None:
-            replace_file(directory, PROMPT, prompt, sync=False)
         if raw is not None:
-            replace_file(directory, RAW, raw, sync=True)
+            metadata[RAW_SHA256] = _sha256(raw)
         if parsed is not None:
             metadata[PARSED_SHA256] = _sha256(parsed)
-            replace_file(directory, PARSED, parsed, sync=False)
-        replace_file(directory, METADATA, dump_metadata(metadata), sync=True)
-        fsync_dir(directory)
+        files = [(PROMPT, prompt), (RAW, raw), (PARSED, parsed), (METADATA, dump_metadata(metadata))]
+        self._save(self.directory(stage, gen_id), [(name, text) for name, text in files if text is not None])
+
+    def _save(self, directory: Path, files: list[tuple[str, str]]) -> None:
+        """Write ``files`` in order and make the records durable (see the module docstring): one
+        shared group sync for a folder made here, else each record fsynced before its rename."""
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            for name, text in files:
+                replace_file(directory, name, text, sync=name in RECORDS)
+            fsync_dir(directory)
+            return
+        for name, text in files:
+            replace_file(directory, name, text, sync=False)
+        self.group_sync.sync(directory, [name for name, _ in files])
 
     def write_derived(self, stage: Stage | str, gen_id: str, name: str, text: str) -> None:
         """Re-create a derived file (``prompt.txt``, ``parsed.txt``) of an existing generation:
@@ -214,6 +237,18 @@ class GensStore:
         if data is not None and hashlib.sha256(data).hexdigest() == recorded:
             return ParsedFile(text=data.decode("utf-8"), metadata=metadata, damaged=False)
         return ParsedFile(text=None, metadata=metadata, damaged=True)
+
+    def raw_intact(self, stage: Stage | str, gen_id: str, metadata: dict[str, Any]) -> bool:
+        """False when ``metadata`` records a ``raw_sha256`` that ``raw.txt`` (missing, or damaged by
+        a power failure before the save's sync) does not match."""
+        recorded = metadata.get(RAW_SHA256)
+        if not isinstance(recorded, str):
+            return True
+        try:
+            data = self.layout.gen_file(stage, gen_id, RAW).read_bytes()
+        except FileNotFoundError:
+            return False
+        return hashlib.sha256(data).hexdigest() == recorded
 
     def archive_raw(self, stage: Stage | str, gen_id: str) -> Path | None:
         """Move ``raw.txt`` aside as ``raw.<n>.txt`` before a new call; returns the new name.

@@ -46,6 +46,7 @@ from daydreamd.llm.openai_compat import OpenAiCompatibleClient
 from daydreamd.llm.registry import make_provider
 from daydreamd.llm.types import Provider
 from daydreamd.storage.gens import GensStore
+from daydreamd.storage.group_sync import GroupSync
 from tests.fakellm import FakeLlm, Fault, FaultKind, FaultSpec, RecordedRequest, default_reply
 
 KEY = "sk-or-v1-RUNNERCANARY-7c1d9e04b2a85f36e1"
@@ -187,9 +188,14 @@ class Rig:
         return job
 
     async def run(
-        self, generation: Generation, *, settings: Settings | None = None, runner: Runner | None = None
+        self,
+        generation: Generation,
+        *,
+        settings: Settings | None = None,
+        runner: Runner | None = None,
+        fresh: bool = False,
     ) -> Outcome:
-        return await (runner or self.runner).run(self.job(generation, settings))
+        return await (runner or self.runner).run(self.job(generation, settings), fresh=fresh)
 
     async def run_ancestors(self, generation: Generation) -> None:
         """Run the parent chain (parents first) to done, with the default settings."""
@@ -764,28 +770,90 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[Sync
     return synced
 
 
-async def test_a_new_reply_and_its_record_are_durable_in_three_fsyncs(
+def record_syncs(rig: Rig, directory: Path) -> list[frozenset[str]]:
+    """Give the rig's store a group sync that records the generation folder's files at each sync."""
+    seen: list[frozenset[str]] = []
+
+    def syncfs(fd: int) -> None:  # (records only: these tests need no power-failure durability)
+        seen.append(frozenset(p.name for p in directory.iterdir()))
+
+    rig.store.group_sync = GroupSync(syncfs)
+    return seen
+
+
+async def test_a_new_reply_and_its_record_are_durable_in_one_shared_sync(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new generation costs three fsyncs: raw.txt (prompt.txt already renamed into place), then
-    the 'done' metadata (parsed.txt already in place), then the folder. prompt.txt and parsed.txt
-    get none (they are derived), and metadata.json records both their hashes."""
+    """A first save costs no fsync of its own: its four files are renamed into place, then one group
+    sync of the file system makes them durable. metadata.json records the hashes of the reply,
+    the prompt and the parsed text (what tells damaged files from intact ones after a crash)."""
     draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
-    synced = record_fsyncs(monkeypatch, rig.dir(draft))
+    fsynced = record_fsyncs(monkeypatch, rig.dir(draft))
+    synced = record_syncs(rig, rig.dir(draft))
 
     outcome = await rig.run(draft)
 
     assert outcome.ok
-    assert [s.folder for s in synced] == [False, False, True]
-    raw_tmp, metadata_tmp, durable = (s.files for s in synced)
-    assert {n for n in raw_tmp if not n.startswith(".")} == {"prompt.txt"}
-    assert {n for n in metadata_tmp if not n.startswith(".")} == {"prompt.txt", "raw.txt", "parsed.txt"}
-    assert durable == {"prompt.txt", "raw.txt", "metadata.json", "parsed.txt"}
+    assert fsynced == [] and synced == [frozenset({"prompt.txt", "raw.txt", "metadata.json", "parsed.txt"})]
     md = rig.metadata(draft)
     parsed = rig.read(draft, "parsed.txt")
     assert md["status"] == "done"
     assert md["parsed_sha256"] == hashlib.sha256(parsed.encode()).hexdigest()
     assert md["prompt_sha256"] == hashlib.sha256(rig.read(draft, "prompt.txt").encode()).hexdigest()
+    assert md["raw_sha256"] == hashlib.sha256(rig.read(draft, "raw.txt").encode()).hexdigest()
+
+
+async def test_a_reply_replacing_a_saved_one_is_fsynced_before_its_rename(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that exists already (here: a fresh call after a done run) is not saved by the group
+    sync: raw.txt is fsynced before its rename (prompt.txt already in place), then the 'done'
+    metadata (parsed.txt in place), then the folder, so a crash never leaves a torn record where a
+    durable one was."""
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[0]
+    assert (await rig.run(draft)).ok
+    fsynced = record_fsyncs(monkeypatch, rig.dir(draft))
+    synced = record_syncs(rig, rig.dir(draft))
+
+    assert (await rig.run(draft, fresh=True)).ok
+
+    assert synced == [] and [s.folder for s in fsynced] == [False, False, True]
+    raw_tmp, metadata_tmp, durable = (s.files for s in fsynced)
+    assert {n for n in raw_tmp if not n.startswith(".")} == {"prompt.txt", "raw.1.txt", "metadata.json"}
+    assert any(n.startswith(".raw.txt.") for n in raw_tmp)
+    assert {n for n in metadata_tmp if not n.startswith(".")} == {
+        "prompt.txt",
+        "raw.1.txt",
+        "raw.txt",
+        "parsed.txt",
+        "metadata.json",
+    }
+    assert any(n.startswith(".metadata.json.") for n in metadata_tmp)
+    assert durable == {"prompt.txt", "raw.1.txt", "raw.txt", "metadata.json", "parsed.txt"}
+
+
+@pytest.mark.parametrize("damage", ["removed", "empty", "partial"])
+async def test_a_reply_a_crash_caught_before_its_sync_is_never_parsed(rig: Rig, damage: str) -> None:
+    """After a power failure before the group sync, metadata.json may have reached the disk and
+    raw.txt not (missing, empty, cut short), parsed.txt with it: the damaged reply is archived, not
+    parsed, and the model is called again (nothing was acknowledged)."""
+    assert rig.fake is not None
+    draft = rig.pick(Stage.DRAFT, "rolling-idea")[2]
+    assert (await rig.run(draft)).ok
+    raw = rig.dir(draft) / "raw.txt"
+    whole = raw.read_text()
+    (rig.dir(draft) / "parsed.txt").unlink()
+    if damage == "removed":
+        raw.unlink()
+    else:
+        raw.write_text("" if damage == "empty" else whole[: len(whole) // 2])
+
+    outcome = await rig.run(draft)
+
+    assert outcome.ok and not outcome.reused_reply and rig.fake.request_count == 2
+    assert rig.read(draft, "raw.txt") == whole  # the fake answers the same prompt the same way
+    assert (rig.dir(draft) / "raw.1.txt").exists() == (damage != "removed")
+    assert rig.metadata(draft)["raw_sha256"] == hashlib.sha256(whole.encode()).hexdigest()
 
 
 async def test_a_new_reply_that_fails_its_checks_is_saved_with_its_failure(rig: Rig) -> None:
@@ -805,18 +873,20 @@ async def test_a_new_reply_that_fails_its_checks_is_saved_with_its_failure(rig: 
     assert (await rig.run(draft)).reused_reply and rig.fake.request_count == 1
 
 
-async def test_a_failure_record_costs_two_fsyncs(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call that fails for good: prompt.txt (not fsynced), metadata.json, the folder."""
+async def test_a_failure_record_is_durable_in_one_shared_sync(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that fails for good: prompt.txt and metadata.json, made durable by one group sync."""
     assert rig.fake is not None
     draft = rig.pick(Stage.DRAFT, "bridge-sketch")[0]
-    synced = record_fsyncs(monkeypatch, rig.dir(draft))
+    fsynced = record_fsyncs(monkeypatch, rig.dir(draft))
+    synced = record_syncs(rig, rig.dir(draft))
     rig.fake.script(FaultKind.AUTH)
 
     outcome = await rig.run(draft)
 
     assert (outcome.ok, outcome.kind) == (False, FailureKind.AUTH)
-    assert [s.folder for s in synced] == [False, True]
-    assert synced[-1].files == {"prompt.txt", "metadata.json"}
+    assert fsynced == [] and synced == [frozenset({"prompt.txt", "metadata.json"})]
 
 
 @pytest.mark.parametrize("damage", ["removed", "empty", "partial"])
