@@ -35,6 +35,9 @@ class _Armed:
     ready: Ready
     go: anyio.Event = field(default_factory=anyio.Event)
     called_off: bool = False
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Around the task's preparation: cancelled when it is called off, so a preparation that waits
+    (a data folder that takes no writes, tried again with backoff) cannot hold up a revoke."""
 
 
 class ArmedWork:
@@ -75,6 +78,12 @@ class ArmedWork:
         if armed.called_off:
             raise CalledOff(gen_id)
 
+    def scope(self, gen_id: str) -> anyio.CancelScope:
+        """The scope the generation's task runs its preparation in: cancelled if it is called off
+        before its launch (a fresh scope, never cancelled, for one no longer armed)."""
+        armed = self._entries.get(gen_id)
+        return armed.scope if armed is not None else anyio.CancelScope()
+
     def launch(self, ready: Ready) -> None:
         """Send ``ready`` (taken from :attr:`waiting`; the pool has taken its slot and places)."""
         armed = self._forget(ready.gen_id)
@@ -99,6 +108,7 @@ class ArmedWork:
         for armed in called:
             armed.called_off = True
             armed.go.set()
+            armed.scope.cancel()
             self._giving_back.add(armed.ready.gen_id)
             self._forget(armed.ready.gen_id)
         if called and self._all_given_back.is_set():

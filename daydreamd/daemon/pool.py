@@ -603,8 +603,12 @@ class Pool:
         done = False
         try:
             try:
-                outcome = await self._run(claim, attempts, bound)
+                with self.armed.scope(g.gen_id) as preparing:
+                    outcome = await self._run(claim, attempts, bound)
             except CalledOff:
+                await self._give_back(claim, ready, bound)
+                return
+            if preparing.cancelled_caught:  # called off during its preparation: no call was made
                 await self._give_back(claim, ready, bound)
                 return
             if self.breaker.caused(outcome.kind, outages) and self._requeues[g.gen_id] < self._max_requeues:

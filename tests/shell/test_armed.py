@@ -117,3 +117,43 @@ async def test_calling_off_some_leaves_the_others_armed_and_waiting() -> None:
         (chosen,) = armed.waiting.choose(2, [("llm", "a")], may_start=lambda _: True)
         armed.launch(chosen)
     assert outcomes == {spent.gen_id: "called off", other.gen_id: "launched"}
+
+
+async def test_a_preparation_that_waits_is_cut_short_when_called_off_and_a_launched_call_is_not() -> None:
+    """A generation still being prepared (here: waiting forever, as a preparation does while the
+    data folder takes no writes) stops as soon as it is called off, so a revoke never waits for the
+    disk; one already launched keeps its call whatever is called off after."""
+    armed = ArmedWork(on_waiting=lambda: None)
+    stuck, sent = ready(1, "a"), ready(2, "a")
+    armed.arm(stuck)
+    armed.arm(sent)
+    outcomes: dict[str, str] = {}
+    entered = anyio.Event()
+
+    async def preparing_forever() -> None:
+        with armed.scope(stuck.gen_id) as scope:
+            entered.set()
+            await anyio.sleep_forever()
+        outcomes[stuck.gen_id] = "cut short" if scope.cancelled_caught else "went on"
+        armed.finished(stuck.gen_id)
+
+    async def calling() -> None:
+        with armed.scope(sent.gen_id) as scope:
+            await armed.until_launched(sent.gen_id)
+            await call_over.wait()  # the call at the provider
+        outcomes[sent.gen_id] = "cut short" if scope.cancelled_caught else "called"
+
+    call_over = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(preparing_forever)
+            tasks.start_soon(calling)
+            await entered.wait()
+            while armed.waiting.held(("llm", "a")) < 1:
+                await anyio.lowlevel.checkpoint()
+            (chosen,) = armed.waiting.choose(1, [("llm", "a")], may_start=lambda _: True)
+            armed.launch(chosen)
+            assert armed.call_off() == 1  # only the one still preparing is armed now
+            await armed.until_given_back()
+            call_over.set()
+    assert outcomes == {stuck.gen_id: "cut short", sent.gen_id: "called"}
