@@ -127,13 +127,12 @@ async def serve(
                 endpoints=sorted(providers),
             )
             site = None
-            failed: list[BaseException] = []
             try:
                 async with anyio.create_task_group() as tg:
                     # The first check of 1_raw runs beside the socket: a big cohort takes a while to
                     # build and sync, and status shows its progress meanwhile. A small one is waited for.
                     first = anyio.Event()
-                    tg.start_soon(_first_rebuild, service, first, failed, tg.cancel_scope)
+                    tg.start_soon(_first_rebuild, service, first)
                     with anyio.move_on_after(FIRST_REBUILD_WAIT_S):
                         await first.wait()
                     site = await start_unix_site(
@@ -167,21 +166,18 @@ async def serve(
                 if site is not None:
                     with anyio.CancelScope(shield=True):
                         await stop(site)
-            if failed:  # the first rebuild failed: as fatal as before the socket ran beside it
-                raise failed[0]
             log.info("service_stopped")
     return 0
 
 
-async def _first_rebuild(
-    service: Service, done: anyio.Event, failed: list[BaseException], scope: anyio.CancelScope
-) -> None:
-    """The startup check of 1_raw; a failure stops the service (it is raised again by ``serve``)."""
+async def _first_rebuild(service: Service, done: anyio.Event) -> None:
+    """The startup check of 1_raw. A failure (a full disk, a folder in the way) does not stop the
+    service: it is logged and handed to the rebuild loop, which tries again with backoff."""
     try:
         await service.rebuild("startup")
     except Exception as exc:
-        failed.append(exc)
-        scope.cancel()
+        log.error("rebuild_failed", error=f"{type(exc).__name__}: {exc}", reason="startup", exc_info=True)
+        service.trigger.fire("retry")
     finally:
         done.set()
 

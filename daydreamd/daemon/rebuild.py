@@ -14,10 +14,12 @@ cohort from that copy, and the pool, approvals and status go on while the errors
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import anyio.to_thread
 import structlog
 
@@ -222,15 +224,34 @@ class Rebuilder:
         """Write the cohort's files and make the run state's membership match it.
 
         Only the difference is written, in chunks (:meth:`Store.sync_membership`): against the cohort
-        this process synced last when there is one (in memory), else against the run state.
+        this process synced last when there is one (in memory), else against the run state. The
+        files are written in a worker thread meanwhile (SQLite does most of its work without the
+        interpreter lock, so the two overlap); the cohort is in force once both are done, and a
+        failure of either (a full disk) leaves it not applied, to be done again.
         """
         cohort = build.cohort
         assert cohort is not None
         building = self.current.building
         if building is not None:
             building.generations = len(cohort.generations)
-        self._phase("writing")
-        await anyio.to_thread.run_sync(write_cohort, settings.paths.data_dir, cohort)
+        files = _Background()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(files.run, functools.partial(write_cohort, settings.paths.data_dir, cohort))
+            result = await self._sync_membership(build, fingerprint, building)
+            if not files.done.is_set():
+                self._phase("writing")
+        files.raise_failure()
+        await self.store.set_fact("cohort.current", cohort.cohort_id)
+        await self.store.set_fact(SYNCED_CONTENT, str(cohort.manifest.get("content_id", "")))
+        self.current.synced = cohort
+        if self.on_synced is not None:  # status shows the new cohort's id with its counts, not older ones
+            await self.on_synced()
+        return result
+
+    async def _sync_membership(self, build: Build, fingerprint: str, building: Building | None) -> SyncResult:
+        """The membership diff against the cohort synced last (or the run state), written."""
+        cohort = build.cohort
+        assert cohort is not None
         self._phase("comparing")
         previous, self.current.synced = self.current.synced, None  # unknown until this sync completes
         live = previous.generations if previous is not None else await self.store.live_gen_ids()
@@ -239,15 +260,9 @@ class Rebuilder:
         if building is not None:
             building.synced(0, len(diff.add) + len(diff.retire))
         modes = {(t.stage, t.template_id): str(t.generator) for t in build.experiment.templates}
-        result = await self.store.sync_membership(
+        return await self.store.sync_membership(
             cohort, modes, fingerprint, diff=diff, progress=building.synced if building else None
         )
-        await self.store.set_fact("cohort.current", cohort.cohort_id)
-        await self.store.set_fact(SYNCED_CONTENT, str(cohort.manifest.get("content_id", "")))
-        self.current.synced = cohort
-        if self.on_synced is not None:  # status shows the new cohort's id with its counts, not older ones
-            await self.on_synced()
-        return result
 
     async def _named(self, settings: Settings, build: Build) -> None:
         """The named cohorts, in step with their specs under ``build`` (the build in force)."""
@@ -310,3 +325,24 @@ def _build(raw: RawFiles, settings: Settings, renderer: PromptRenderer | None) -
     generations build a fifth faster, and no full collection holds the event loop meanwhile."""
     with paused_gc():
         return build_from_raw(raw, settings, renderer)
+
+
+class _Background:
+    """A blocking step run in a worker thread beside other work: its failure is kept for the
+    caller to raise when it is ready, instead of cancelling what runs beside it."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self._failure: Exception | None = None
+
+    async def run(self, step: Callable[[], object]) -> None:
+        try:
+            await anyio.to_thread.run_sync(step)
+        except Exception as exc:
+            self._failure = exc
+        finally:
+            self.done.set()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure

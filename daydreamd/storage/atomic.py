@@ -134,7 +134,7 @@ def remove_stale_temps(directory: Path) -> int:
     removed = 0
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing, not a folder, unreadable: nothing to sweep (what writes there says why)
         return 0
     for entry in entries:
         name = entry.name

@@ -195,3 +195,35 @@ async def test_an_unreadable_state_is_a_clear_error_and_new_state_sets_it_aside(
     (moved,) = [e for e in _events(tmp_path / "state" / "dd.log") if e["event"] == "state_set_aside"]
     assert moved["moved_to"] == str(aside)
     assert await daemon.stop() == 0
+
+
+# -- cohort files that cannot be written -----------------------------------------------------------
+
+
+async def test_cohort_files_that_cannot_be_written_hold_the_cohort_back_until_they_can(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """``data/cohorts`` is a file, so the cohort's files cannot be written (they are written while
+    the membership syncs): the rebuild fails, naming the path, and is tried again with nothing in
+    force; once the file is gone the next try puts the cohort in force with its files, by itself."""
+    async with FakeLlm() as fake:
+        daemon = make(daemons, tmp_path, fast_config(fake.base_url))
+        blocker = daemon.data / "cohorts"
+        blocker.write_text("not a folder\n")
+        daemon.spawn()
+
+        def failed_on_files(status: dict[str, Any] | None) -> bool:
+            return status is not None and "rebuild_failed" in daemon.log_tail(400)
+
+        status = await daemon.wait_for(failed_on_files, what="the rebuild failing on data/cohorts")
+        failure = next(line for line in daemon.log_tail(400).splitlines() if "rebuild_failed" in line)
+        assert "cohorts" in failure
+        assert status["cohort_id"] is None
+        await anyio.to_thread.run_sync(blocker.unlink)
+        status = await daemon.wait_for(
+            lambda s: s is not None and s["cohort_id"] is not None and not s.get("cohort_progress"),
+            what="the cohort in force after the retry",
+        )
+        assert stage(status, "draft")["pending"] == 9
+        assert (blocker / status["cohort_id"] / "membership.csv").is_file()
+        assert await daemon.stop() == 0
