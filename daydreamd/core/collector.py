@@ -4,7 +4,7 @@ A million rows or generations are a few million tuples, lists and dicts, none of
 (reference counting frees them); with the collector on, its repeated full passes over everything
 already made take a third to a half of such a build's time. In the service the cohort then lives
 on, and each later full pass over it would hold the interpreter for a quarter of a second or more
-at a million generations: :func:`freeze_long_lived` takes it out of the collector's sight.
+at a million generations: :func:`frozen_when_built` takes it out of the collector's sight.
 """
 
 from __future__ import annotations
@@ -29,13 +29,18 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def freeze_long_lived() -> None:
-    """Collect the young generations, then move every object alive now out of the collector's
-    passes (``gc.freeze``): for the service, after it adopts a cohort.
+@contextmanager
+def frozen_when_built() -> Iterator[None]:
+    """:func:`paused_gc` for a build whose result lives on (the service's cohort), and what is
+    alive when the block ends moved out of the collector's passes (``gc.freeze``) before the
+    collector is back on.
 
-    Frozen objects are still freed by reference counting (the previous cohort goes as soon as the
-    service drops it); only a cycle alive now and dropped later is never reclaimed, a few objects
-    per rebuild against the full passes over millions this saves.
+    Without the freeze, the first collection after the pause would walk every object the build
+    made (they all sit in the youngest generation) and hold the interpreter a second at a million
+    generations. Frozen objects are still freed by reference counting (the previous cohort goes as
+    soon as the service drops it); only a cycle alive now and dropped later is never reclaimed, a
+    few objects per rebuild against the full passes over millions this saves.
     """
-    gc.collect(1)
-    gc.freeze()
+    with paused_gc():
+        yield
+        gc.freeze()

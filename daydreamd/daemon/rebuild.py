@@ -25,7 +25,7 @@ import structlog
 
 from daydreamd.core.build import Build, build_from_raw
 from daydreamd.core.cohort import Cohort, Generation
-from daydreamd.core.collector import freeze_long_lived, paused_gc
+from daydreamd.core.collector import frozen_when_built
 from daydreamd.core.config import Settings
 from daydreamd.core.jobs import Jobs
 from daydreamd.core.problems import Level, Problem
@@ -196,7 +196,6 @@ class Rebuilder:
         self.current.rebuilds += 1
         self._record(reason, fingerprint, t0, ok=True, sync=result)
         await self._named(settings, build)
-        freeze_long_lived()
         log.info(
             "cohort_rebuilt",
             cohort_id=build.cohort.cohort_id,
@@ -321,9 +320,10 @@ def _diff(cohort: Cohort, live: Sequence[Generation] | Sequence[str]) -> Members
 
 
 def _build(raw: RawFiles, settings: Settings, renderer: PromptRenderer | None) -> Build:
-    """:func:`build_from_raw` with the cyclic collector paused (in a worker thread): a million
-    generations build a fifth faster, and no full collection holds the event loop meanwhile."""
-    with paused_gc():
+    """:func:`build_from_raw` with the cyclic collector paused and the result frozen (in a worker
+    thread): a million generations build a fifth faster, and no collection walks them afterwards
+    (each such pass would hold the event loop up to a second)."""
+    with frozen_when_built():
         return build_from_raw(raw, settings, renderer)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from daydreamd.core.collector import freeze_long_lived, paused_gc
+from daydreamd.core.collector import frozen_when_built, paused_gc
 
 
 class Node:
@@ -22,10 +22,12 @@ def test_paused_gc_restores_the_collector_only_if_it_was_on() -> None:
     assert gc.isenabled()
 
 
-def test_what_lives_when_frozen_leaves_the_collectors_passes_and_is_still_freed() -> None:
-    kept = [Node() for _ in range(1000)]  # tracked by the collector
+def test_what_a_build_made_leaves_the_collectors_passes_and_is_still_freed() -> None:
     try:
-        freeze_long_lived()
+        with frozen_when_built():
+            assert not gc.isenabled()
+            kept = [Node() for _ in range(1000)]  # tracked by the collector
+        assert gc.isenabled()
         oldest = {id(o) for o in gc.get_objects(generation=2)}
         assert gc.get_freeze_count() >= len(kept)
         assert not any(id(item) in oldest for item in kept)
