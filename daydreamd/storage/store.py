@@ -38,15 +38,24 @@ from daydreamd.storage.statefile import SetAside, UnreadableStateError, connect_
 _T = TypeVar("_T")
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 _STAGE_NAMES = frozenset(str(stage) for stage in STAGES)
-SYNC_CHUNK = 20_000
-"""Rows per transaction when membership is synced: claims and completions run between chunks."""
+SYNC_CHUNK = 2_500
+"""Rows per transaction when membership is synced: claims, completions and status reads run between
+chunks, and they share the one database thread. gen_ids are hashes, so a chunk's inserts and look-ups
+land all over the gen_id index: on a 1.3M-row state a row inserted costs some 15 us of that thread, a
+row retired some 9. 2,500 rows keep a chunk near 35 ms (status must answer within 50 ms); 20,000 held
+it for 250 to 1,000 ms and saved under a fifth of the total (each commit writes the index pages its
+chunk dirtied, about one a row inserted whatever the chunk's size)."""
+SYNC_CHECKPOINT_ROWS = 40_000
+"""Rows a membership sync writes between checkpoints of the WAL (some 100 MiB of it), each from a
+connection of its own (:meth:`Store.checkpoint_aside`): copying that back takes a few hundred
+milliseconds, which the database thread would otherwise spend inside some chunk's commit."""
 CHECKPOINT_PAGES = 1_000
 """WAL pages (4 KiB) between automatic checkpoints: SQLite's default."""
 BULK_CHECKPOINT_PAGES = 100_000
-"""WAL pages between automatic checkpoints while a membership sync writes (about 400 MiB of WAL). A
-chunk of inserts lands all over the gen_id and parent indexes: on a million-row table each chunk
-dirties some 20,000 pages of them, and a checkpoint after every commit copied (and synced) those
-pages back into the file once per chunk; a checkpoint every few chunks copies each of them once."""
+"""WAL pages between automatic checkpoints while a membership sync writes (about 400 MiB of WAL): a
+backstop, as the sync checkpoints every :data:`SYNC_CHECKPOINT_ROWS` rows itself. A chunk of inserts
+lands all over the gen_id index, and a checkpoint after every commit copied (and synced) those pages
+back into the file once per chunk; a checkpoint every few dozen chunks copies each of them once."""
 GENERATION_COLUMNS = (
     "gen_id, stage, parent_gen_id, combo_id, template_id, llm_model_id, replicate, mode, state, retired, "
     "attempts, error_kind, error_message, approval_id, lease_token, created_at, updated_at, started_at, finished_at, "
@@ -144,6 +153,20 @@ class MembershipDiff:
     retire: Sequence[str]
 
 
+def checkpoint_file(path: str) -> None:
+    """``PRAGMA wal_checkpoint(PASSIVE)`` on the database at ``path``, through a connection opened
+    for it (blocking: run it in a worker thread). Passive: it copies what no reader still needs and
+    never waits for a lock, so it never holds up the connection that writes. ``synchronous`` as
+    the store's own (``NORMAL``: the file is synced once the copy is done). Closing it checkpoints
+    nothing more: the store's connection stays open."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
+
+
 def membership_diff(generations: Sequence[Generation], live: Sequence[str]) -> MembershipDiff:
     """The difference between a cohort and the membership ``live`` (the gen_ids not retired).
 
@@ -167,6 +190,8 @@ class Store:
     """Rows per transaction when an approval queues work."""
     read_chunk = 100_000
     """Rowids per read when the current membership is read."""
+    sync_checkpoint_rows = SYNC_CHECKPOINT_ROWS
+    """Rows a membership sync writes between checkpoints of the WAL (see :meth:`checkpoint_aside`)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
@@ -233,8 +258,8 @@ class Store:
     async def bulk_writes(self) -> AsyncIterator[None]:
         """While inside (nested, or from several tasks at once), SQLite checkpoints the WAL every
         :data:`BULK_CHECKPOINT_PAGES` pages instead of every :data:`CHECKPOINT_PAGES`; when the last
-        one leaves, the usual setting is back and the WAL is checkpointed at once (under the write
-        lock, between other tasks' transactions), not by whichever commit comes next."""
+        one leaves, the usual setting is back and the WAL is checkpointed at once (from a connection
+        of its own, :meth:`checkpoint_aside`), not by whichever commit comes next."""
         self._bulk += 1
         try:
             if self._bulk == 1:
@@ -247,7 +272,22 @@ class Store:
                 with anyio.CancelScope(shield=True):
                     async with self._write_lock:
                         await self.db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
-                        await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    await self.checkpoint_aside()
+
+    async def checkpoint_aside(self) -> None:
+        """Checkpoint the WAL (``PASSIVE``) from a connection of its own, in a worker thread.
+
+        The store's connection has one thread, which every read and write of the service waits for;
+        a checkpoint there (or the automatic one a commit runs) holds it for as long as copying the
+        WAL takes. From another connection the copy runs beside it: status reads, claims and
+        completions go on, and a passive checkpoint takes no lock that they need. Awaited, it keeps
+        the WAL from growing without end: what it copied is reused by the next write. An in-memory
+        database has no WAL and no file to open: nothing is done.
+        """
+        rows = await self.db.execute_fetchall("PRAGMA database_list")
+        path = next((str(row[2]) for row in rows if row[1] == "main"), "")
+        if path:
+            await anyio.to_thread.run_sync(checkpoint_file, path)
 
     async def in_one_trip(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` as one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back
@@ -368,29 +408,36 @@ class Store:
     ) -> tuple[int, int, int, int, int]:
         """Write a membership diff in chunks of :attr:`sync_chunk` rows, each its own transaction run
         in the database thread (``add(part)`` and ``retire(ids)`` make each chunk's work), the WAL
-        checkpointed every few chunks; returns (revived, added, joined, retired, kept)."""
+        checkpointed every :attr:`sync_checkpoint_rows` rows from another connection
+        (:meth:`checkpoint_aside`); returns (revived, added, joined, retired, kept)."""
         total, done = len(diff.add) + len(diff.retire), 0
         revived = added = joined = retired = kept = 0
-        chunk = self.sync_chunk
-        async with self.bulk_writes():  # the WAL checkpointed every few chunks, not after each
+        chunk, unchecked = self.sync_chunk, 0
+        async with self.bulk_writes():  # no checkpoint by a commit: they come from checkpoint_aside
             for start in range(0, len(diff.add), chunk):
                 part = diff.add[start : start + chunk]
                 async with self.transaction():
                     revived_now, added_now, joined_now = await self.in_thread(add(part))
                 self._membership_changed()
                 revived, added, joined = revived + revived_now, added + added_now, joined + joined_now
-                done += len(part)
+                done, unchecked = done + len(part), unchecked + len(part)
                 if progress is not None:
                     progress(done, total)
+                if unchecked >= self.sync_checkpoint_rows:
+                    await self.checkpoint_aside()
+                    unchecked = 0
             for start in range(0, len(diff.retire), chunk):
                 ids = diff.retire[start : start + chunk]
                 async with self.transaction():
                     retired_now, kept_now = await self.in_thread(retire(ids))
                 self._membership_changed()
                 retired, kept = retired + retired_now, kept + kept_now
-                done += len(ids)
+                done, unchecked = done + len(ids), unchecked + len(ids)
                 if progress is not None:
                     progress(done, total)
+                if unchecked >= self.sync_checkpoint_rows:
+                    await self.checkpoint_aside()
+                    unchecked = 0
         return revived, added, joined, retired, kept
 
     async def named_gen_ids(self, name: str) -> list[str]:

@@ -24,6 +24,7 @@ from daydreamd.core.config import Settings
 from daydreamd.core.snapshot import read_raw_dir
 from daydreamd.storage import migrations
 from daydreamd.storage.migrations import M001_INITIAL, M002_SCORES, migrate
+from daydreamd.storage.parse_state import MARK_CHILDREN
 from daydreamd.storage.ready import ReadyWork
 from daydreamd.storage.restart_memory import RestartMemory
 from daydreamd.storage.store import AttemptRow, Completion, Store
@@ -112,6 +113,9 @@ EXPECTED_INDEXES: dict[str, tuple[str, list[str], bool]] = {
     "attempts_gen": ("attempts", ["gen_id"], False),
 }
 DROPPED_BY_M011 = {"generations_ready", "generations_counts"}
+REPLACED_BY_M012 = {  # the full parent index, now partial: only finished rows (see the test below)
+    "generations_parent": ("generations_parent_finished", ("generations", ["parent_gen_id"], True)),
+}
 
 
 @asynccontextmanager
@@ -257,7 +261,8 @@ async def test_blank_database_gets_the_exact_schema(tmp_path: Path, monkeypatch:
 
 async def test_live_registry_extends_the_shipped_schema(tmp_path: Path) -> None:
     """With every registered migration a blank file records them all and keeps m001+m002's schema first,
-    less the indexes m011 dropped (no statement needed them, every write paid for them)."""
+    less the indexes m011 dropped (no statement needed them, every write paid for them) and the one m012
+    made partial."""
     path = tmp_path / "run.sqlite"
     async with Store.open(path):
         pass
@@ -266,9 +271,32 @@ async def test_live_registry_extends_the_shipped_schema(tmp_path: Path) -> None:
     for table, columns in EXPECTED_TABLES.items():
         assert table_columns(path, table)[: len(columns)] == columns, table
     indexes = named_indexes(path)
-    kept = {name: index for name, index in EXPECTED_INDEXES.items() if name not in DROPPED_BY_M011}
+    gone = DROPPED_BY_M011 | set(REPLACED_BY_M012)
+    kept = {name: index for name, index in EXPECTED_INDEXES.items() if name not in gone}
     assert {name: indexes.get(name) for name in kept} == kept
-    assert not DROPPED_BY_M011 & set(indexes)
+    assert not gone & set(indexes)
+    assert {new: indexes.get(new) for new, _ in REPLACED_BY_M012.values()} == dict(REPLACED_BY_M012.values())
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "index"),
+    [
+        (MARK_CHILDREN, ("e_1",), "generations_parent_finished"),
+        ("SELECT gen_id FROM generations WHERE approval_id IN (?, ?)", (1, 2), "generations_approved"),
+        ("SELECT gen_id FROM generations WHERE approval_id = ?", (1,), "generations_approved"),
+    ],
+)
+async def test_partial_indexes_of_m012_serve_their_statements(
+    tmp_path: Path, sql: str, params: tuple[object, ...], index: str
+) -> None:
+    """m012 made the parent and approval indexes partial: the statements that look rows up by those
+    columns still search their index, never scan the table."""
+    path = tmp_path / "run.sqlite"
+    async with Store.open(path):
+        pass
+    with closing(sqlite3.connect(path)) as conn:
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert f"USING INDEX {index} " in plan, plan
 
 
 async def test_migrate_reports_what_it_applied_and_reopen_applies_nothing(tmp_path: Path) -> None:

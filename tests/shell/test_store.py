@@ -1016,6 +1016,7 @@ async def test_bulk_writes_leave_the_wal_unchecked_until_the_last_one_leaves(tmp
         assert await pragma(store, "wal_autocheckpoint") == CHECKPOINT_PAGES
         assert await pragma(store, "journal_size_limit") == 64 * 2**20  # the WAL cut back after a sync
         store.sync_chunk = 1_000
+        store.sync_checkpoint_rows = 10**9  # no checkpoint of the sync's own (see the next test)
         before = path.stat().st_size
         async with store.bulk_writes():
             async with store.bulk_writes():
@@ -1030,6 +1031,41 @@ async def test_bulk_writes_leave_the_wal_unchecked_until_the_last_one_leaves(tmp
         assert await pragma(store, "wal_autocheckpoint") == CHECKPOINT_PAGES
         assert path.stat().st_size > before + wal // 2  # checkpointed on leaving
         assert (await store.counts())["evaluation"]["pending"] == 20_000
+
+
+async def test_a_long_sync_checkpoints_the_wal_aside_every_so_many_rows(tmp_path: Path) -> None:
+    """Every :attr:`Store.sync_checkpoint_rows` rows a sync copies the WAL into the file from a connection
+    of its own (the store's thread stays free for status): the file grows while the sync writes, and
+    what it copied is written over, not appended to, so the WAL stays small; no commit checkpoints."""
+    path = tmp_path / "run.sqlite"
+    async with Store.open(path) as store:
+        store.sync_chunk, store.sync_checkpoint_rows = 1_000, 4_000
+        sizes: list[tuple[int, int]] = []
+        wal = path.with_name(path.name + "-wal")
+        big = synthetic_cohort("cohort_big", range(10_000))
+        before = path.stat().st_size
+        result = await store.sync_membership(
+            big,
+            {},
+            "fp",
+            progress=lambda done, total: sizes.append((path.stat().st_size, wal.stat().st_size)),
+        )
+        assert result == SyncResult(40_000, 0, 0, 40_000)
+        assert await pragma(store, "wal_autocheckpoint") == CHECKPOINT_PAGES
+        assert sizes[-1][0] > before  # copied into the file during the sync, before it ended
+        largest_wal = max(w for _, w in sizes)
+        assert (
+            largest_wal < 40 * 1_000 * 4096 / 4
+        )  # not the 40 chunks' worth a sync without checkpoints leaves
+        assert await query(
+            store,
+            "SELECT stage, state, retired, llm_model_id, mode, n FROM generation_counts WHERE n != 0 "
+            "ORDER BY 1, 2, 3, 4, 5",
+        ) == await query(
+            store,
+            "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+        )
 
 
 async def test_budgets_come_with_the_newest_approval_id_read_at_the_same_time(store: Store) -> None:
