@@ -320,9 +320,8 @@ class Store:
         """Run ``work`` in the database thread in one trip, inside the caller's :meth:`transaction`.
 
         For bulk writes: the Python that prepares their statements and counts what they changed
-        (tens of milliseconds for a chunk of 20,000 rows) then runs beside the event loop, not on
-        it. Cancelled, ``work`` still runs to its end in the thread, and the transaction's rollback,
-        queued behind it, undoes it. (The connection's ``_execute``, as in :meth:`in_one_trip`.)
+        (a few milliseconds a chunk) then runs beside the event loop, not on it. Cancelled, ``work``
+        still runs to its end in the thread, and the transaction's rollback, queued behind it, undoes it. (The connection's ``_execute``, as in :meth:`in_one_trip`.)
         """
         result: _T = await self.db._execute(work, self.db._conn)  # type: ignore[no-untyped-call]
         return result
@@ -413,7 +412,7 @@ class Store:
         total, done = len(diff.add) + len(diff.retire), 0
         revived = added = joined = retired = kept = 0
         chunk, unchecked = self.sync_chunk, 0
-        async with self.bulk_writes():  # no checkpoint by a commit: they come from checkpoint_aside
+        async with self.bulk_writes():  # commits leave the WAL to checkpoint_aside (their own is a backstop)
             for start in range(0, len(diff.add), chunk):
                 part = diff.add[start : start + chunk]
                 async with self.transaction():
