@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from daydreamd.storage.atomic import fsync_dir
+
 SyncFs = Callable[[int], None]
 """Make everything written to the file system holding this open file durable (raises OSError)."""
 
@@ -121,12 +123,5 @@ def _fsync_each(directory: Path, files: Sequence[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    for folder in (directory, directory.parent):
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(directory)
+    fsync_dir(directory.parent)
