@@ -156,6 +156,7 @@ def run_the_documented_examples(daemon: Daemon) -> None:
     assert not namespace["best"].empty and set(namespace["pairs"]["kind"]) <= {"judges", "rubrics"}
 
 
+@pytest.mark.skipif(not UPSTREAM_RAW.is_dir(), reason="the upstream corpus is not beside this checkout")
 async def test_the_real_corpus_scores_on_its_own_scale(tmp_path: Path) -> None:
     """The real corpus, unchanged: both active judges score on 0-9, so perfect_score_paths.csv lists
     exactly the evaluations that scored 9 of 9, and a partial cohort says it is partial."""

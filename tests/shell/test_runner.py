@@ -284,9 +284,9 @@ def score_in(reply: str) -> str:
 # ---- 1. the whole example cohort, over HTTP -------------------------------------------------------
 
 
-OPTIONAL_KEYS = {"parse_history", "parsed_sha256"}
+OPTIONAL_KEYS = {"parse_history", "parsed_sha256", "raw_sha256"}
 """Documented keys that only some files have (``parse_history`` appears with the first re-parse,
-``parsed_sha256`` with parsed.txt)."""
+``parsed_sha256`` with parsed.txt, ``raw_sha256`` with a reply)."""
 
 
 def test_metadata_schema_keys_match_the_docstring() -> None:
