@@ -38,6 +38,7 @@ from daydreamd.storage.store import (
     Store,
     SyncResult,
 )
+from tests.shell.test_counts import assert_counts_exact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_RAW = REPO_ROOT / "data" / "1_raw"
@@ -1055,15 +1056,7 @@ async def test_a_long_sync_checkpoints_the_wal_aside_every_so_many_rows(tmp_path
         assert sizes[-1][0] > before  # copied into the file during the sync, before it ended
         largest_wal = max(w for _, w in sizes)
         assert largest_wal < 4 * 2**20  # some 1 MiB; without these checkpoints the 40 chunks leave 11
-        assert await query(
-            store,
-            "SELECT stage, state, retired, llm_model_id, mode, n FROM generation_counts WHERE n != 0 "
-            "ORDER BY 1, 2, 3, 4, 5",
-        ) == await query(
-            store,
-            "SELECT stage, state, retired, llm_model_id, mode, count(*) FROM generations "
-            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
-        )
+        await assert_counts_exact(store)
 
 
 async def test_budgets_come_with_the_newest_approval_id_read_at_the_same_time(store: Store) -> None:
