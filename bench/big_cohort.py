@@ -154,12 +154,16 @@ async def _rebuild(daemon: Daemon, before: str) -> dict[str, Any]:
     template = daemon.raw / "templates" / "evaluation" / "evaluation-0.txt"
     latencies: list[float] = []
     phases: dict[str, float] = {}
+    slow: list[tuple[float, float, str]] = []  # (seconds in, ms, phase) of answers over 50 ms
     t0 = time.monotonic()
     with template.open("a", encoding="utf-8") as f:
         f.write("One more line.\n")
     while time.monotonic() - t0 < 600:
         ms, status = await _timed_status(daemon)
         latencies.append(ms)
+        if ms > 50:
+            phase = (status or {}).get("cohort_progress") or {"phase": "?"}
+            slow.append((round(time.monotonic() - t0, 2), round(ms, 1), phase["phase"]))
         if status is not None:
             if status.get("cohort_progress"):
                 phases.setdefault(status["cohort_progress"]["phase"], round(time.monotonic() - t0, 1))
@@ -183,6 +187,7 @@ async def _rebuild(daemon: Daemon, before: str) -> dict[str, Any]:
             "p50": round(statistics.median(latencies), 1),
             "p99": round(_percentile(latencies, 0.99), 1),
             "max": round(max(latencies), 1),
+            "over_50ms": slow,
         },
     }
 

@@ -452,9 +452,8 @@ class CohortProgress:
     """A cohort being built and synced into the run state (until it is in force)."""
 
     phase: str
-    """``reading`` (data/1_raw), ``building`` (ids of every generation), ``comparing`` (with the
-    membership in force), ``syncing`` (the changes into SQLite, the cohort's files written
-    meanwhile), ``writing`` (the files still being written after that)."""
+    """``reading`` (data/1_raw), ``building`` (ids of every generation), ``writing`` (the cohort's
+    files), ``comparing`` (with the membership in force), ``syncing`` (the changes into SQLite)."""
     reason: str = ""
     """What started the rebuild: ``startup``, ``watch``, ``reload``, ..."""
     started_at: str = ""

@@ -170,15 +170,43 @@ def checkpoint_file(path: str) -> None:
 def membership_diff(generations: Sequence[Generation], live: Sequence[str]) -> MembershipDiff:
     """The difference between a cohort and the membership ``live`` (the gen_ids not retired).
 
-    Pure and CPU-bound (sets over a million ids): run it in a worker thread. Comprehensions, not
-    ``set(list)`` or ``sorted``: those hold the GIL for their whole run, and the event loop waits.
+    Pure and CPU-bound (sets over a million ids): run it in a worker thread. It must not hold the
+    interpreter lock for long at a time, or the event loop (``status``, the pool) waits that long
+    each time it gives the lock up: a set grows by one C call that copies the whole table (about
+    45 ms at a million ids), and freeing one is a single call too. So the ids go into small sets
+    (:func:`_id_shards`), grown and emptied one by one; ``set(list)`` and ``sorted`` are avoided for
+    the same reason. It costs about a second more at a million ids, in a worker thread, against
+    status answers held 100 to 250 ms while the sets were whole.
     """
-    new_ids = {g.gen_id for g in generations}
-    live_ids = {gen_id for gen_id in live}
-    return MembershipDiff(
-        add=[g for g in generations if g.gen_id not in live_ids],
-        retire=[gen_id for gen_id in live if gen_id not in new_ids],
-    )
+    new_ids = _id_shards(g.gen_id for g in generations)
+    live_ids = _id_shards(live)
+    try:
+        return MembershipDiff(
+            add=[g for g in generations if g.gen_id not in live_ids.get(g.gen_id[-_SHARD_KEY:], _NONE)],
+            retire=[gen_id for gen_id in live if gen_id not in new_ids.get(gen_id[-_SHARD_KEY:], _NONE)],
+        )
+    finally:
+        for shards in (new_ids, live_ids):
+            for shard in shards.values():
+                shard.clear()
+
+
+_SHARD_KEY = 2
+"""Characters at the end of an id that pick its set: gen_ids end in hex digits, so 256 sets of a
+few thousand ids each at a million (any string works: the key is only a way to split them)."""
+_NONE: frozenset[str] = frozenset()
+
+
+def _id_shards(ids: Iterable[str]) -> dict[str, set[str]]:
+    """``ids`` in small sets keyed by their last characters (see :func:`membership_diff`)."""
+    shards: dict[str, set[str]] = {}
+    for gen_id in ids:
+        key = gen_id[-_SHARD_KEY:]
+        shard = shards.get(key)
+        if shard is None:
+            shard = shards[key] = set()
+        shard.add(gen_id)
+    return shards
 
 
 class Store:

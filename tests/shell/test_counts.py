@@ -354,3 +354,17 @@ async def test_status_answers_with_the_progress_while_a_cohort_syncs(tmp_path: P
         status = await service.status()
         assert status.cohort_progress is None and status.cohort_id is not None
         assert sum(c.pending for c in status.stages.values()) == 63
+
+
+def test_membership_diff_matches_plain_set_arithmetic_for_any_ids() -> None:
+    rng = random.Random(11)
+    cohort = cohort_of("now", set(rng.sample(range(60), 35)))
+    before = [g.gen_id for g in cohort_of("before", set(rng.sample(range(60), 35))).generations]
+    odd = ["", "x", "é9", "ab", "zab", "00", *[f"legacy-{n}" for n in range(30)]]  # short and shared endings
+    live = before + odd
+    diff = membership_diff(cohort.generations, live)
+    new_ids = {g.gen_id for g in cohort.generations}
+    assert [g.gen_id for g in diff.add] == [g.gen_id for g in cohort.generations if g.gen_id not in set(live)]
+    assert list(diff.retire) == [gen_id for gen_id in live if gen_id not in new_ids]
+    assert set(odd) <= set(diff.retire) and 0 < len(diff.add) < len(cohort.generations)
+    assert len(odd) < len(diff.retire) < len(live)
